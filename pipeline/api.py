@@ -1,0 +1,107 @@
+"""The Python API behind the CLI: plan, run, and inspect runs. Tests and users call these."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import pyarrow.compute as pc
+
+from models import Registry, default_registry
+from pipeline import __version__, execute, manifest, runs
+from pipeline.job import Job
+from pipeline.planning import PlanSummary, iter_shards
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    resumed: bool
+    output_uri: str
+    manifest_uri: str
+    inputs: int
+    shards: int
+    shards_run: int
+    counts: dict[str, int]  # status → rows over the whole run
+    error_examples: dict[str, str] = field(default_factory=dict)  # error_type → input_uri
+    wall_seconds: float = 0.0
+
+    @property
+    def errors(self) -> int:
+        return self.counts.get("error", 0)
+
+
+def plan(job: Job) -> PlanSummary:
+    """List and shard the inputs without running or writing anything."""
+    summary = PlanSummary()
+    for _ in iter_shards(job, summary):
+        pass
+    return summary
+
+
+def _unfinished_run(job: Job, fingerprint: str) -> runs.RunRecord | None:
+    """The latest run of this same job on this output that planned fully but never committed."""
+    candidates = [
+        r
+        for r in runs.load_all(job.output.uri, job.output.storage_options)
+        if r.status == "running" and r.fingerprint == fingerprint and r.input_uri == job.input.uri
+    ]
+    return candidates[-1] if candidates else None
+
+
+def run(job: Job, registry: Registry | None = None, address: str | None = None, resume: bool = True) -> RunSummary:
+    """Plan (or resume) and execute ``job`` on Ray; returns when every shard is committed."""
+    registry = registry or default_registry()
+    started = time.perf_counter()
+    out = job.output
+    fingerprint = job.fingerprint(registry)
+    record = _unfinished_run(job, fingerprint) if resume else None
+    resumed = record is not None
+    if record is None:
+        record = runs.RunRecord(
+            run_id=runs.new_run_id(),
+            job_name=job.name,
+            fingerprint=fingerprint,
+            input_uri=job.input.uri,
+            output_uri=out.uri,
+            status="planning",
+            started_at=runs.now(),
+            job=job.model_dump(mode="json"),
+            darkroom_version=__version__,
+        )
+        runs.save(record, out.storage_options)
+        summary = PlanSummary()
+        for shard in iter_shards(job, summary):
+            runs.save_plan_shard(out.uri, record.run_id, shard.index, shard.table, out.storage_options)
+        record.status, record.shards, record.inputs, record.bytes = "running", summary.shards, summary.inputs, summary.bytes
+        runs.save(record, out.storage_options)
+    committed = manifest.committed_shards(out.uri, record.run_id, out.storage_options)
+    todo = [i for i in range(record.shards) if i not in committed]
+
+    examples: dict[str, str] = {}
+    if todo:
+        execute.connect(address)
+        ctx = execute.context_for(job, registry, record.run_id)
+        execute.execute(ctx, registry, todo, lambda r: [examples.setdefault(k, v) for k, v in r.error_examples.items()])
+
+    statuses = manifest.read(out.uri, out.storage_options, record.run_id).column("status")
+    counts = {d["values"]: d["counts"] for d in pc.value_counts(statuses).to_pylist()}
+    record.status, record.finished_at, record.counts = "committed", runs.now(), counts
+    runs.save(record, out.storage_options)
+    return RunSummary(
+        run_id=record.run_id,
+        resumed=resumed,
+        output_uri=out.uri,
+        manifest_uri=f"{out.uri.rstrip('/')}/manifest/",
+        inputs=record.inputs,
+        shards=record.shards,
+        shards_run=len(todo),
+        counts=counts,
+        error_examples=examples,
+        wall_seconds=time.perf_counter() - started,
+    )
+
+
+def history(output_uri: str, storage_options: dict | None = None) -> list[dict]:
+    """Run records of an output, oldest first, as plain dicts."""
+    return [asdict(r) for r in runs.load_all(output_uri, storage_options)]

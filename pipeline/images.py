@@ -1,0 +1,149 @@
+"""Decoding and encoding image files, with the mode policy in one place.
+
+Mode policy (what a model sees and what gets written):
+
+=============================  ===========================  ==================================
+file mode (Pillow)             pixels given to the model    written as
+=============================  ===========================  ==================================
+RGB, CMYK, YCbCr, LAB, HSV     RGB, 8-bit                   RGB, 8-bit
+L, 1                           gray, 8-bit                  gray (L)
+LA                             gray + alpha (apart)         gray + alpha (LA; PNG/WebP/TIFF)
+RGBA, RGBa                     RGB + alpha (apart)          RGBA
+P (palette)                    RGBA if it has transparency,
+                               else RGB                     RGBA / RGB (palette is not kept)
+I;16*, I (16/32-bit gray)      gray, 16-bit (I clipped to   16-bit gray in PNG and TIFF;
+                               0…65535)                     reduced to 8-bit (÷257) in JPEG/WebP
+F (float)                      refused: error row           —
+=============================  ===========================  ==================================
+
+EXIF orientation is applied before anything else, so outputs are upright and carry no
+orientation tag. Multi-frame files (animated WebP, multi-page TIFF) use their first frame.
+48-bit RGB PNGs are read by Pillow as 8-bit RGB. JPEG cannot hold alpha, so an image
+with alpha bound for JPEG is written as PNG instead (the manifest's output_uri says so).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp"}
+FORMAT_EXTENSIONS = {"png": (".png",), "jpeg": (".jpg", ".jpeg", ".jpe"), "webp": (".webp",), "tiff": (".tif", ".tiff")}
+SAME_FORMAT = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp", "TIFF": "tiff", "MPO": "jpeg"}
+PIL_FORMAT = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP", "tiff": "TIFF"}
+SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+
+
+class ImageError(Exception):
+    """A file that cannot be turned into pixels; ``error_type`` is a short stable code."""
+
+    def __init__(self, error_type: str, message: str):
+        super().__init__(message)
+        self.error_type = error_type
+
+
+@dataclass
+class Decoded:
+    """pixels: H×W×C (C = 1 gray or 3 RGB), uint8 or uint16. alpha: H×W, same dtype, or None."""
+
+    pixels: np.ndarray
+    alpha: np.ndarray | None
+    mode: str
+    format: str
+
+    @property
+    def height(self) -> int:
+        return self.pixels.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.pixels.shape[1]
+
+
+def decode(data: bytes, max_pixels: int) -> Decoded:
+    """Decode one file. The pixel limit is checked from the header, before any pixel is allocated."""
+    if not data:
+        raise ImageError("empty_file", "zero-byte file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageError("too_many_pixels", str(exc)) from None
+    except UnidentifiedImageError:
+        raise ImageError("not_an_image", "not a recognised image format") from None
+    except Exception as exc:  # Pillow raises many types for malformed headers
+        raise ImageError("corrupt", f"unreadable header: {exc}") from None
+    width, height = im.size
+    if width * height > max_pixels:
+        raise ImageError("too_many_pixels", f"{width}×{height} = {width * height} pixels exceeds limits.max_pixels={max_pixels}")
+    if width == 0 or height == 0:
+        raise ImageError("corrupt", f"image has no pixels ({width}×{height})")
+    fmt = im.format or "unknown"
+    mode = im.mode
+    try:
+        im.load()
+        im = ImageOps.exif_transpose(im)
+    except Exception as exc:
+        raise ImageError("corrupt", f"cannot decode {fmt}: {exc}") from None
+    pixels, alpha = _to_arrays(im)
+    return Decoded(pixels=pixels, alpha=alpha, mode=mode, format=fmt)
+
+
+def _to_arrays(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    mode = im.mode
+    if mode in SIXTEEN_BIT_MODES:
+        arr = np.asarray(im)
+        if mode == "I":
+            arr = np.clip(arr, 0, 65535)
+        return arr.astype(np.uint16)[..., None], None
+    if mode == "F":
+        raise ImageError("unsupported_mode", "32-bit float images (mode F) are not supported")
+    if mode in ("1", "L"):
+        return np.asarray(im.convert("L"))[..., None], None
+    if mode in ("LA", "La", "PA") or (mode == "P" and "transparency" in im.info):
+        target = "LA" if mode in ("LA", "La") else "RGBA"
+        arr = np.asarray(im.convert(target))
+        return np.ascontiguousarray(arr[..., :-1]), np.ascontiguousarray(arr[..., -1])
+    if mode in ("RGBA", "RGBa"):
+        arr = np.asarray(im.convert("RGBA"))
+        return np.ascontiguousarray(arr[..., :3]), np.ascontiguousarray(arr[..., 3])
+    return np.asarray(im.convert("RGB")), None
+
+
+def choose_format(requested: str, input_format: str, has_alpha: bool) -> str:
+    """The format to write: ``same`` follows the input (BMP and others become PNG)."""
+    fmt = SAME_FORMAT.get(input_format, "png") if requested == "same" else requested
+    if fmt == "jpeg" and has_alpha:
+        fmt = "png"  # keep the alpha channel rather than flatten it silently
+    return fmt
+
+
+def encode(pixels: np.ndarray, alpha: np.ndarray | None, fmt: str, quality: int) -> bytes:
+    """Encode H×W×C uint8/uint16 pixels (+ optional H×W alpha) as ``fmt``."""
+    keep16 = pixels.dtype == np.uint16 and fmt in ("png", "tiff") and pixels.shape[2] == 1 and alpha is None
+    if pixels.dtype == np.uint16 and not keep16:
+        pixels = _to_8bit(pixels)
+        alpha = _to_8bit(alpha) if alpha is not None else None
+    if keep16:
+        im = Image.fromarray(pixels[..., 0])  # mode I;16
+    else:
+        planes = pixels if alpha is None else np.concatenate([pixels, alpha[..., None]], axis=2)
+        # Pillow infers L / LA / RGB / RGBA from the plane count.
+        im = Image.fromarray(np.ascontiguousarray(planes[..., 0] if planes.shape[2] == 1 else planes))
+    out = io.BytesIO()
+    options: dict = {}
+    if fmt in ("jpeg", "webp"):
+        options["quality"] = quality
+    if fmt == "png":
+        options["compress_level"] = 1  # PNG is lossless at every level; level 1 is ~5× faster than 6
+    im.save(out, format=PIL_FORMAT[fmt], **options)
+    return out.getvalue()
+
+
+def _to_8bit(arr: np.ndarray) -> np.ndarray:
+    return ((arr.astype(np.float32) + 128.5) / 257.0).astype(np.uint8) if arr.dtype == np.uint16 else arr

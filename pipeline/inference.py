@@ -1,0 +1,103 @@
+"""Running a chain of models over decoded images (no Ray here: the actor wraps this).
+
+Images of the same size and dtype are stacked into batches of ``batch_size``. A gray
+image goes through a 3-channel model as three equal channels and comes back as their
+mean; a failing batch is retried image by image so one bad image cannot fail its
+neighbours.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from models import ImageModel
+from models.resample import resize
+
+
+@dataclass
+class Result:
+    """pixels: H'×W'×C, same dtype and C as the input; or error set (pixels None)."""
+
+    pixels: np.ndarray | None
+    seconds: float
+    error: str | None = None
+
+
+def pick_device(want_gpu: bool) -> torch.device:
+    return torch.device("cuda") if want_gpu and torch.cuda.is_available() else torch.device("cpu")
+
+
+class Chain:
+    """Models applied in order. ``__call__`` maps a list of H×W×C uint8/uint16 arrays to Results."""
+
+    def __init__(self, models: Sequence[ImageModel], device: torch.device, batch_size: int):
+        self.models = list(models)
+        self.device = device
+        self.batch_size = batch_size
+        # fp16 only where every model says it is safe, and only on a GPU (CPU fp16 is slow).
+        self.half = device.type == "cuda" and all(m.supports_half for m in self.models)
+        for m in self.models:
+            m.module.to(device).eval()
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[Result]:
+        results: list[Result | None] = [None] * len(images)
+        groups: dict[tuple, list[int]] = {}
+        for i, img in enumerate(images):
+            groups.setdefault((img.shape, img.dtype.str), []).append(i)
+        for indices in groups.values():
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start : start + self.batch_size]
+                for i, result in zip(chunk, self._run_isolating([images[i] for i in chunk])):
+                    results[i] = result
+        return results  # type: ignore[return-value]
+
+    def _run_isolating(self, batch: list[np.ndarray]) -> list[Result]:
+        try:
+            t0 = time.perf_counter()
+            outs = self.forward(batch)
+            share = (time.perf_counter() - t0) / len(batch)
+            return [Result(o, share) for o in outs]
+        except Exception as exc:
+            if len(batch) == 1:
+                return [Result(None, 0.0, f"{type(exc).__name__}: {exc}")]
+            return [r for img in batch for r in self._run_isolating([img])]
+
+    @torch.inference_mode()
+    def forward(self, batch: list[np.ndarray]) -> list[np.ndarray]:
+        """Same-shape arrays → processed arrays (same dtype and channel count)."""
+        dtype = batch[0].dtype
+        peak = float(np.iinfo(dtype).max)
+        x = torch.from_numpy(np.stack(batch)).to(self.device).permute(0, 3, 1, 2).float() / peak
+        channels = x.shape[1]
+        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.half):
+            for model in self.models:
+                x = _match_channels(x, model.channels)
+                x = model.module(x)
+        x = _match_channels(x.float(), channels).clamp(0, 1)
+        out = (x * peak).round().to(torch.int32 if dtype == np.uint16 else torch.uint8)
+        return [a.astype(dtype) for a in out.permute(0, 2, 3, 1).cpu().numpy()]
+
+
+def _match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    if x.shape[1] == channels:
+        return x
+    if x.shape[1] == 1 and channels == 3:
+        return x.expand(-1, 3, -1, -1)
+    if x.shape[1] == 3 and channels == 1:
+        return x.mean(dim=1, keepdim=True)
+    raise ValueError(f"cannot feed {x.shape[1]} channels to a {channels}-channel model")
+
+
+def resize_plane(plane: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize one H×W uint8/uint16 plane (an alpha channel) with bicubic, same dtype."""
+    if plane.shape == (height, width):
+        return plane
+    peak = float(np.iinfo(plane.dtype).max)
+    x = torch.from_numpy(plane.astype(np.float32) / peak)[None, None]
+    y = resize(x, height, width, "bicubic").clamp(0, 1)[0, 0]
+    return (y * peak).round().numpy().astype(plane.dtype)

@@ -1,0 +1,176 @@
+"""Job files: the YAML schema (pydantic), loading, overrides, and field-naming errors.
+
+Validation happens here, at the edge: a job that loads is structurally sound, names only
+registered models with valid params, and carries no inline secrets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from models import Registry
+from models.registry import UnknownModelError
+
+SECRET_KEYS = {"key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key", "aws_session_token"}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _no_inline_secrets(options: dict[str, Any]) -> dict[str, Any]:
+    found = sorted(k for k in options if k.lower() in SECRET_KEYS)
+    if found:
+        raise ValueError(
+            f"credentials must not be written in job files ({', '.join(found)}); "
+            "use the standard chain (AWS_* environment variables, ~/.aws, instance profile)"
+        )
+    return options
+
+
+class InputSpec(Strict):
+    uri: str = Field(description="prefix, glob (s3://b/**/*.jpg) or list file (.parquet/.csv/.jsonl with a `uri` column)")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="passed to fsspec")
+
+    _check_secrets = field_validator("storage_options")(_no_inline_secrets)
+
+
+class OutputSpec(Strict):
+    uri: str = Field(description="prefix that receives images, manifest/ and _darkroom/")
+    format: Literal["png", "jpeg", "webp", "same"] = "png"
+    quality: int = Field(95, ge=1, le=100, description="JPEG/WebP quality")
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+    _check_secrets = field_validator("storage_options")(_no_inline_secrets)
+
+
+class StepSpec(Strict):
+    model: str = Field(description="a registry name (see `darkroom models`)")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Resources(Strict):
+    actors: int = Field(1, ge=1, description="model actors (one per GPU when GPUs exist)")
+    gpus_per_actor: float = Field(0, ge=0, description="GPUs each actor reserves; 0 runs on CPU")
+    cpus_per_actor: float = Field(1, gt=0, description="CPUs each actor reserves (torch threads)")
+    batch_size: int = Field(4, ge=1, description="images per forward pass")
+    shard_size: int = Field(64, ge=1, description="inputs per shard (the unit of commit)")
+    max_inflight_shards: int | None = Field(None, ge=1, description="shards in flight at once; default 2 × actors")
+
+
+class Limits(Strict):
+    max_pixels: int = Field(50_000_000, ge=1, description="refuse images with more pixels (checked from the header)")
+    max_bytes: int = Field(200_000_000, ge=1, description="refuse files larger than this (checked from the listing)")
+
+
+class Job(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    input: InputSpec
+    output: OutputSpec
+    steps: list[StepSpec] = Field(min_length=1)
+    resources: Resources = Field(default_factory=Resources)
+    limits: Limits = Field(default_factory=Limits)
+
+    def fingerprint(self, registry: Registry) -> str:
+        """Digest of everything that decides an output's pixels (steps, weights, format)."""
+        steps = []
+        for step in self.steps:
+            weights = registry.get(step.model).weights
+            steps.append({"model": step.model, "params": step.params, "weights_sha256": weights.sha256 if weights else None})
+        blob = json.dumps({"steps": steps, "format": self.output.format, "quality": self.output.quality}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class JobError(ValueError):
+    """A job file that cannot be used; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
+    """1-based line of the YAML node at ``loc`` (the deepest existing ancestor's line)."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == key), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            node = None
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def _where(source: str, root: yaml.Node | None, loc: tuple) -> str:
+    line = _line_of(root, loc)
+    field = ".".join(str(p) for p in loc) or "(top level)"
+    return f"{source}:{line}: {field}" if line else f"{source}: {field}"
+
+
+def parse_job(data: Any, registry: Registry, source: str = "<job>", root: yaml.Node | None = None) -> Job:
+    """Validate a job given as plain data. Raises JobError naming each bad field."""
+    if not isinstance(data, dict):
+        raise JobError([f"{source}: expected a mapping at the top level"])
+    try:
+        job = Job.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not str(p).startswith("function-"))
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            problems.append(f"{_where(source, root, loc)}: {msg}")
+        raise JobError(problems) from None
+    problems = []
+    for i, step in enumerate(job.steps):
+        try:
+            entry = registry.get(step.model)
+        except UnknownModelError as exc:
+            problems.append(f"{_where(source, root, ('steps', i, 'model'))}: {exc}")
+            continue
+        try:
+            entry.validate_params(step.params)
+        except ValidationError as exc:
+            for err in exc.errors():
+                loc = ("steps", i, "params", *err["loc"])
+                msg = "unknown param" if err["type"] == "extra_forbidden" else err["msg"]
+                problems.append(f"{_where(source, root, loc)}: {msg}")
+    if problems:
+        raise JobError(problems)
+    return job
+
+
+def load_job(path: str | Path, registry: Registry, overrides: dict[str, str] | None = None) -> Job:
+    """Read and validate a job file; ``overrides`` maps dotted fields (``input.uri``) to values."""
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise JobError([f"{source}: cannot read job file ({exc.strerror})"]) from None
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise JobError([f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
+    for dotted, value in (overrides or {}).items():
+        if not isinstance(data, dict):
+            break
+        node = data
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return parse_job(data, registry, source, root)

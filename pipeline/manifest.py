@@ -1,0 +1,84 @@
+"""The Parquet manifest: its schema (declared once, here), writing parts, reading them back.
+
+Layout under the output prefix::
+
+    manifest/<run_id>/part-<shard:05d>.parquet    one part per committed shard
+    _darkroom/runs/<run_id>/run.json              the run record (see pipeline.runs)
+    _darkroom/runs/<run_id>/plan/shard-<n>.parquet  the recorded plan
+
+A part is written atomically, so ``read_parquet('<output>/manifest/**/*.parquet')`` sees
+exactly the committed rows of every run: a shard either has its whole part or none.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from pipeline import storage
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("shard", pa.int32(), nullable=False),
+        pa.field("input_uri", pa.string(), nullable=False),
+        pa.field("input_size", pa.int64()),
+        pa.field("input_etag", pa.string()),
+        pa.field("input_mtime", pa.float64()),
+        pa.field("output_uri", pa.string()),  # null for error rows
+        pa.field("width_in", pa.int32()),
+        pa.field("height_in", pa.int32()),
+        pa.field("width_out", pa.int32()),
+        pa.field("height_out", pa.int32()),
+        pa.field("mode_in", pa.string()),  # Pillow mode of the file, e.g. RGB, LA, P, I;16, CMYK
+        pa.field("format_in", pa.string()),  # Pillow format, e.g. JPEG
+        pa.field("format_out", pa.string()),  # png | jpeg | webp | tiff
+        pa.field("steps", pa.string(), nullable=False),  # JSON: [{"model": …, "params": {…}}, …]
+        pa.field("models", pa.list_(pa.string()), nullable=False),
+        pa.field("weights_sha256", pa.list_(pa.string()), nullable=False),  # "" for steps without weights
+        pa.field("fingerprint", pa.string(), nullable=False),  # digest of steps + weights + output format
+        pa.field("status", pa.string(), nullable=False),  # ok | error
+        pa.field("error_type", pa.string()),
+        pa.field("error_message", pa.string()),
+        pa.field("stage", pa.string()),  # where an error happened: read | decode | model | encode | write
+        pa.field("t_read", pa.float64()),  # seconds per stage, per image
+        pa.field("t_decode", pa.float64()),
+        pa.field("t_model", pa.float64()),  # the image's share of its batch's forward time
+        pa.field("t_encode", pa.float64()),
+        pa.field("t_write", pa.float64()),
+        pa.field("attempt", pa.int32(), nullable=False),  # 1 for the first try of this shard
+        pa.field("committed_at", pa.timestamp("ms", tz="UTC"), nullable=False),
+    ]
+)
+
+
+def part_uri(output_uri: str, run_id: str, shard: int) -> str:
+    return storage.join(output_uri, "manifest", run_id, f"part-{shard:05d}.parquet")
+
+
+def to_table(rows: list[dict]) -> pa.Table:
+    """Rows (dicts keyed by MANIFEST_SCHEMA names; missing keys are null) → a table."""
+    return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+
+
+def write_part(uri: str, table: pa.Table, storage_options: dict | None = None) -> None:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    storage.write_atomic(uri, buf.getvalue(), storage_options)
+
+
+def committed_shards(output_uri: str, run_id: str, storage_options: dict | None = None) -> set[int]:
+    names = storage.list_names(storage.join(output_uri, "manifest", run_id), storage_options)
+    return {int(n[len("part-") : -len(".parquet")]) for n in names if n.startswith("part-") and n.endswith(".parquet")}
+
+
+def read(output_uri: str, storage_options: dict | None = None, run_id: str | None = None) -> pa.Table:
+    """All committed rows (of one run, if given) as one table."""
+    fs, path = storage.filesystem(storage.join(output_uri, "manifest", run_id or ""), storage_options)
+    if not fs.exists(path):
+        return MANIFEST_SCHEMA.empty_table()
+    dataset = pads.dataset(path, format="parquet", filesystem=fs, schema=MANIFEST_SCHEMA, exclude_invalid_files=False)
+    return dataset.to_table()

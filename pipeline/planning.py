@@ -1,0 +1,159 @@
+"""Planning: list inputs, keep image files, cut the listing into deterministic shards.
+
+A shard is a contiguous run of ``shard_size`` inputs in listing order (S3 key order, or a
+sorted walk elsewhere) and the unit of commit. The listing is streamed: the driver holds
+at most one shard's worth of entries as Python objects at a time, and each finished shard
+becomes an Arrow table (PLAN_SCHEMA) that is handed on and then dropped.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Iterator
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from pipeline import storage
+from pipeline.images import FORMAT_EXTENSIONS, IMAGE_EXTENSIONS
+from pipeline.job import InputSpec, Job
+
+LIST_FILE_EXTENSIONS = (".parquet", ".csv", ".jsonl", ".ndjson")
+PLAN_SCHEMA = pa.schema(
+    [
+        pa.field("input_uri", pa.string(), nullable=False),
+        pa.field("rel_path", pa.string(), nullable=False),  # safe path under the output prefix
+        pa.field("size", pa.int64()),  # null when a list file did not say
+        pa.field("etag", pa.string()),
+        pa.field("mtime", pa.float64()),  # seconds since the epoch
+    ]
+)
+_UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+@dataclass
+class Shard:
+    index: int
+    table: pa.Table  # PLAN_SCHEMA rows
+
+
+@dataclass
+class PlanSummary:
+    inputs: int = 0
+    shards: int = 0
+    bytes: int = 0
+    skipped_not_image: int = 0
+    examples_skipped: list[str] = field(default_factory=list)
+
+
+def safe_rel_path(rel: str) -> str:
+    """A relative path that stays under the output prefix whatever the input key holds.
+
+    ``..`` and ``.`` segments, empty segments, backslashes and control characters are
+    neutralised; over-long segments are cut (keeping the extension).
+    """
+    parts = []
+    for part in rel.split("/"):
+        part = _UNSAFE_CHARS.sub("_", unicodedata.normalize("NFC", part))
+        if part in ("", "."):
+            continue
+        if part == "..":
+            part = "__"
+        if len(part.encode()) > 200:
+            stem, ext = posixpath.splitext(part)
+            part = stem.encode()[: 200 - len(ext.encode())].decode(errors="ignore") + ext
+        parts.append(part)
+    return "/".join(parts) or "_"
+
+
+def output_rel_path(rel_path: str, fmt: str) -> str:
+    """Output path for an input: unchanged when it already ends in ``fmt``'s extension,
+    else ``fmt``'s extension appended (``a.jpg`` → ``a.jpg.png``), so two inputs that differ
+    only in extension never overwrite each other."""
+    if rel_path.lower().endswith(FORMAT_EXTENSIONS[fmt]):
+        return rel_path
+    return f"{rel_path}{FORMAT_EXTENSIONS[fmt][0]}"
+
+
+def is_list_file(uri: str) -> bool:
+    return uri.lower().endswith(LIST_FILE_EXTENSIONS)
+
+
+def _is_image(uri: str) -> bool:
+    return posixpath.splitext(uri.lower())[1] in IMAGE_EXTENSIONS
+
+
+def _uri_rel(uri: str) -> str:
+    """Relative path for a list-file entry: bucket/host and path, without the scheme."""
+    parts = urlsplit(uri)
+    return f"{parts.netloc}/{parts.path}" if parts.scheme and len(parts.scheme) > 1 else uri
+
+
+def _listed(spec: InputSpec) -> Iterator[tuple[str, str, int | None, str | None, float | None]]:
+    """(uri, relative path, size, etag, mtime) for every candidate, in listing order."""
+    if is_list_file(spec.uri):
+        yield from _from_list_file(spec)
+        return
+    root, pattern = storage.split_glob(spec.uri)
+    matches = storage.glob_matcher(pattern) if pattern else None
+    for entry in storage.iter_files(root, spec.storage_options):
+        if matches is not None and not matches(entry.rel):
+            continue
+        yield entry.uri, entry.rel, entry.size, entry.etag, entry.mtime
+
+
+def _from_list_file(spec: InputSpec) -> Iterator[tuple[str, str, int | None, str | None, float | None]]:
+    fs, path = storage.filesystem(spec.uri, spec.storage_options)
+    with fs.open(path, "rb") as fh:
+        lower = spec.uri.lower()
+        if lower.endswith(".parquet"):
+            batches = pq.ParquetFile(fh).iter_batches(batch_size=10_000)
+        elif lower.endswith(".csv"):
+            batches = pacsv.open_csv(fh)
+        else:
+            batches = pajson.read_json(fh).to_batches(max_chunksize=10_000)
+        for batch in batches:
+            if "uri" not in batch.schema.names:
+                raise ValueError(f"{spec.uri}: list file has no `uri` column (columns: {', '.join(batch.schema.names)})")
+            for uri, size, etag in zip(_column(batch, "uri"), _column(batch, "size"), _column(batch, "etag")):
+                if uri is None:
+                    continue
+                yield uri, _uri_rel(uri), size, etag, None
+
+
+def _column(batch: pa.RecordBatch, name: str) -> list:
+    return batch.column(name).to_pylist() if name in batch.schema.names else [None] * batch.num_rows
+
+
+def iter_shards(job: Job, summary: PlanSummary | None = None) -> Iterator[Shard]:
+    """Stream the job's inputs as shards; ``summary`` (if given) is filled in on the way."""
+    summary = summary if summary is not None else PlanSummary()
+    size = job.resources.shard_size
+    buffer: list[tuple] = []
+    for uri, rel, nbytes, etag, mtime in _listed(job.input):
+        if not _is_image(uri):
+            summary.skipped_not_image += 1
+            if len(summary.examples_skipped) < 3:
+                summary.examples_skipped.append(uri)
+            continue
+        buffer.append((uri, safe_rel_path(rel), nbytes, etag, mtime))
+        summary.inputs += 1
+        summary.bytes += nbytes or 0
+        if len(buffer) == size:
+            yield Shard(summary.shards, _table(buffer))
+            summary.shards += 1
+            buffer = []
+    if buffer:
+        yield Shard(summary.shards, _table(buffer))
+        summary.shards += 1
+
+
+def _table(rows: list[tuple]) -> pa.Table:
+    columns = list(zip(*rows))
+    return pa.Table.from_arrays([pa.array(col, type=f.type) for col, f in zip(columns, PLAN_SCHEMA)], schema=PLAN_SCHEMA)

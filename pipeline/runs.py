@@ -1,0 +1,86 @@
+"""Run records: one JSON file per run under ``<output>/_darkroom/runs/<run_id>/``.
+
+A record is written when planning starts (``planning``), rewritten when the plan is
+complete (``running``) and once more when every shard is committed (``committed``).
+The recorded plan beside it lets an interrupted run resume with exactly the same shards.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import secrets
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import storage
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    job_name: str
+    fingerprint: str
+    input_uri: str
+    output_uri: str
+    status: str  # planning | running | committed
+    started_at: str
+    job: dict
+    finished_at: str | None = None
+    shards: int = 0
+    inputs: int = 0
+    bytes: int = 0
+    counts: dict[str, int] = field(default_factory=dict)  # status → rows, set when committed
+    darkroom_version: str = ""
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def new_run_id() -> str:
+    """Sortable by start time, unique across concurrent starts."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def _run_dir(output_uri: str, run_id: str) -> str:
+    return storage.join(output_uri, "_darkroom", "runs", run_id)
+
+
+def save(record: RunRecord, storage_options: dict | None = None) -> None:
+    uri = storage.join(_run_dir(record.output_uri, record.run_id), "run.json")
+    storage.write_atomic(uri, json.dumps(asdict(record), indent=2).encode(), storage_options)
+
+
+def load_all(output_uri: str, storage_options: dict | None = None) -> list[RunRecord]:
+    """Every run record under ``output_uri``, oldest first."""
+    runs_dir = storage.join(output_uri, "_darkroom", "runs")
+    records = []
+    for entry in storage.list_dir(runs_dir, storage_options):
+        if entry["type"] != "directory":
+            continue
+        run_id = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+        try:
+            data = storage.read_bytes(storage.join(runs_dir, run_id, "run.json"), storage_options)
+        except FileNotFoundError:
+            continue  # a run that crashed before its first record
+        records.append(RunRecord(**json.loads(data)))
+    return sorted(records, key=lambda r: r.run_id)
+
+
+def plan_uri(output_uri: str, run_id: str, shard: int) -> str:
+    return storage.join(_run_dir(output_uri, run_id), "plan", f"shard-{shard:05d}.parquet")
+
+
+def save_plan_shard(output_uri: str, run_id: str, shard: int, table: pa.Table, storage_options: dict | None = None) -> None:
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    storage.write_atomic(plan_uri(output_uri, run_id, shard), buf.getvalue(), storage_options)
+
+
+def load_plan_shard(output_uri: str, run_id: str, shard: int, storage_options: dict | None = None) -> pa.Table:
+    data = storage.read_bytes(plan_uri(output_uri, run_id, shard), storage_options)
+    return pq.read_table(io.BytesIO(data))

@@ -1,0 +1,193 @@
+"""All storage I/O goes through this module (fsspec: local paths, s3:// via s3fs, any protocol).
+
+S3-compatible stores: besides boto's usual credential chain, ``AWS_ENDPOINT_URL`` (or
+``AWS_ENDPOINT_URL_S3``) points s3fs at another endpoint, e.g. MinIO or a test server.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Iterator
+
+import fsspec
+from fsspec.asyn import sync
+from fsspec.utils import glob_translate
+
+GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One listed object. ``rel`` is its path below the listed root; ``etag`` is None where
+    the store has none (local files)."""
+
+    uri: str
+    rel: str
+    size: int
+    etag: str | None
+    mtime: float | None
+
+
+def _options(uri: str, storage_options: dict | None) -> dict:
+    opts = dict(storage_options or {})
+    if uri.startswith(("s3://", "s3a://")):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        client_kwargs = dict(opts.get("client_kwargs") or {})
+        if endpoint and "endpoint_url" not in client_kwargs and "endpoint_url" not in opts:
+            client_kwargs["endpoint_url"] = endpoint
+            opts["client_kwargs"] = client_kwargs
+    return opts
+
+
+def filesystem(uri: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path without protocol) for ``uri``."""
+    return fsspec.core.url_to_fs(uri, **_options(uri, storage_options))
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocols or "local" in protocols
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URI parts with '/' whatever the protocol (``s3://b/x`` + ``y`` → ``s3://b/x/y``)."""
+    out = base.rstrip("/")
+    for part in parts:
+        out = f"{out}/{part.strip('/')}"
+    return out
+
+
+def unstrip(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """A listed path back to a full URI (local paths stay plain paths)."""
+    return path if is_local(fs) else fs.unstrip_protocol(path)
+
+
+def read_bytes(uri: str, storage_options: dict | None = None) -> bytes:
+    fs, path = filesystem(uri, storage_options)
+    return fs.cat_file(path)
+
+
+def write_atomic(uri: str, data: bytes, storage_options: dict | None = None) -> None:
+    """Write ``data`` so readers see either nothing or the whole file.
+
+    Object stores make a single PUT atomic; on local disks we write a hidden temporary
+    file beside the target and rename it.
+    """
+    fs, path = filesystem(uri, storage_options)
+    if is_local(fs):
+        directory = posixpath.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        tmp = posixpath.join(directory, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    else:
+        fs.pipe_file(path, data)
+
+
+def exists(uri: str, storage_options: dict | None = None) -> bool:
+    fs, path = filesystem(uri, storage_options)
+    return fs.exists(path)
+
+
+def list_dir(uri: str, storage_options: dict | None = None) -> list[dict]:
+    """Entries (fsspec info dicts) directly under a small bookkeeping folder; [] if it is missing.
+
+    Object-store listings are re-read every time: another process may have just written there.
+    """
+    fs, path = filesystem(uri, storage_options)
+    try:
+        return fs.ls(path, detail=True) if is_local(fs) else fs.ls(path, detail=True, refresh=True)
+    except FileNotFoundError:
+        return []
+
+
+def list_names(uri: str, storage_options: dict | None = None) -> list[str]:
+    """Names of the files directly under a small bookkeeping folder, sorted."""
+    return sorted(posixpath.basename(e["name"].rstrip("/")) for e in list_dir(uri, storage_options) if e["type"] == "file")
+
+
+def split_glob(uri: str) -> tuple[str, str | None]:
+    """``s3://b/photos/**/*.jpg`` → (``s3://b/photos``, ``**/*.jpg``); no glob → (uri, None)."""
+    match = GLOB_CHARS.search(uri)
+    if not match:
+        return uri.rstrip("/"), None
+    cut = uri.rfind("/", 0, match.start())
+    return uri[:cut], uri[cut + 1 :]
+
+
+def iter_files(root: str, storage_options: dict | None = None) -> Iterator[FileEntry]:
+    """Every file under ``root``, streamed in a deterministic order.
+
+    S3 is listed page by page (1,000 keys a page, key order) instead of through
+    ``fs.find``, which builds the whole listing in memory first. Other filesystems are
+    walked directory by directory, sorted. A ``root`` that is itself a file yields it.
+    """
+    fs, path = filesystem(root, storage_options)
+    if "s3" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        yield from _iter_s3(fs, path)
+        return
+    if fs.isfile(path):
+        yield _entry(fs, fs.info(path), posixpath.dirname(path))
+        return
+    for _, dirs, files in fs.walk(path, detail=True):
+        ordered = sorted(dirs.items())  # walk recurses in the dict's order: make it sorted
+        dirs.clear()
+        dirs.update(ordered)
+        for name in sorted(files):
+            yield _entry(fs, files[name], path)
+
+
+def _entry(fs, info: dict, root: str) -> FileEntry:
+    mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
+    if hasattr(mtime, "timestamp"):
+        mtime = mtime.timestamp()
+    etag = info.get("ETag") or info.get("etag")
+    return FileEntry(
+        uri=unstrip(fs, info["name"]),
+        rel=posixpath.relpath(info["name"], root.rstrip("/") or "/") if root else info["name"],
+        size=int(info.get("size") or 0),
+        etag=etag.strip('"') if isinstance(etag, str) else None,
+        mtime=float(mtime) if mtime is not None else None,
+    )
+
+
+def _iter_s3(fs, path: str) -> Iterator[FileEntry]:
+    bucket, _, key = path.partition("/")
+    prefix = key.rstrip("/") + "/" if key else ""
+    kwargs = {"Bucket": bucket, "Prefix": prefix}
+    found = False
+    while True:
+        page = sync(fs.loop, fs._call_s3, "list_objects_v2", **kwargs)
+        for obj in page.get("Contents", []):
+            if obj["Key"].endswith("/"):
+                continue  # folder placeholder objects
+            found = True
+            yield FileEntry(
+                uri=f"s3://{bucket}/{obj['Key']}",
+                rel=obj["Key"][len(prefix) :],
+                size=int(obj["Size"]),
+                etag=obj.get("ETag", "").strip('"') or None,
+                mtime=obj["LastModified"].timestamp() if obj.get("LastModified") else None,
+            )
+        if not page.get("IsTruncated"):
+            break
+        kwargs["ContinuationToken"] = page["NextContinuationToken"]
+    if not found and key:
+        # The URI may name a single object rather than a prefix.
+        try:
+            info = fs.info(path)
+        except FileNotFoundError:
+            return
+        if info["type"] == "file":
+            yield _entry(fs, info, posixpath.dirname(path))
+
+
+def glob_matcher(pattern: str):
+    """A predicate on paths relative to the glob root (``**`` spans folders)."""
+    regex = re.compile(glob_translate(pattern))
+    return lambda rel: bool(regex.match(rel))
