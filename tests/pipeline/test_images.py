@@ -1,0 +1,99 @@
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import images
+from tests.corpus import MAX_PIXELS
+
+# (mode given to the model: channels, dtype, has alpha) for every decodable corpus file
+EXPECTED = {
+    "jpeg/rgb.jpg": (3, np.uint8, False),
+    "jpeg/gray.jpg": (1, np.uint8, False),
+    "jpeg/cmyk.jpg": (3, np.uint8, False),
+    "png/rgba.png": (3, np.uint8, True),
+    "png/la.png": (1, np.uint8, True),
+    "png/palette.png": (3, np.uint8, False),
+    "png/palette-transparent.png": (3, np.uint8, True),
+    "png/bilevel.png": (1, np.uint8, False),
+    "png/gray16.png": (1, np.uint16, False),
+    "webp/rgba.webp": (3, np.uint8, True),
+    "tiff/gray16.tiff": (1, np.uint16, False),
+    "bmp/rgb.bmp": (3, np.uint8, False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_mode_policy(corpus, name):
+    channels, dtype, has_alpha = EXPECTED[name]
+    d = images.decode(corpus[name][0], MAX_PIXELS)
+    assert d.pixels.shape == (24, 32, channels)
+    assert d.pixels.dtype == dtype
+    assert (d.alpha is not None) == has_alpha
+    if has_alpha:
+        assert d.alpha.shape == (24, 32) and d.alpha.dtype == dtype
+
+
+def test_sixteen_bit_keeps_values_8_bit_cannot_hold(corpus):
+    d = images.decode(corpus["png/gray16.png"][0], MAX_PIXELS)
+    assert d.pixels[0, 0, 0] == 1
+    png = images.encode(d.pixels, None, "png", 95)
+    back = np.asarray(Image.open(io.BytesIO(png)))
+    assert back.dtype == np.uint16 and back[0, 0] == 1
+    jpeg = Image.open(io.BytesIO(images.encode(d.pixels, None, "jpeg", 95)))
+    assert jpeg.mode == "L"
+
+
+def test_exif_orientation_applied(corpus):
+    d = images.decode(corpus["jpeg/exif-rotated.jpg"][0], MAX_PIXELS)
+    assert (d.height, d.width) == (32, 24)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["broken/truncated.jpg", "broken/truncated.png", "broken/zero-byte.png", "broken/not-an-image.jpg", "broken/bomb.png", "tiff/float.tif"],
+)
+def test_bad_files_raise_image_error_with_type(corpus, name):
+    data, expected = corpus[name]
+    with pytest.raises(images.ImageError) as err:
+        images.decode(data, MAX_PIXELS)
+    assert err.value.error_type == expected
+    assert str(err.value)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width×height but which carries almost no pixel data."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("limit", [50_000_000, 10**12])
+def test_pixel_limit_checked_from_the_header(limit):
+    # 60000×60000 RGB would need 10 GB: refused by our limit, or by Pillow's bomb guard
+    # when the job's limit is higher, either way before any allocation.
+    with pytest.raises(images.ImageError) as err:
+        images.decode(_png_header_only(60000, 60000), limit)
+    assert err.value.error_type == "too_many_pixels"
+
+
+def test_alpha_forces_png_instead_of_jpeg():
+    assert images.choose_format("jpeg", "PNG", has_alpha=True) == "png"
+    assert images.choose_format("jpeg", "PNG", has_alpha=False) == "jpeg"
+    assert images.choose_format("same", "WEBP", has_alpha=False) == "webp"
+    assert images.choose_format("same", "BMP", has_alpha=False) == "png"
+
+
+@pytest.mark.parametrize("fmt", ["png", "webp", "tiff"])
+def test_encode_keeps_gray_and_alpha(fmt):
+    gray = np.full((5, 6, 1), 100, np.uint8)
+    alpha = np.full((5, 6), 50, np.uint8)
+    im = Image.open(io.BytesIO(images.encode(gray, alpha, fmt, 100)))
+    assert im.size == (6, 5)
+    assert "A" in im.mode

@@ -1,0 +1,89 @@
+import pytest
+
+from models import default_registry
+from pipeline.job import JobError, load_job
+
+GOOD = """\
+name: t
+input:
+  uri: s3://archive/photos/
+output:
+  uri: s3://archive/restored/
+  format: png
+steps:
+  - model: bicubic
+    params: {scale: 2}
+"""
+
+
+def write(tmp_path, text):
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    return path
+
+
+def problems(tmp_path, text):
+    with pytest.raises(JobError) as err:
+        load_job(write(tmp_path, text), default_registry())
+    return err.value.problems
+
+
+def test_good_job_loads_with_defaults(tmp_path):
+    job = load_job(write(tmp_path, GOOD), default_registry())
+    assert job.resources.batch_size == 4 and job.limits.max_pixels == 50_000_000
+    assert job.steps[0].params == {"scale": 2}
+
+
+def test_overrides_replace_fields(tmp_path):
+    job = load_job(write(tmp_path, GOOD), default_registry(), {"input.uri": "/data/in", "output.uri": "/data/out"})
+    assert (job.input.uri, job.output.uri) == ("/data/in", "/data/out")
+
+
+def test_unknown_key_named_with_file_and_line(tmp_path):
+    text = GOOD.replace("  format: png\n", "  format: png\n  colour: red\n")
+    [line] = problems(tmp_path, text)
+    assert line.startswith(f"{tmp_path / 'job.yaml'}:7: output.colour: unknown key")
+
+
+def test_every_problem_listed_one_per_line(tmp_path):
+    text = GOOD.replace("format: png", "format: gif").replace("name: t", "name: 'bad name'")
+    lines = problems(tmp_path, text)
+    assert len(lines) == 2
+    assert any(": name:" in ln for ln in lines) and any("output.format" in ln and "'png'" in ln for ln in lines)
+
+
+def test_unknown_model_suggests_the_close_name(tmp_path):
+    [line] = problems(tmp_path, GOOD.replace("model: bicubic", "model: bicubik"))
+    assert "steps.0.model" in line and "did you mean 'bicubic'" in line
+
+
+def test_model_params_validated(tmp_path):
+    lines = problems(tmp_path, GOOD.replace("{scale: 2}", "{scale: -1, sharpen: 3}"))
+    assert any("steps.0.params.scale" in ln for ln in lines)
+    assert any("steps.0.params.sharpen: unknown param" in ln for ln in lines)
+
+
+def test_inline_credentials_refused(tmp_path):
+    text = GOOD.replace("  uri: s3://archive/photos/\n", "  uri: s3://archive/photos/\n  storage_options: {secret: abc}\n")
+    [line] = problems(tmp_path, text)
+    assert "input.storage_options" in line and "credentials" in line
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    assert "not valid YAML" in problems(tmp_path, "name: [unclosed\n")[0]
+    with pytest.raises(JobError, match="cannot read job file"):
+        load_job(tmp_path / "nope.yaml", default_registry())
+
+
+def test_empty_steps_refused(tmp_path):
+    text = GOOD.split("steps:")[0] + "steps: []\n"
+    [line] = problems(tmp_path, text)
+    assert "steps" in line
+
+
+def test_fingerprint_changes_with_params(tmp_path):
+    reg = default_registry()
+    a = load_job(write(tmp_path, GOOD), reg)
+    b = load_job(write(tmp_path, GOOD.replace("{scale: 2}", "{scale: 3}")), reg)
+    assert a.fingerprint(reg) != b.fingerprint(reg)
+    assert a.fingerprint(reg) == load_job(write(tmp_path, GOOD), reg).fingerprint(reg)
