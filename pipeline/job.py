@@ -117,36 +117,47 @@ def _where(source: str, root: yaml.Node | None, loc: tuple) -> str:
     return f"{source}:{line}: {field}" if line else f"{source}: {field}"
 
 
+def _step_problems(steps: Any, registry: Registry, source: str, root: yaml.Node | None) -> list[str]:
+    """Model names and params, checked against the registry (structure is pydantic's job)."""
+    problems: list[str] = []
+    for i, step in enumerate(steps if isinstance(steps, list) else []):
+        if not isinstance(step, dict) or not isinstance(step.get("model"), str):
+            continue
+        try:
+            entry = registry.get(step["model"])
+        except UnknownModelError as exc:
+            problems.append(f"{_where(source, root, ('steps', i, 'model'))}: {exc}")
+            continue
+        params = step.get("params") or {}
+        if not isinstance(params, dict):
+            continue
+        try:
+            entry.validate_params(params)
+        except ValidationError as exc:
+            for err in exc.errors():
+                loc = ("steps", i, "params", *err["loc"])
+                msg = "unknown param" if err["type"] == "extra_forbidden" else err["msg"]
+                problems.append(f"{_where(source, root, loc)}: {msg}")
+    return problems
+
+
 def parse_job(data: Any, registry: Registry, source: str = "<job>", root: yaml.Node | None = None) -> Job:
-    """Validate a job given as plain data. Raises JobError naming each bad field."""
+    """Validate a job given as plain data. Raises JobError naming every bad field."""
     if not isinstance(data, dict):
         raise JobError([f"{source}: expected a mapping at the top level"])
+    problems = []
+    job = None
     try:
         job = Job.model_validate(data)
     except ValidationError as exc:
-        problems = []
         for err in exc.errors():
             loc = tuple(p for p in err["loc"] if not str(p).startswith("function-"))
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
             problems.append(f"{_where(source, root, loc)}: {msg}")
-        raise JobError(problems) from None
-    problems = []
-    for i, step in enumerate(job.steps):
-        try:
-            entry = registry.get(step.model)
-        except UnknownModelError as exc:
-            problems.append(f"{_where(source, root, ('steps', i, 'model'))}: {exc}")
-            continue
-        try:
-            entry.validate_params(step.params)
-        except ValidationError as exc:
-            for err in exc.errors():
-                loc = ("steps", i, "params", *err["loc"])
-                msg = "unknown param" if err["type"] == "extra_forbidden" else err["msg"]
-                problems.append(f"{_where(source, root, loc)}: {msg}")
-    if problems:
+    problems += _step_problems(data.get("steps"), registry, source, root)
+    if problems or job is None:
         raise JobError(problems)
     return job
 

@@ -1,0 +1,41 @@
+import pytest
+import torch
+
+from models import ImageModel, ModelEntry, Registry, default_registry
+from models.registry import NoParams, UnknownModelError
+from models.resample import Identity
+
+
+def test_duplicate_names_refused():
+    reg = Registry()
+    entry = ModelEntry("x", "passthrough", "", NoParams, lambda _: ImageModel("x", Identity(), 1, 3, True))
+    reg.register(entry)
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register(entry)
+
+
+def test_unknown_name_suggests():
+    with pytest.raises(UnknownModelError, match="did you mean 'lanczos'"):
+        default_registry().get("lanczoss")
+
+
+def test_registries_are_independent():
+    a, b = default_registry(), default_registry()
+    a.register(ModelEntry("extra", "t", "", NoParams, lambda _: None))
+    assert "extra" in a.names() and "extra" not in b.names()
+
+
+@pytest.mark.parametrize("name", default_registry().names())
+def test_every_model_runs_a_forward_pass(name):
+    model = default_registry().build(name)
+    x = torch.rand(2, model.channels, 12, 10)
+    with torch.inference_mode():
+        y = model.module(x)
+    assert y.shape == (2, model.channels, *model.output_size(12, 10))
+    assert torch.isfinite(y).all()
+    assert model.weights_sha256 == (default_registry().get(name).weights.sha256 if default_registry().get(name).weights else None)
+
+
+def test_scale_param_validated():
+    with pytest.raises(Exception, match="greater than 0"):
+        default_registry().build("bicubic", {"scale": 0})

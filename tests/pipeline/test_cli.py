@@ -1,0 +1,81 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import main
+
+JOB = """\
+name: cli
+input:
+  uri: {input}
+output:
+  uri: {output}
+steps:
+  - model: lanczos
+    params: {{scale: 1.5}}
+resources: {{shard_size: 4}}
+limits: {{max_pixels: 1000000, max_bytes: 150000}}
+"""
+
+
+@pytest.fixture
+def job_file(tmp_path, corpus_dir):
+    def make(input_dir=corpus_dir):
+        path = tmp_path / "job.yaml"
+        path.write_text(JOB.format(input=input_dir, output=tmp_path / "out"))
+        return str(path)
+
+    return make
+
+
+def test_run_exit_3_with_error_rows_then_runs_lists_it(ray_local, job_file, tmp_path, corpus):
+    result = CliRunner().invoke(main, ["run", job_file()])
+    assert result.exit_code == 3, result.output
+    n_errors = sum(1 for _, s in corpus.values() if s not in ("ok", "skip"))
+    assert f"{n_errors} error" in result.output and "error corrupt: e.g." in result.output
+    listed = CliRunner().invoke(main, ["runs", str(tmp_path / "out"), "--json"])
+    [record] = [json.loads(line) for line in listed.output.splitlines()]
+    assert record["status"] == "committed" and record["counts"]["error"] == n_errors
+    table = CliRunner().invoke(main, ["runs", str(tmp_path / "out")])
+    assert record["run_id"] in table.output and "committed" in table.output
+
+
+def test_run_exit_0_when_all_ok_with_overrides(ray_local, job_file, tmp_path, corpus_dir):
+    result = CliRunner().invoke(main, ["run", job_file(), "--input", str(corpus_dir / "png"), "--output", str(tmp_path / "o2")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "o2" / "images" / "rgb.png").is_file()
+    assert not (tmp_path / "out").exists()
+
+
+def test_plan_counts_without_writing(job_file, tmp_path, corpus):
+    result = CliRunner().invoke(main, ["plan", job_file()])
+    assert result.exit_code == 0, result.output
+    n = sum(1 for _, s in corpus.values() if s != "skip")
+    assert f"inputs:  {n}" in result.output and f"shards:  {-(-n // 4)}" in result.output
+    assert "skipped: 1" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_job_exit_2_one_line_per_problem_touches_nothing(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\ninput: {uri: /in, colour: 1}\noutput: {uri: " + str(tmp_path / "o") + "}\nsteps: [{model: nope}]\n")
+    for command in (["validate", str(path)], ["run", str(path)], ["plan", str(path)]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 2
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 2
+        assert any("input.colour: unknown key" in ln for ln in lines)
+        assert any("steps.0.model: unknown model 'nope'" in ln for ln in lines)
+    assert not (tmp_path / "o").exists()
+
+
+def test_validate_ok_and_models_table():
+    runner = CliRunner()
+    result = runner.invoke(main, ["validate", "jobs/demo.yaml"])
+    assert result.exit_code == 0 and "ok" in result.output
+    table = runner.invoke(main, ["models"])
+    assert table.exit_code == 0
+    for name in ("identity", "bicubic", "lanczos", "realesr-animevideov3"):
+        assert name in table.output
+    assert "BSD-3-Clause" in table.output
