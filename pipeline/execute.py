@@ -40,6 +40,24 @@ def connect(address: str | None = None) -> None:
     ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False if not address else None)
 
 
+def gpus_to_request(wanted: float) -> float:
+    """``wanted``, or 0 when the cluster has no GPU at all and cannot grow one.
+
+    An autoscaling cluster may add GPU nodes later, so the fallback to CPU only applies
+    when no node of the cluster has a GPU and no autoscaler is configured.
+    """
+    if wanted <= 0 or ray.cluster_resources().get("GPU", 0) >= wanted:
+        return wanted
+    try:  # Ray keeps the autoscaler's config in its GCS; no public API exposes it
+        autoscaling = ray._private.state.state.get_cluster_config() is not None
+    except Exception:
+        autoscaling = True  # unknown: keep asking for the GPU rather than silently using CPU
+    if autoscaling:
+        return wanted
+    log.warning("resources.gpus_per_actor=%s but the cluster has no GPU: running the models on CPU", wanted)
+    return 0
+
+
 @ray.remote(max_restarts=3, max_task_retries=3)
 class ModelActor:
     def __init__(self, registry: Registry, steps: list[dict], batch_size: int, threads: int, want_gpu: bool):
@@ -212,8 +230,9 @@ def execute(
     """Run the given shards of a planned run to commit."""
     res = ctx.job.resources
     steps = [s.model_dump() for s in ctx.job.steps]
-    actor_cls = ModelActor.options(num_cpus=res.cpus_per_actor, num_gpus=res.gpus_per_actor)
-    actors = [actor_cls.remote(registry, steps, res.batch_size, int(res.cpus_per_actor), res.gpus_per_actor > 0) for _ in range(res.actors)]
+    gpus = gpus_to_request(res.gpus_per_actor)
+    actor_cls = ModelActor.options(num_cpus=res.cpus_per_actor, num_gpus=gpus)
+    actors = [actor_cls.remote(registry, steps, res.batch_size, int(res.cpus_per_actor), gpus > 0) for _ in range(res.actors)]
     ray.get([a.ready.remote() for a in actors])  # a model that cannot load fails the run here, once
     max_inflight = res.max_inflight_shards or 2 * res.actors
     inflight: dict = {}  # ObjectRef → (shard, attempt)

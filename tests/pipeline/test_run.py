@@ -137,3 +137,9 @@ def test_list_file_input(ray_local, corpus_dir, tmp_path):
     listing.write_text("uri\n" + "\n".join(str(corpus_dir / n) for n in ("jpeg/rgb.jpg", "png/rgb.png", "broken/bomb.png")) + "\n")
     summary = api.run(make_job(str(listing), str(tmp_path / "out")))
     assert summary.counts == {"ok": 2, "error": 1}
+
+
+def test_gpu_request_falls_back_to_cpu_without_gpus(ray_local, corpus_dir, tmp_path):
+    job = make_job(str(corpus_dir / "png"), str(tmp_path / "out"), resources={"gpus_per_actor": 1, "shard_size": 4})
+    summary = api.run(job)
+    assert summary.counts.get("ok") and not summary.errors
