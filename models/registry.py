@@ -107,4 +107,26 @@ def default_registry() -> Registry:
             licence=realesrgan.UPSTREAM_LICENCE,
         )
     )
+    reg.register(
+        ModelEntry(
+            name="realesrgan-x4plus",
+            task="super-resolution",
+            description="Real-ESRGAN RRDBNet 64×23, ×4 (general photos; slow, best quality)",
+            params=NoParams,
+            build=lambda _: realesrgan.build_x4plus(),
+            weights=realesrgan.X4PLUS,
+            licence=realesrgan.UPSTREAM_LICENCE,
+        )
+    )
+    reg.register(
+        ModelEntry(
+            name="realesrgan-x4plus-anime",
+            task="super-resolution",
+            description="Real-ESRGAN RRDBNet 64×6, ×4 (anime illustrations)",
+            params=NoParams,
+            build=lambda _: realesrgan.build_x4plus_anime(),
+            weights=realesrgan.X4PLUS_ANIME,
+            licence=realesrgan.UPSTREAM_LICENCE,
+        )
+    )
     return reg

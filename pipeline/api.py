@@ -8,8 +8,9 @@ from dataclasses import asdict, dataclass, field
 import pyarrow.compute as pc
 
 from models import Registry, default_registry
-from pipeline import __version__, execute, manifest, runs
+from pipeline import __version__, execute, incremental, manifest, runs
 from pipeline.job import Job
+from pipeline.lease import Lease
 from pipeline.planning import PlanSummary, iter_shards
 
 
@@ -23,6 +24,7 @@ class RunSummary:
     shards: int
     shards_run: int
     counts: dict[str, int]  # status → rows over the whole run
+    categories: dict[str, int] = field(default_factory=dict)  # new / changed / unchanged / failed at planning
     error_examples: dict[str, str] = field(default_factory=dict)  # error_type → input_uri
     wall_seconds: float = 0.0
 
@@ -31,10 +33,17 @@ class RunSummary:
         return self.counts.get("error", 0)
 
 
-def plan(job: Job) -> PlanSummary:
-    """List and shard the inputs without running or writing anything."""
+def _selector(job: Job, fingerprint: str, summary: PlanSummary):
+    """The incremental diff for ``job.mode`` as a filter over plan tables."""
+    history = incremental.load_history(job.output.uri, fingerprint, job.output.storage_options)
+    return lambda table: incremental.select(table, history, job.mode, summary.categories)
+
+
+def plan(job: Job, registry: Registry | None = None) -> PlanSummary:
+    """List, diff and shard the inputs without running or writing anything."""
     summary = PlanSummary()
-    for _ in iter_shards(job, summary):
+    select = _selector(job, job.fingerprint(registry or default_registry()), summary)
+    for _ in iter_shards(job, summary, select):
         pass
     return summary
 
@@ -49,45 +58,65 @@ def _unfinished_run(job: Job, fingerprint: str) -> runs.RunRecord | None:
     return candidates[-1] if candidates else None
 
 
+def _new_run(job: Job, fingerprint: str, run_id: str) -> runs.RunRecord:
+    """Plan a new run: diff, shard and record the plan, then mark the record ``running``."""
+    out = job.output
+    record = runs.RunRecord(
+        run_id=run_id,
+        job_name=job.name,
+        fingerprint=fingerprint,
+        input_uri=job.input.uri,
+        output_uri=out.uri,
+        status="planning",
+        started_at=runs.now(),
+        job=job.model_dump(mode="json"),
+        darkroom_version=__version__,
+    )
+    runs.save(record, out.storage_options)
+    summary = PlanSummary()
+    for shard in iter_shards(job, summary, _selector(job, fingerprint, summary)):
+        runs.save_plan_shard(out.uri, record.run_id, shard.index, shard.table, out.storage_options)
+    record.status, record.shards, record.inputs, record.bytes = "running", summary.shards, summary.inputs, summary.bytes
+    record.listed, record.categories = summary.listed, summary.categories
+    runs.save(record, out.storage_options)
+    return record
+
+
 def run(job: Job, registry: Registry | None = None, address: str | None = None, resume: bool = True) -> RunSummary:
-    """Plan (or resume) and execute ``job`` on Ray; returns when every shard is committed."""
+    """Plan (or resume) and execute ``job`` on Ray; returns when every shard is committed.
+
+    Holds the output's lease throughout, so a second run on the same output refuses to start.
+    """
     registry = registry or default_registry()
     started = time.perf_counter()
     out = job.output
     fingerprint = job.fingerprint(registry)
-    record = _unfinished_run(job, fingerprint) if resume else None
-    resumed = record is not None
-    if record is None:
-        record = runs.RunRecord(
-            run_id=runs.new_run_id(),
-            job_name=job.name,
-            fingerprint=fingerprint,
-            input_uri=job.input.uri,
-            output_uri=out.uri,
-            status="planning",
-            started_at=runs.now(),
-            job=job.model_dump(mode="json"),
-            darkroom_version=__version__,
-        )
-        runs.save(record, out.storage_options)
-        summary = PlanSummary()
-        for shard in iter_shards(job, summary):
-            runs.save_plan_shard(out.uri, record.run_id, shard.index, shard.table, out.storage_options)
-        record.status, record.shards, record.inputs, record.bytes = "running", summary.shards, summary.inputs, summary.bytes
-        runs.save(record, out.storage_options)
-    committed = manifest.committed_shards(out.uri, record.run_id, out.storage_options)
-    todo = [i for i in range(record.shards) if i not in committed]
+    run_id = runs.new_run_id()
+    with Lease(out.uri, run_id, out.storage_options) as lease:
+        record = _unfinished_run(job, fingerprint) if resume else None
+        resumed = record is not None
+        if record is None:
+            record = _new_run(job, fingerprint, run_id)
+        else:
+            lease.rename(record.run_id)
+        committed = manifest.committed_shards(out.uri, record.run_id, out.storage_options)
+        todo = [i for i in range(record.shards) if i not in committed]
 
-    examples: dict[str, str] = {}
-    if todo:
-        execute.connect(address)
-        ctx = execute.context_for(job, registry, record.run_id)
-        execute.execute(ctx, registry, todo, lambda r: [examples.setdefault(k, v) for k, v in r.error_examples.items()])
+        examples: dict[str, str] = {}
 
-    statuses = manifest.read(out.uri, out.storage_options, record.run_id).column("status")
-    counts = {d["values"]: d["counts"] for d in pc.value_counts(statuses).to_pylist()}
-    record.status, record.finished_at, record.counts = "committed", runs.now(), counts
-    runs.save(record, out.storage_options)
+        def on_shard(result: execute.ShardResult) -> None:
+            for error_type, uri in result.error_examples.items():
+                examples.setdefault(error_type, uri)
+
+        if todo:
+            execute.connect(address)
+            ctx = execute.context_for(job, registry, record.run_id)
+            execute.execute(ctx, registry, todo, on_shard, check=lease.check)
+
+        statuses = manifest.read(out.uri, out.storage_options, record.run_id).column("status")
+        counts = {d["values"]: d["counts"] for d in pc.value_counts(statuses).to_pylist()}
+        record.status, record.finished_at, record.counts = "committed", runs.now(), counts
+        runs.save(record, out.storage_options)
     return RunSummary(
         run_id=record.run_id,
         resumed=resumed,
@@ -97,6 +126,7 @@ def run(job: Job, registry: Registry | None = None, address: str | None = None, 
         shards=record.shards,
         shards_run=len(todo),
         counts=counts,
+        categories=record.categories,
         error_examples=examples,
         wall_seconds=time.perf_counter() - started,
     )

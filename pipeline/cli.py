@@ -14,13 +14,20 @@ import click
 from models import default_registry
 from pipeline import api
 from pipeline.job import Job, JobError, load_job
+from pipeline.lease import LeaseHeld
 
 EXIT_ERROR_ROWS = 3
 EXIT_BAD_JOB = 2
+EXIT_RUN_FAILED = 1
+MODES = ["incremental", "retry-errors", "overwrite"]
 
 
-def _load(path: str, input_uri: str | None, output_uri: str | None) -> Job:
-    overrides = {k: v for k, v in {"input.uri": input_uri, "output.uri": output_uri}.items() if v}
+def _categories(categories: dict[str, int]) -> str:
+    return ", ".join(f"{categories.get(c, 0)} {c}" for c in ("new", "changed", "unchanged", "failed"))
+
+
+def _load(path: str, input_uri: str | None, output_uri: str | None, mode: str | None = None) -> Job:
+    overrides = {k: v for k, v in {"input.uri": input_uri, "output.uri": output_uri, "mode": mode}.items() if v}
     try:
         return load_job(path, default_registry(), overrides)
     except JobError as exc:
@@ -39,15 +46,23 @@ def main() -> None:
 @click.argument("job_file", type=click.Path(dir_okay=False))
 @click.option("--input", "input_uri", help="Override input.uri.")
 @click.option("--output", "output_uri", help="Override output.uri.")
+@click.option("--mode", type=click.Choice(MODES), help="Override mode (default: the job's, else incremental).")
 @click.option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else start Ray locally).")
 @click.option("--no-resume", is_flag=True, help="Start a new run even if an unfinished one exists.")
-def run(job_file: str, input_uri: str | None, output_uri: str | None, address: str | None, no_resume: bool) -> None:
+def run(job_file: str, input_uri: str | None, output_uri: str | None, mode: str | None, address: str | None, no_resume: bool) -> None:
     """Run JOB_FILE to completion (resuming an unfinished run of the same job)."""
-    job = _load(job_file, input_uri, output_uri)
-    summary = api.run(job, address=address, resume=not no_resume)
+    job = _load(job_file, input_uri, output_uri, mode)
+    try:
+        summary = api.run(job, address=address, resume=not no_resume)
+    except LeaseHeld as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_RUN_FAILED)
     verb = "resumed" if summary.resumed else "run"
-    counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items())) or "no inputs"
-    click.echo(f"{verb} {summary.run_id}: {summary.inputs} inputs in {summary.shards} shards: {counts} ({summary.wall_seconds:.1f} s)")
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items())) or "nothing to do"
+    click.echo(
+        f"{verb} {summary.run_id} ({job.mode}): {_categories(summary.categories)}; "
+        f"{summary.inputs} inputs in {summary.shards} shards: {counts} ({summary.wall_seconds:.1f} s)"
+    )
     for error_type, uri in sorted(summary.error_examples.items()):
         click.echo(f"  error {error_type}: e.g. {uri}")
     click.echo(f"images:   {summary.output_uri.rstrip('/')}/images/")
@@ -59,11 +74,13 @@ def run(job_file: str, input_uri: str | None, output_uri: str | None, address: s
 @click.argument("job_file", type=click.Path(dir_okay=False))
 @click.option("--input", "input_uri", help="Override input.uri.")
 @click.option("--output", "output_uri", help="Override output.uri.")
-def plan(job_file: str, input_uri: str | None, output_uri: str | None) -> None:
-    """List and shard the inputs of JOB_FILE without running anything."""
-    job = _load(job_file, input_uri, output_uri)
+@click.option("--mode", type=click.Choice(MODES), help="Override mode.")
+def plan(job_file: str, input_uri: str | None, output_uri: str | None, mode: str | None) -> None:
+    """List, diff and shard the inputs of JOB_FILE without running anything."""
+    job = _load(job_file, input_uri, output_uri, mode)
     summary = api.plan(job)
-    click.echo(f"inputs:  {summary.inputs}")
+    click.echo(f"listed:  {summary.listed} images ({_categories(summary.categories)})")
+    click.echo(f"inputs:  {summary.inputs} to run in mode {job.mode}")
     click.echo(f"shards:  {summary.shards} (shard_size {job.resources.shard_size})")
     click.echo(f"bytes:   {summary.bytes}")
     if summary.skipped_not_image:
@@ -118,3 +135,107 @@ def runs_cmd(output_uri: str, as_json: bool) -> None:
             f"{r['run_id']:<24} {r['job_name']:<16} {r['status']:<10} {r['inputs']:>7} "
             f"{c.get('ok', 0):>7} {c.get('error', 0):>7}  {r['started_at']}"
         )
+
+
+# ---- cluster submission: thin commands over pipeline/submit.py (Ray's Job Submission API) ----
+
+import contextlib  # noqa: E402
+import time  # noqa: E402
+
+from pipeline import submit as cluster  # noqa: E402  (stdlib only at import; Ray is imported on use)
+
+_ADDRESS_HELP = "Ray dashboard address, http://HEAD:8265 (default: $RAY_ADDRESS)."
+
+
+@contextlib.contextmanager
+def _cluster_errors():
+    """pipeline.submit failures (unreachable cluster, unknown id, …): one line on stderr, exit 1."""
+    try:
+        yield
+    except cluster.SubmitError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+def _when(epoch: float | None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)) if epoch else "-"
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.argument("run_args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--address", help=_ADDRESS_HELP)
+@click.option("--wait", is_flag=True, help="Follow the logs until the job ends, then exit with its exit code.")
+def submit(job_file: str, run_args: tuple[str, ...], address: str | None, wait: bool) -> None:
+    """Submit `darkroom run JOB_FILE [RUN_ARGS...]` to a Ray cluster; prints the submission id.
+
+    The project directory and JOB_FILE travel with the submission. RUN_ARGS (after --) go to
+    `darkroom run`, e.g. `darkroom submit job.yaml -- --output s3://b/o/`.
+    """
+    job = _load(job_file, None, None)  # a bad job file exits 2 here, before anything is uploaded
+    with _cluster_errors():
+        submission_id = cluster.submit(job_file, address, list(run_args), job_name=job.name)
+        click.echo(submission_id)
+        if not wait:
+            click.echo(f"follow with: darkroom logs {submission_id} --follow", err=True)
+            return
+        for chunk in cluster.logs(submission_id, address, follow=True):
+            click.echo(chunk, nl=False)
+        state = cluster.wait(submission_id, address)
+    click.echo(f"{submission_id}: {state.status} {state.message}".rstrip(), err=True)
+    if state.status == "SUCCEEDED":
+        sys.exit(0)
+    sys.exit(state.exit_code if state.exit_code in (EXIT_BAD_JOB, EXIT_ERROR_ROWS) else 1)
+
+
+@main.command()
+@click.argument("submission_id")
+@click.option("--address", help=_ADDRESS_HELP)
+def status(submission_id: str, address: str | None) -> None:
+    """Status of a submitted job: PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
+    with _cluster_errors():
+        state = cluster.status(submission_id, address)
+    code = f" (exit {state.exit_code})" if state.exit_code is not None else ""
+    click.echo(f"{state.submission_id}: {state.status}{code} {state.message}".rstrip())
+
+
+@main.command()
+@click.argument("submission_id")
+@click.option("--address", help=_ADDRESS_HELP)
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the job ends.")
+def logs(submission_id: str, address: str | None, follow: bool) -> None:
+    """Output of a submitted job (its `darkroom run` stdout and stderr)."""
+    with _cluster_errors():
+        for chunk in cluster.logs(submission_id, address, follow=follow):
+            click.echo(chunk, nl=False)
+
+
+@main.command()
+@click.argument("submission_id")
+@click.option("--address", help=_ADDRESS_HELP)
+def stop(submission_id: str, address: str | None) -> None:
+    """Stop a submitted job (committed shards stay committed; a later run resumes the rest)."""
+    with _cluster_errors():
+        if cluster.stop(submission_id, address):
+            click.echo(f"stopping {submission_id}")
+        else:
+            click.echo(f"{submission_id} is not running ({cluster.status(submission_id, address).status})")
+
+
+@main.command()
+@click.option("--address", help=_ADDRESS_HELP)
+def jobs(address: str | None) -> None:
+    """Jobs submitted to the cluster, oldest first."""
+    with _cluster_errors():
+        states = cluster.list_jobs(address)
+    if not states:
+        click.echo("no submitted jobs")
+        return
+    click.echo(f"{'submission_id':<44} {'job':<16} {'status':<10} {'exit':>4}  started")
+    for s in states:
+        code = "-" if s.exit_code is None else str(s.exit_code)
+        click.echo(f"{s.submission_id:<44} {(s.job_name or '-'):<16} {s.status:<10} {code:>4}  {_when(s.start_time)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -225,9 +225,16 @@ def context_for(job: Job, registry: Registry, run_id: str) -> ShardContext:
 
 
 def execute(
-    ctx: ShardContext, registry: Registry, shards: Iterable[int], on_shard: Callable[[ShardResult], None] | None = None
+    ctx: ShardContext,
+    registry: Registry,
+    shards: Iterable[int],
+    on_shard: Callable[[ShardResult], None] | None = None,
+    check: Callable[[], None] | None = None,
 ) -> None:
-    """Run the given shards of a planned run to commit."""
+    """Run the given shards of a planned run to commit.
+
+    ``check`` is called between shards and may raise to stop the run (e.g. a lost lease).
+    """
     res = ctx.job.resources
     steps = [s.model_dump() for s in ctx.job.steps]
     gpus = gpus_to_request(res.gpus_per_actor)
@@ -243,6 +250,8 @@ def execute(
 
     def collect_one() -> None:
         [ref], _ = ray.wait(list(inflight), num_returns=1)
+        if check:
+            check()
         shard, attempt = inflight.pop(ref)
         try:
             result = ray.get(ref)

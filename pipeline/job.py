@@ -71,6 +71,10 @@ class Limits(Strict):
 
 class Job(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    mode: Literal["incremental", "retry-errors", "overwrite"] = Field(
+        "incremental",
+        description="incremental: skip inputs already done by this pipeline; retry-errors: only inputs that failed; overwrite: all",
+    )
     input: InputSpec
     output: OutputSpec
     steps: list[StepSpec] = Field(min_length=1)

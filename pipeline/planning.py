@@ -12,10 +12,11 @@ import posixpath
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
@@ -45,11 +46,15 @@ class Shard:
 
 @dataclass
 class PlanSummary:
+    """listed: image inputs found; inputs: those planned to run (after the incremental diff)."""
+
+    listed: int = 0
     inputs: int = 0
     shards: int = 0
     bytes: int = 0
     skipped_not_image: int = 0
     examples_skipped: list[str] = field(default_factory=list)
+    categories: dict[str, int] = field(default_factory=dict)  # new / changed / unchanged / failed
 
 
 def safe_rel_path(rel: str) -> str:
@@ -131,27 +136,52 @@ def _column(batch: pa.RecordBatch, name: str) -> list:
     return batch.column(name).to_pylist() if name in batch.schema.names else [None] * batch.num_rows
 
 
-def iter_shards(job: Job, summary: PlanSummary | None = None) -> Iterator[Shard]:
-    """Stream the job's inputs as shards; ``summary`` (if given) is filled in on the way."""
-    summary = summary if summary is not None else PlanSummary()
-    size = job.resources.shard_size
+def _listing_tables(spec: InputSpec, rows: int, summary: PlanSummary) -> Iterator[pa.Table]:
+    """The image inputs as PLAN_SCHEMA tables of at most ``rows`` rows each."""
     buffer: list[tuple] = []
-    for uri, rel, nbytes, etag, mtime in _listed(job.input):
+    for uri, rel, nbytes, etag, mtime in _listed(spec):
         if not _is_image(uri):
             summary.skipped_not_image += 1
             if len(summary.examples_skipped) < 3:
                 summary.examples_skipped.append(uri)
             continue
         buffer.append((uri, safe_rel_path(rel), nbytes, etag, mtime))
-        summary.inputs += 1
-        summary.bytes += nbytes or 0
-        if len(buffer) == size:
-            yield Shard(summary.shards, _table(buffer))
-            summary.shards += 1
+        summary.listed += 1
+        if len(buffer) == rows:
+            yield _table(buffer)
             buffer = []
     if buffer:
-        yield Shard(summary.shards, _table(buffer))
-        summary.shards += 1
+        yield _table(buffer)
+
+
+def iter_shards(
+    job: Job, summary: PlanSummary | None = None, select: Callable[[pa.Table], pa.Table] | None = None
+) -> Iterator[Shard]:
+    """Stream the job's inputs as shards of ``shard_size`` rows.
+
+    ``select`` (e.g. the incremental diff) filters each listing table before sharding;
+    ``summary`` (if given) is filled in on the way.
+    """
+    summary = summary if summary is not None else PlanSummary()
+    size = job.resources.shard_size
+    pending = PLAN_SCHEMA.empty_table()
+    for table in _listing_tables(job.input, size, summary):
+        if select is not None:
+            table = select(table)
+        pending = pa.concat_tables([pending, table])
+        while len(pending) >= size:
+            yield _shard(summary, pending.slice(0, size))
+            pending = pending.slice(size)
+    if len(pending):
+        yield _shard(summary, pending)
+
+
+def _shard(summary: PlanSummary, table: pa.Table) -> Shard:
+    shard = Shard(summary.shards, table.combine_chunks())
+    summary.shards += 1
+    summary.inputs += len(table)
+    summary.bytes += pc.sum(table["size"]).as_py() or 0
+    return shard
 
 
 def _table(rows: list[tuple]) -> pa.Table:

@@ -31,8 +31,10 @@ class RunRecord:
     job: dict
     finished_at: str | None = None
     shards: int = 0
-    inputs: int = 0
+    listed: int = 0  # image inputs found by the listing
+    inputs: int = 0  # of those, planned to run (after the incremental diff)
     bytes: int = 0
+    categories: dict[str, int] = field(default_factory=dict)  # new / changed / unchanged / failed
     counts: dict[str, int] = field(default_factory=dict)  # status → rows, set when committed
     darkroom_version: str = ""
 

@@ -6,6 +6,8 @@ S3-compatible stores: besides boto's usual credential chain, ``AWS_ENDPOINT_URL`
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import posixpath
 import re
@@ -49,8 +51,7 @@ def filesystem(uri: str, storage_options: dict | None = None) -> tuple[fsspec.Ab
 
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    return "file" in protocols or "local" in protocols
+    return "file" in _protocols(fs) or "local" in _protocols(fs)
 
 
 def join(base: str, *parts: str) -> str:
@@ -128,7 +129,7 @@ def iter_files(root: str, storage_options: dict | None = None) -> Iterator[FileE
     walked directory by directory, sorted. A ``root`` that is itself a file yields it.
     """
     fs, path = filesystem(root, storage_options)
-    if "s3" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+    if "s3" in _protocols(fs):
         yield from _iter_s3(fs, path)
         return
     if fs.isfile(path):
@@ -191,3 +192,89 @@ def glob_matcher(pattern: str):
     """A predicate on paths relative to the glob root (``**`` spans folders)."""
     regex = re.compile(glob_translate(pattern))
     return lambda rel: bool(regex.match(rel))
+
+
+class PreconditionFailed(Exception):
+    """A conditional write lost: the object exists (create) or changed (replace)."""
+
+
+def read_versioned(uri: str, storage_options: dict | None = None) -> tuple[bytes | None, str | None]:
+    """(content, version) of a small object, or (None, None) if it does not exist.
+
+    The version is the S3 ETag, or a digest of the content on local disks; pass it to
+    ``put_if`` to replace exactly this content.
+    """
+    fs, path = filesystem(uri, storage_options)
+    try:
+        if is_local(fs):
+            data = fs.cat_file(path)
+            return data, hashlib.sha256(data).hexdigest()
+        info = fs.info(path, refresh=True) if "s3" in _protocols(fs) else fs.info(path)
+        data = fs.cat_file(path)
+        return data, (info.get("ETag") or "").strip('"') or hashlib.sha256(data).hexdigest()
+    except FileNotFoundError:
+        return None, None
+
+
+def put_if(uri: str, data: bytes, version: str | None, storage_options: dict | None = None) -> str:
+    """Compare-and-swap write of a small object; returns the new version.
+
+    ``version=None``: create, failing if the object exists. Otherwise replace, failing if
+    the object's current version differs. S3 uses conditional PUT (If-None-Match / If-Match);
+    local disks use a hard link for create and an flock'd read-compare-rename for replace.
+    Other filesystems fall back to an unconditional write after a version check.
+    """
+    fs, path = filesystem(uri, storage_options)
+    if is_local(fs):
+        return _put_if_local(path, data, version)
+    if "s3" in _protocols(fs):
+        try:
+            if version is None:
+                out = fs.pipe_file(path, data, mode="create")
+            else:
+                out = fs.pipe_file(path, data, IfMatch=f'"{version}"')
+        except FileExistsError:
+            raise PreconditionFailed(uri) from None
+        except OSError as exc:
+            if "pre-condition" in str(exc) or "PreconditionFailed" in str(exc):
+                raise PreconditionFailed(uri) from None
+            raise
+        return out["ETag"].strip('"')
+    _, current = read_versioned(uri, storage_options)
+    if current != version:
+        raise PreconditionFailed(uri)
+    fs.pipe_file(path, data)
+    return read_versioned(uri, storage_options)[1] or ""
+
+
+def _put_if_local(path: str, data: bytes, version: str | None) -> str:
+    directory = posixpath.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    tmp = posixpath.join(directory, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    try:
+        with open(path + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if version is None:
+                try:
+                    os.link(tmp, path)  # fails if the target exists: an atomic create
+                except FileExistsError:
+                    raise PreconditionFailed(path) from None
+            else:
+                try:
+                    with open(path, "rb") as fh:
+                        current = hashlib.sha256(fh.read()).hexdigest()
+                except FileNotFoundError:
+                    current = None
+                if current != version:
+                    raise PreconditionFailed(path)
+                os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple:
+    return fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)

@@ -1,0 +1,258 @@
+"""Submit darkroom jobs to a running Ray cluster: thin wrappers over Ray's Job Submission SDK.
+
+A submission is ``python -m pipeline.cli run <job file>`` started on the cluster's head node by
+Ray's job manager (the dashboard, ``http://HEAD:8265``). The project directory travels with it as
+the runtime_env ``working_dir`` (minus virtualenvs, outputs, git and caches), so the cluster runs
+exactly this checkout's code and job file; the nodes only need darkroom's dependencies installed
+(``cluster.yaml`` does that). Inside the job, Ray sets ``RAY_ADDRESS``, so ``darkroom run`` joins
+the cluster instead of starting its own Ray.
+
+Every failure surfaces as :class:`SubmitError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import logging
+import os
+import secrets
+import shlex
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+# Not shipped with a submission (gitignore-style patterns for Ray; plain names for the staging copy).
+EXCLUDES = [
+    ".venv", "venv", ".git", "out", "__pycache__", "*.pyc", ".pytest_cache", ".mypy_cache",
+    ".ruff_cache", ".cache", "*.egg-info", "build", "dist", ".ci",
+]  # fmt: skip
+STAGED_JOBS_DIR = ".darkroom-submitted"  # where a job file from outside the project goes in a staged copy
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+class SubmitError(Exception):
+    """A submission-side failure; ``str()`` is one line fit for the terminal."""
+
+
+@dataclass
+class JobState:
+    submission_id: str
+    status: str  # PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED
+    message: str
+    entrypoint: str
+    start_time: float | None  # epoch seconds
+    end_time: float | None
+    exit_code: int | None  # the entrypoint's exit code once it has finished (darkroom's 0/3/2/1)
+    job_name: str | None  # darkroom job name, from the submission's metadata
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+def resolve_address(address: str | None) -> str:
+    """``address`` or ``$RAY_ADDRESS``: the dashboard URL (``http://HEAD:8265``); a bare host:port gets http://."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise SubmitError("no cluster address: pass --address http://HEAD:8265 or set RAY_ADDRESS")
+    return address if "://" in address else f"http://{address}"
+
+
+@contextlib.contextmanager
+def _explicit_address_wins():
+    """Ray's client lets $RAY_ADDRESS / $RAY_API_SERVER_ADDRESS override its argument; we want the reverse."""
+    saved = {k: os.environ.pop(k) for k in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS") if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def client(address: str | None = None):
+    """A connected ``JobSubmissionClient``; an unreachable cluster raises SubmitError."""
+    from ray.job_submission import JobSubmissionClient
+
+    url = resolve_address(address)
+    try:
+        with _explicit_address_wins():
+            return JobSubmissionClient(url)
+    except Exception as exc:
+        raise SubmitError(f"cannot reach the Ray cluster at {url} ({_one_line(exc)})") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return (text or type(exc).__name__)[:500]
+
+
+@contextlib.contextmanager
+def _sdk_errors(what: str):
+    try:
+        yield
+    except SubmitError:
+        raise
+    except Exception as exc:  # the SDK raises RuntimeError (404, 500, …), ConnectionError, aiohttp errors
+        raise SubmitError(f"{what}: {_one_line(exc)}") from None
+
+
+def project_root() -> Path:
+    """The darkroom checkout this code runs from (the directory holding ``pipeline/`` and pyproject.toml)."""
+    candidates = [Path(__file__).resolve().parents[1], *[p for p in (Path.cwd(), *Path.cwd().parents)]]
+    for root in candidates:
+        if (root / "pyproject.toml").is_file() and (root / "pipeline" / "cli.py").is_file():
+            return root
+    raise SubmitError("cannot find the darkroom project directory (pyproject.toml + pipeline/): run from a checkout")
+
+
+def _ignored(name: str) -> bool:
+    return any(fnmatch.fnmatch(name, pattern) for pattern in EXCLUDES)
+
+
+def _stage(root: Path, job_file: Path, into: Path) -> tuple[Path, str]:
+    """Copy the project (minus EXCLUDES) plus an outside job file into ``into``; returns (dir, job path)."""
+    staged = into / "project"
+    shutil.copytree(root, staged, ignore=lambda _dir, names: [n for n in names if _ignored(n)], symlinks=False)
+    rel = f"{STAGED_JOBS_DIR}/{job_file.name}"
+    (staged / STAGED_JOBS_DIR).mkdir(exist_ok=True)
+    shutil.copy2(job_file, staged / rel)
+    return staged, rel
+
+
+def _job_name(job_file: Path) -> str:
+    """The job's ``name`` field (the file's stem if it has none): submission ids start with it."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(job_file.read_text())
+    except (OSError, yaml.YAMLError):
+        data = None
+    name = data.get("name") if isinstance(data, dict) else None
+    return name if isinstance(name, str) and name else job_file.stem
+
+
+@contextlib.contextmanager
+def _quiet_packaging():
+    """Ray logs each ignored file and the upload at INFO; keep the terminal to darkroom's own lines."""
+    loggers = [logging.getLogger(n) for n in ("ray._private.runtime_env.packaging", "ray.dashboard.modules.dashboard_sdk")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def new_submission_id(job_name: str) -> str:
+    return f"darkroom-{job_name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(3)}"
+
+
+def submit(job_path: str | os.PathLike, address: str | None = None, extra_args: list[str] | tuple[str, ...] = (),
+           job_name: str | None = None, submission_id: str | None = None) -> str:  # fmt: skip
+    """Submit ``darkroom run JOB_PATH EXTRA_ARGS`` to the cluster; returns the submission id.
+
+    A job file inside the project travels with the project and is named by its relative path.
+    A job file outside it is copied, with the project, into a temporary staged directory that
+    is uploaded instead (so it works on a remote cluster too).
+    """
+    job_file = Path(job_path).resolve()
+    if not job_file.is_file():
+        raise SubmitError(f"{job_path}: no such job file")
+    root = project_root()
+    name = job_name or _job_name(job_file)
+    sdk = client(address)  # connect before copying or packaging anything
+    with tempfile.TemporaryDirectory(prefix="darkroom-submit-") as tmp:
+        try:
+            working_dir, rel = root, job_file.relative_to(root).as_posix()
+        except ValueError:
+            working_dir, rel = _stage(root, job_file, Path(tmp))
+        entrypoint = shlex.join(["python", "-m", "pipeline.cli", "run", rel, *extra_args])
+        with _sdk_errors("submission refused"), _quiet_packaging():
+            return sdk.submit_job(
+                entrypoint=entrypoint,
+                submission_id=submission_id or new_submission_id(name),
+                runtime_env={"working_dir": str(working_dir), "excludes": list(EXCLUDES)},
+                metadata={"darkroom_job": name, "job_file": rel},
+            )
+
+
+def _state(info) -> JobState:
+    def seconds(ms):
+        return ms / 1000 if ms else None
+
+    return JobState(
+        submission_id=info.submission_id or info.job_id or "",
+        status=str(info.status),
+        message=info.message or "",
+        entrypoint=info.entrypoint or "",
+        start_time=seconds(info.start_time),
+        end_time=seconds(info.end_time),
+        exit_code=getattr(info, "driver_exit_code", None),
+        job_name=(info.metadata or {}).get("darkroom_job"),
+    )
+
+
+def status(submission_id: str, address: str | None = None) -> JobState:
+    sdk = client(address)
+    with _sdk_errors(f"no status for {submission_id}"):
+        return _state(sdk.get_job_info(submission_id))
+
+
+def logs(submission_id: str, address: str | None = None, follow: bool = False) -> Iterator[str]:
+    """The job's output so far, or with ``follow`` every chunk as it is written until the job ends."""
+    sdk = client(address)
+    if not follow:
+        with _sdk_errors(f"no logs for {submission_id}"):
+            text = sdk.get_job_logs(submission_id)
+        yield text
+        return
+    with _sdk_errors(f"no logs for {submission_id}"):
+        sdk.get_job_info(submission_id)  # a wrong id fails here with a clear message, not inside the websocket
+    loop = asyncio.new_event_loop()
+    chunks = sdk.tail_job_logs(submission_id)
+    try:
+        while True:
+            with _sdk_errors(f"log stream of {submission_id} broke"):
+                try:
+                    chunk = loop.run_until_complete(chunks.__anext__())
+                except StopAsyncIteration:
+                    return
+            yield chunk
+    finally:
+        loop.run_until_complete(chunks.aclose())
+        loop.close()
+
+
+def stop(submission_id: str, address: str | None = None) -> bool:
+    """Ask Ray to stop the job (SIGTERM, then SIGKILL); True when it was still running."""
+    sdk = client(address)
+    with _sdk_errors(f"cannot stop {submission_id}"):
+        return sdk.stop_job(submission_id)
+
+
+def list_jobs(address: str | None = None) -> list[JobState]:
+    """Submitted jobs on the cluster (drivers started by hand are left out), oldest first."""
+    sdk = client(address)
+    with _sdk_errors("cannot list jobs"):
+        jobs = [_state(j) for j in sdk.list_jobs() if j.submission_id]
+    return sorted(jobs, key=lambda j: j.start_time or 0)
+
+
+def wait(submission_id: str, address: str | None = None, timeout: float | None = None, poll: float = 1.0) -> JobState:
+    """Poll until the job is SUCCEEDED, FAILED or STOPPED (or ``timeout`` seconds pass: SubmitError)."""
+    sdk = client(address)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        with _sdk_errors(f"no status for {submission_id}"):
+            state = _state(sdk.get_job_info(submission_id))
+        if state.terminal:
+            return state
+        if deadline is not None and time.monotonic() > deadline:
+            raise SubmitError(f"{submission_id} still {state.status} after {timeout:.0f} s")
+        time.sleep(poll)
