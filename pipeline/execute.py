@@ -25,7 +25,7 @@ import ray
 from models import Registry
 from pipeline import images, manifest, runs, storage
 from pipeline.inference import Chain, pick_device, resize_plane
-from pipeline.job import Job
+from pipeline.job import Job, Resources
 from pipeline.planning import output_rel_path
 
 log = logging.getLogger(__name__)
@@ -60,12 +60,13 @@ def gpus_to_request(wanted: float) -> float:
 
 @ray.remote(max_restarts=3, max_task_retries=3)
 class ModelActor:
-    def __init__(self, registry: Registry, steps: list[dict], batch_size: int, threads: int, want_gpu: bool):
+    def __init__(self, registry: Registry, steps: list[dict], resources: Resources, want_gpu: bool):
         import torch
 
-        torch.set_num_threads(max(1, threads))
+        torch.set_num_threads(max(1, int(resources.cpus_per_actor)))
         models = [registry.build(s["model"], s["params"]) for s in steps]
-        self.chain = Chain(models, pick_device(want_gpu), batch_size)
+        device = pick_device(want_gpu)
+        self.chain = Chain(models, device, resources.batch_size, resources.tile, resources.tile_pad)
 
     def ready(self) -> str:
         return str(self.chain.device)
@@ -239,7 +240,7 @@ def execute(
     steps = [s.model_dump() for s in ctx.job.steps]
     gpus = gpus_to_request(res.gpus_per_actor)
     actor_cls = ModelActor.options(num_cpus=res.cpus_per_actor, num_gpus=gpus)
-    actors = [actor_cls.remote(registry, steps, res.batch_size, int(res.cpus_per_actor), gpus > 0) for _ in range(res.actors)]
+    actors = [actor_cls.remote(registry, steps, res, gpus > 0) for _ in range(res.actors)]
     ray.get([a.ready.remote() for a in actors])  # a model that cannot load fails the run here, once
     max_inflight = res.max_inflight_shards or 2 * res.actors
     inflight: dict = {}  # ObjectRef → (shard, attempt)

@@ -17,6 +17,7 @@ import torch
 
 from models import ImageModel
 from models.resample import resize
+from models.tiling import run_with_backoff, tiled_forward
 
 
 @dataclass
@@ -33,16 +34,28 @@ def pick_device(want_gpu: bool) -> torch.device:
 
 
 class Chain:
-    """Models applied in order. ``__call__`` maps a list of H×W×C uint8/uint16 arrays to Results."""
+    """Models applied in order. ``__call__`` maps a list of H×W×C uint8/uint16 arrays to Results.
 
-    def __init__(self, models: Sequence[ImageModel], device: torch.device, batch_size: int):
+    Pixels stay on the CPU; each model sees one tile of at most (tile + 2·tile_pad)² pixels
+    per image on the device at a time (``tile=0``: whole images). On out-of-memory errors the
+    batch, then the tile, is halved (models.tiling.run_with_backoff) and the smaller
+    settings are kept for later batches.
+    """
+
+    def __init__(
+        self, models: Sequence[ImageModel], device: torch.device, batch_size: int, tile: int = 0, tile_pad: int = 16
+    ):
         self.models = list(models)
         self.device = device
         self.batch_size = batch_size
+        self.tile = tile
+        self.tile_pad = tile_pad
         # fp16 only where every model says it is safe, and only on a GPU (CPU fp16 is slow).
         self.half = device.type == "cuda" and all(m.supports_half for m in self.models)
         for m in self.models:
             m.module.to(device).eval()
+            if device.type == "cuda":
+                m.module.to(memory_format=torch.channels_last)
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[Result]:
         results: list[Result | None] = [None] * len(images)
@@ -67,20 +80,28 @@ class Chain:
                 return [Result(None, 0.0, f"{type(exc).__name__}: {exc}")]
             return [r for img in batch for r in self._run_isolating([img])]
 
+    def _apply(self, model: ImageModel, x: torch.Tensor, tile: int) -> torch.Tensor:
+        """One model over a CPU batch; returns a CPU float32 batch."""
+        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.half):
+            if tile and float(model.scale).is_integer():
+                return tiled_forward(model.module, x, int(model.scale), tile, self.tile_pad, self.device)
+            return model.module(x.to(self.device)).float().cpu()
+
     @torch.inference_mode()
     def forward(self, batch: list[np.ndarray]) -> list[np.ndarray]:
         """Same-shape arrays → processed arrays (same dtype and channel count)."""
         dtype = batch[0].dtype
         peak = float(np.iinfo(dtype).max)
-        x = torch.from_numpy(np.stack(batch)).to(self.device).permute(0, 3, 1, 2).float() / peak
+        x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float() / peak
         channels = x.shape[1]
-        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.half):
-            for model in self.models:
-                x = _match_channels(x, model.channels)
-                x = model.module(x)
+        for model in self.models:
+            x = _match_channels(x, model.channels)
+            x, settings = run_with_backoff(lambda b, t, m=model: self._apply(m, b, t), x, self.tile)
+            self.tile = settings.tile
+            self.batch_size = min(self.batch_size, settings.batch_size)
         x = _match_channels(x.float(), channels).clamp(0, 1)
         out = (x * peak).round().to(torch.int32 if dtype == np.uint16 else torch.uint8)
-        return [a.astype(dtype) for a in out.permute(0, 2, 3, 1).cpu().numpy()]
+        return [a.astype(dtype) for a in out.permute(0, 2, 3, 1).numpy()]
 
 
 def _match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:

@@ -60,6 +60,8 @@ class Resources(Strict):
     gpus_per_actor: float = Field(0, ge=0, description="GPUs each actor reserves; 0 runs on CPU")
     cpus_per_actor: float = Field(1, gt=0, description="CPUs each actor reserves (torch threads)")
     batch_size: int = Field(4, ge=1, description="images per forward pass")
+    tile: int = Field(512, ge=0, description="tile size in input pixels for the models; 0 = whole images")
+    tile_pad: int = Field(16, ge=0, description="context pixels around each tile (seams are feathered)")
     shard_size: int = Field(64, ge=1, description="inputs per shard (the unit of commit)")
     max_inflight_shards: int | None = Field(None, ge=1, description="shards in flight at once; default 2 × actors")
 

@@ -55,3 +55,28 @@ def test_resize_plane():
     alpha = np.full((3, 4), 200, np.uint8)
     out = resize_plane(alpha, 12, 16)
     assert out.shape == (12, 16) and out.dtype == np.uint8 and (out == 200).all()
+
+
+def test_tiled_chain_matches_untiled_within_one_level():
+    model = default_registry().build("realesr-animevideov3")
+    img = np.random.default_rng(1).integers(0, 256, (40, 52, 3), dtype=np.uint8)
+    [whole] = Chain([model], torch.device("cpu"), 1, tile=0)([img])
+    [tiled] = Chain([model], torch.device("cpu"), 1, tile=24, tile_pad=24)([img])
+    assert np.abs(whole.pixels.astype(int) - tiled.pixels.astype(int)).max() <= 1
+
+
+class OomAboveBatchOne(torch.nn.Module):
+    def forward(self, x):
+        if x.shape[0] > 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 110.00 GiB")
+        return x
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_going():
+    model = ImageModel("greedy", OomAboveBatchOne(), 1, 3, False)
+    chain = Chain([model], torch.device("cpu"), batch_size=4)
+    imgs = [np.full((3, 3, 3), i, np.uint8) for i in range(4)]
+    out = chain(imgs)
+    assert [r.error for r in out] == [None] * 4
+    assert [int(r.pixels[0, 0, 0]) for r in out] == [0, 1, 2, 3]
+    assert chain.batch_size == 1  # later batches start small
