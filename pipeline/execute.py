@@ -21,15 +21,24 @@ from datetime import datetime, timezone
 from typing import Callable, Iterable
 
 import ray
+from ray.exceptions import (
+    ActorUnavailableError,
+    GetTimeoutError,
+    OutOfMemoryError,
+    RayActorError,
+    RayTaskError,
+    WorkerCrashedError,
+)
 
 from models import Registry
 from pipeline import images, manifest, runs, storage
-from pipeline.inference import Chain, pick_device, resize_plane
+from pipeline.inference import Chain, Result, pick_device, resize_plane
 from pipeline.job import Job, Resources
 from pipeline.planning import output_rel_path
 
 log = logging.getLogger(__name__)
 SHARD_ATTEMPTS = 3
+CRASH_ATTEMPTS = 3  # actor deaths on one image before it is blamed
 
 
 def connect(address: str | None = None) -> None:
@@ -58,7 +67,9 @@ def gpus_to_request(wanted: float) -> float:
     return 0
 
 
-@ray.remote(max_restarts=3, max_task_retries=3)
+# Restarted without limit: a dead actor (OOM, segfault, a node lost) comes back with its
+# models; the calls it was running fail and are retried by the shard task (see _infer).
+@ray.remote(max_restarts=-1, max_task_retries=0)
 class ModelActor:
     def __init__(self, registry: Registry, steps: list[dict], resources: Resources, want_gpu: bool):
         import torch
@@ -105,10 +116,8 @@ def _fail(row: dict, stage: str, error_type: str, message: str) -> None:
     row.update(status="error", stage=stage, error_type=error_type, error_message=message[:2000])
 
 
-def _load(ctx: ShardContext, item: dict, shard: int, attempt: int) -> _Work:
-    """Read and decode one planned input; failures are recorded on the row."""
-    opts = ctx.job.input.storage_options
-    row = {
+def _base_row(ctx: ShardContext, item: dict, shard: int, attempt: int) -> dict:
+    return {
         "run_id": ctx.run_id,
         "shard": shard,
         "input_uri": item["input_uri"],
@@ -121,14 +130,18 @@ def _load(ctx: ShardContext, item: dict, shard: int, attempt: int) -> _Work:
         "fingerprint": ctx.fingerprint,
         "attempt": attempt,
     }
+
+
+def _load(ctx: ShardContext, item: dict, shard: int, attempt: int) -> _Work:
+    """Read and decode one planned input; failures are recorded on the row."""
+    opts = ctx.job.input.storage_options
+    row = _base_row(ctx, item, shard, attempt)
     work = _Work(row=row, rel_path=item["rel_path"])
     stage = "read"
     try:
         if row["input_size"] is None:  # list files may not carry sizes
-            fs, path = storage.filesystem(item["input_uri"], opts)
-            info = fs.info(path)
-            row["input_size"] = int(info.get("size") or 0)
-            row["input_etag"] = (info.get("ETag") or "").strip('"') or None
+            entry = storage.stat(item["input_uri"], opts)
+            row.update(input_size=entry.size, input_etag=entry.etag, input_mtime=entry.mtime)
         limit = ctx.job.limits.max_bytes
         if row["input_size"] > limit:
             raise images.ImageError("too_large", f"{row['input_size']} bytes exceeds limits.max_bytes={limit}")
@@ -157,7 +170,7 @@ def _finish(ctx: ShardContext, works: list[_Work], results: list) -> None:
         assert decoded is not None
         row["t_model"] = result.seconds
         if result.error:
-            _fail(row, "model", "model_error", result.error)
+            _fail(row, "model", result.error_type, result.error)
             continue
         stage = "encode"
         try:
@@ -184,6 +197,68 @@ def _finish(ctx: ShardContext, works: list[_Work], results: list) -> None:
         work.decoded = None  # free the pixels as soon as they are written
 
 
+def _when_ready(actor, timeout: float = 300.0) -> None:
+    """Wait until a (possibly restarting) actor answers again."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            ray.get(actor.ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
+            return
+        except (ActorUnavailableError, GetTimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _infer(actor, works: list[_Work], ref) -> list[Result]:
+    """The actor's results for ``works``, surviving actor deaths.
+
+    Ray restarts a dead actor but does not retry the calls it was running. A batch whose
+    actor died is retried image by image; an image on which the actor dies
+    ``CRASH_ATTEMPTS`` times is the likely cause and becomes an error row. Each try first
+    waits for the actor to be up, so a restart in progress is not counted against an image.
+    """
+    try:
+        return ray.get(ref)
+    except RayActorError:
+        log.warning("model actor died during a batch of %d; retrying image by image", len(works))
+    results = []
+    for work in works:
+        deaths = 0
+        while deaths < CRASH_ATTEMPTS:
+            _when_ready(actor)
+            try:
+                results.append(ray.get(actor.infer.remote([work.decoded.pixels]))[0])
+                break
+            except RayActorError:  # includes ActorUnavailableError: it was alive when we called
+                deaths += 1
+        else:
+            results.append(Result(None, 0.0, f"the model worker died {CRASH_ATTEMPTS} times on this image", "worker_crashed"))
+    return results
+
+
+@ray.remote(num_cpus=0.5, max_retries=0)
+def _load_isolated(ctx: ShardContext, item: dict, shard: int, attempt: int) -> _Work:
+    return _load(ctx, item, shard, attempt)
+
+
+def _load_all(ctx: ShardContext, items: list[dict], shard: int, attempt: int) -> list[_Work]:
+    """Read and decode a batch. After a shard failed once, each input is decoded in its own
+    task, so an input that crashes its process (a decoder segfault, memory blow-up) is
+    isolated as an error row instead of failing the shard again."""
+    if attempt == 1:
+        return [_load(ctx, item, shard, attempt) for item in items]
+    works = []
+    for item in items:
+        try:
+            works.append(ray.get(_load_isolated.remote(ctx, item, shard, attempt)))
+        except (WorkerCrashedError, RayTaskError, OutOfMemoryError) as exc:
+            work = _Work(row=_base_row(ctx, item, shard, attempt), rel_path=item["rel_path"])
+            _fail(work.row, "decode", "worker_crashed", f"reading or decoding this input killed its worker: {type(exc).__name__}")
+            works.append(work)
+    return works
+
+
 @ray.remote(num_cpus=1)
 def process_shard(ctx: ShardContext, shard: int, attempt: int, actor) -> ShardResult:
     out = ctx.job.output
@@ -192,15 +267,15 @@ def process_shard(ctx: ShardContext, shard: int, attempt: int, actor) -> ShardRe
     done: list[_Work] = []
     pending: tuple[list[_Work], object] | None = None
     for start in range(0, len(plan), batch_size):
-        works = [_load(ctx, item, shard, attempt) for item in plan[start : start + batch_size]]
+        works = _load_all(ctx, plan[start : start + batch_size], shard, attempt)
         ready = [w for w in works if w.decoded is not None]
         ref = actor.infer.remote([w.decoded.pixels for w in ready]) if ready else None
         if pending is not None:  # the previous batch finished on the actor while we decoded this one
-            _finish(ctx, pending[0], ray.get(pending[1]))
+            _finish(ctx, pending[0], _infer(actor, *pending))
         done.extend(works)
         pending = (ready, ref) if ready else None
     if pending is not None:
-        _finish(ctx, pending[0], ray.get(pending[1]))
+        _finish(ctx, pending[0], _infer(actor, *pending))
 
     committed_at = datetime.now(timezone.utc)
     rows = sorted((w.row | {"committed_at": committed_at} for w in done), key=lambda r: r["input_uri"])

@@ -22,10 +22,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 
-from pipeline import storage
-from pipeline.manifest import MANIFEST_SCHEMA
+from pipeline import manifest
 
 CATEGORIES = ("new", "changed", "unchanged", "failed")
 RUN_CATEGORIES = {"incremental": {"new", "changed", "failed"}, "retry-errors": {"failed"}, "overwrite": set(CATEGORIES)}
@@ -53,11 +51,8 @@ class History:
 
 def load_history(output_uri: str, fingerprint: str, storage_options: dict | None = None) -> History:
     """Key columns of every committed manifest row under ``output_uri``."""
-    fs, path = storage.filesystem(storage.join(output_uri, "manifest"), storage_options)
-    if not fs.exists(path):
-        return History.empty()
     columns = ["input_uri", "input_etag", "input_size", "input_mtime", "fingerprint", "status"]
-    table = pads.dataset(path, format="parquet", filesystem=fs, schema=MANIFEST_SCHEMA).to_table(columns=columns)
+    table = manifest.read(output_uri, storage_options, columns=columns)
     same = table.filter(pc.equal(table["fingerprint"], fingerprint))
     keys = version_keys(same["input_uri"], same["input_etag"], same["input_size"], same["input_mtime"])
     ok = pc.equal(same["status"], "ok")

@@ -27,6 +27,7 @@ class Result:
     pixels: np.ndarray | None
     seconds: float
     error: str | None = None
+    error_type: str = "model_error"
 
 
 def pick_device(want_gpu: bool) -> torch.device:

@@ -45,6 +45,20 @@ def lease_uri(output_uri: str) -> str:
     return storage.join(output_uri, "_darkroom", "lease.json")
 
 
+def _holder_is_dead(record: LeaseRecord) -> bool:
+    """A holder on this very host whose process is gone: its lease need not run out first."""
+    host, pid, _ = record.owner.rsplit(":", 2)
+    if host != socket.gethostname():
+        return False  # another machine: only expiry tells
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError):
+        return False
+    return False
+
+
 class Lease:
     """Use as a context manager around a run: ``with Lease(output, run_id, opts): ...``."""
 
@@ -70,7 +84,7 @@ class Lease:
             data, version = storage.read_versioned(self.uri, self.storage_options)
             if data is not None:
                 current = LeaseRecord(**json.loads(data))
-                if current.expires_at > time.time() and current.owner != self.owner:
+                if current.expires_at > time.time() and current.owner != self.owner and not _holder_is_dead(current):
                     host, pid, _ = current.owner.rsplit(":", 2)
                     raise LeaseHeld(
                         f"output {self.output_uri} is in use by run {current.run_id} (host {host}, pid {pid}); "

@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from pipeline import storage
@@ -70,15 +69,41 @@ def write_part(uri: str, table: pa.Table, storage_options: dict | None = None) -
     storage.write_atomic(uri, buf.getvalue(), storage_options)
 
 
+def _is_part(name: str) -> bool:
+    return name.startswith("part-") and name.endswith(".parquet")
+
+
 def committed_shards(output_uri: str, run_id: str, storage_options: dict | None = None) -> set[int]:
     names = storage.list_names(storage.join(output_uri, "manifest", run_id), storage_options)
-    return {int(n[len("part-") : -len(".parquet")]) for n in names if n.startswith("part-") and n.endswith(".parquet")}
+    return {int(n[len("part-") : -len(".parquet")]) for n in names if _is_part(n)}
 
 
-def read(output_uri: str, storage_options: dict | None = None, run_id: str | None = None) -> pa.Table:
-    """All committed rows (of one run, if given) as one table."""
-    fs, path = storage.filesystem(storage.join(output_uri, "manifest", run_id or ""), storage_options)
-    if not fs.exists(path):
-        return MANIFEST_SCHEMA.empty_table()
-    dataset = pads.dataset(path, format="parquet", filesystem=fs, schema=MANIFEST_SCHEMA, exclude_invalid_files=False)
-    return dataset.to_table()
+def part_uris(output_uri: str, storage_options: dict | None = None, run_id: str | None = None) -> list[str]:
+    """Every committed part (of one run, if given), in run then shard order."""
+    base = storage.join(output_uri, "manifest")
+    if run_id is None:
+        run_ids = sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in storage.list_dir(base, storage_options) if e["type"] == "directory")
+    else:
+        run_ids = [run_id]
+    return [
+        storage.join(base, rid, name)
+        for rid in run_ids
+        for name in storage.list_names(storage.join(base, rid), storage_options)
+        if _is_part(name)
+    ]
+
+
+def read(
+    output_uri: str, storage_options: dict | None = None, run_id: str | None = None, columns: list[str] | None = None
+) -> pa.Table:
+    """Committed rows (of one run, if given; only ``columns``, if given) as one table.
+
+    Parts are read one by one through pipeline.storage, so transient storage errors are
+    retried rather than mistaken for missing files.
+    """
+    schema = MANIFEST_SCHEMA if columns is None else pa.schema([MANIFEST_SCHEMA.field(c) for c in columns])
+    tables = [
+        pq.read_table(io.BytesIO(storage.read_bytes(uri, storage_options)), columns=columns, schema=MANIFEST_SCHEMA).select(schema.names)
+        for uri in part_uris(output_uri, storage_options, run_id)
+    ]
+    return pa.concat_tables(tables) if tables else schema.empty_table()

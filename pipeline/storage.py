@@ -8,18 +8,33 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
 import posixpath
+import random
 import re
+import time
 import uuid
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import fsspec
 from fsspec.asyn import sync
 from fsspec.utils import glob_translate
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
 GLOB_CHARS = re.compile(r"[*?\[]")
+TRANSIENT = re.compile(
+    r"SlowDown|Throttl|ServiceUnavailable|Service Unavailable|InternalError|RequestTimeout|"
+    r"\b50[0234]\b|reset by peer|timed out|Timeout|Connection refused|Server disconnected|"
+    r"Connection aborted|IncompleteRead|RemoteDisconnected",
+    re.IGNORECASE,
+)
+RETRY_ATTEMPTS = 6
+RETRY_BASE_SECONDS = 0.2
+RETRY_CAP_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -32,6 +47,33 @@ class FileEntry:
     size: int
     etag: str | None
     mtime: float | None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors worth retrying: throttling, 5xx, resets and timeouts — not missing files or denials."""
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, PreconditionFailed)):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    return isinstance(exc, OSError) and bool(TRANSIENT.search(f"{type(exc).__name__} {exc}"))
+
+
+def retrying(fn: Callable[[], T], what: str) -> T:
+    """Call ``fn``, retrying transient storage errors with capped exponential backoff and full jitter.
+
+    s3fs and botocore already retry some errors themselves; this is the bounded last line
+    for what still comes through (e.g. a reset in the middle of a body).
+    """
+    for attempt in range(1, RETRY_ATTEMPTS + 1):
+        try:
+            return fn()
+        except Exception as exc:
+            if attempt == RETRY_ATTEMPTS or not is_transient(exc):
+                raise
+            delay = random.uniform(0, min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2**attempt))
+            log.info("%s: transient error (%s), retry %d in %.2f s", what, exc, attempt, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def _options(uri: str, storage_options: dict | None) -> dict:
@@ -69,7 +111,7 @@ def unstrip(fs: fsspec.AbstractFileSystem, path: str) -> str:
 
 def read_bytes(uri: str, storage_options: dict | None = None) -> bytes:
     fs, path = filesystem(uri, storage_options)
-    return fs.cat_file(path)
+    return retrying(lambda: fs.cat_file(path), f"read {uri}")
 
 
 def write_atomic(uri: str, data: bytes, storage_options: dict | None = None) -> None:
@@ -87,12 +129,14 @@ def write_atomic(uri: str, data: bytes, storage_options: dict | None = None) -> 
             fh.write(data)
         os.replace(tmp, path)
     else:
-        fs.pipe_file(path, data)
+        retrying(lambda: fs.pipe_file(path, data), f"write {uri}")
 
 
-def exists(uri: str, storage_options: dict | None = None) -> bool:
+def stat(uri: str, storage_options: dict | None = None) -> FileEntry:
+    """Size, ETag and mtime of one object (FileNotFoundError if it is missing)."""
     fs, path = filesystem(uri, storage_options)
-    return fs.exists(path)
+    info = retrying(lambda: fs.info(path), f"stat {uri}")
+    return _entry(fs, info, posixpath.dirname(path))
 
 
 def list_dir(uri: str, storage_options: dict | None = None) -> list[dict]:
@@ -102,7 +146,9 @@ def list_dir(uri: str, storage_options: dict | None = None) -> list[dict]:
     """
     fs, path = filesystem(uri, storage_options)
     try:
-        return fs.ls(path, detail=True) if is_local(fs) else fs.ls(path, detail=True, refresh=True)
+        if is_local(fs):
+            return fs.ls(path, detail=True)
+        return retrying(lambda: fs.ls(path, detail=True, refresh=True), f"list {uri}")
     except FileNotFoundError:
         return []
 
@@ -163,7 +209,7 @@ def _iter_s3(fs, path: str) -> Iterator[FileEntry]:
     kwargs = {"Bucket": bucket, "Prefix": prefix}
     found = False
     while True:
-        page = sync(fs.loop, fs._call_s3, "list_objects_v2", **kwargs)
+        page = retrying(lambda: sync(fs.loop, fs._call_s3, "list_objects_v2", **kwargs), f"list s3://{bucket}/{prefix}")
         for obj in page.get("Contents", []):
             if obj["Key"].endswith("/"):
                 continue  # folder placeholder objects
@@ -209,8 +255,8 @@ def read_versioned(uri: str, storage_options: dict | None = None) -> tuple[bytes
         if is_local(fs):
             data = fs.cat_file(path)
             return data, hashlib.sha256(data).hexdigest()
-        info = fs.info(path, refresh=True) if "s3" in _protocols(fs) else fs.info(path)
-        data = fs.cat_file(path)
+        info = retrying(lambda: fs.info(path, refresh=True) if "s3" in _protocols(fs) else fs.info(path), f"stat {uri}")
+        data = retrying(lambda: fs.cat_file(path), f"read {uri}")
         return data, (info.get("ETag") or "").strip('"') or hashlib.sha256(data).hexdigest()
     except FileNotFoundError:
         return None, None

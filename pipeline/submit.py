@@ -113,8 +113,25 @@ def _ignored(name: str) -> bool:
     return any(fnmatch.fnmatch(name, pattern) for pattern in EXCLUDES)
 
 
+def package(job_file: Path, root: Path, staging: Path) -> tuple[Path, str]:
+    """The directory to upload as working_dir and the job file's path inside it.
+
+    The project itself when the job file lies in it (and not in an excluded directory such as
+    out/); otherwise a copy of the project (minus EXCLUDES) under ``staging`` with the job file
+    added as ``.darkroom-submitted/<name>``.
+    """
+    job_file = job_file.resolve()
+    try:
+        rel = job_file.relative_to(root)
+    except ValueError:
+        rel = None
+    if rel is not None and not any(_ignored(part) for part in rel.parts):
+        return root, rel.as_posix()
+    return _stage(root, job_file, staging)
+
+
 def _stage(root: Path, job_file: Path, into: Path) -> tuple[Path, str]:
-    """Copy the project (minus EXCLUDES) plus an outside job file into ``into``; returns (dir, job path)."""
+    """Copy the project (minus EXCLUDES) plus the job file into ``into``; returns (dir, job path)."""
     staged = into / "project"
     shutil.copytree(root, staged, ignore=lambda _dir, names: [n for n in names if _ignored(n)], symlinks=False)
     rel = f"{STAGED_JOBS_DIR}/{job_file.name}"
@@ -168,10 +185,7 @@ def submit(job_path: str | os.PathLike, address: str | None = None, extra_args: 
     name = job_name or _job_name(job_file)
     sdk = client(address)  # connect before copying or packaging anything
     with tempfile.TemporaryDirectory(prefix="darkroom-submit-") as tmp:
-        try:
-            working_dir, rel = root, job_file.relative_to(root).as_posix()
-        except ValueError:
-            working_dir, rel = _stage(root, job_file, Path(tmp))
+        working_dir, rel = package(job_file, root, Path(tmp))
         entrypoint = shlex.join(["python", "-m", "pipeline.cli", "run", rel, *extra_args])
         with _sdk_errors("submission refused"), _quiet_packaging():
             return sdk.submit_job(

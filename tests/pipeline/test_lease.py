@@ -83,3 +83,16 @@ def test_heartbeat_renews_and_detects_takeover(output_uri):
     with pytest.raises(Exception, match="taken over"):
         lease.check()
     lease.release()
+
+
+def test_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(output_uri):
+    import subprocess
+    import sys
+
+    # A real process takes the lease and is SIGKILLed: no heartbeat stop, no release.
+    code = f"from pipeline.lease import Lease; import os, signal; Lease({output_uri!r}, 'killed').acquire(); os.kill(os.getpid(), signal.SIGKILL)"
+    subprocess.run([sys.executable, "-c", code], check=False, timeout=60)
+    record = json.loads(storage.read_bytes(lease_uri(output_uri)))
+    assert record["run_id"] == "killed" and record["expires_at"] > time.time()
+    with Lease(output_uri, "after-crash"):
+        pass

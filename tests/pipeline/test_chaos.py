@@ -1,0 +1,155 @@
+"""Faults on purpose: storage errors, model actors and a driver killed mid-run, poison inputs.
+
+The committed manifest must still hold exactly one row per input, nothing lost, and every
+ok output must decode.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import threading
+import time
+
+import boto3
+import duckdb
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from models import ImageModel, default_registry
+from models.registry import ModelEntry, NoParams
+from pipeline import api, manifest, runs, storage
+from pipeline.job import parse_job
+from tests.faults import FaultProxy, kill, pids_of
+
+N_INPUTS = 500
+
+
+def tiny_png(i: int) -> bytes:
+    rng = np.random.default_rng(i)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def poison_registry():
+    """The default registry plus ``poison``: identity, except that it kills its own process
+    on images whose first pixel is pure magenta (as a segfaulting model would)."""
+    import torch
+
+    class Poison(torch.nn.Module):  # defined here so Ray ships it by value to the actors
+        def forward(self, x):
+            first = x[:, :, 0, 0]
+            if ((first[:, 0] > 0.99) & (first[:, 1] < 0.01) & (first[:, 2] > 0.99)).any():
+                import os
+
+                os._exit(1)
+            return x
+
+    reg = default_registry()
+    reg.register(ModelEntry("poison", "test", "dies on magenta", NoParams, lambda _: ImageModel("poison", Poison(), 1, 3, False)))
+    return reg
+
+
+def test_poison_input_is_isolated_as_an_error_row(ray_local, tmp_path):
+    root = tmp_path / "in"
+    root.mkdir()
+    for i in range(6):
+        arr = np.full((6, 6, 3), 40 * i, np.uint8)
+        if i == 3:
+            arr[0, 0] = (255, 0, 255)
+        Image.fromarray(arr).save(root / f"{i}.png")
+    reg = poison_registry()
+    job = parse_job(
+        {"name": "poison", "input": {"uri": str(root)}, "output": {"uri": str(tmp_path / "out")},
+         "steps": [{"model": "poison"}], "resources": {"batch_size": 3, "shard_size": 6}},
+        reg,
+    )
+    summary = api.run(job, registry=reg)
+    assert summary.counts == {"ok": 5, "error": 1}
+    table = manifest.read(str(tmp_path / "out"))
+    [bad] = [r for r in table.to_pylist() if r["status"] == "error"]
+    assert bad["input_uri"].endswith("/3.png") and bad["error_type"] == "worker_crashed"
+
+
+def _driver(job_path, address) -> subprocess.Popen:
+    code = "import sys; from pipeline.cli import main; sys.exit(main())"
+    env = {**__import__("os").environ, "RAY_ADDRESS": address}
+    return subprocess.Popen([sys.executable, "-c", code, "run", str(job_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _parts(output_uri: str, run_id_holder: list) -> int:
+    records = runs.load_all(output_uri)
+    if not records:
+        return 0
+    run_id_holder[:] = [records[-1].run_id]
+    return len(manifest.committed_shards(output_uri, records[-1].run_id))
+
+
+@pytest.mark.timeout(600)
+def test_chaos_exactly_once(ray_local, s3_bucket, s3_endpoint, tmp_path):
+    s3 = boto3.client("s3")
+    for i in range(N_INPUTS):
+        s3.put_object(Bucket=s3_bucket, Key=f"in/{i // 100:02d}/{i:04d}.png", Body=tiny_png(i))
+    with FaultProxy(s3_endpoint, fault_rate=0.05, seed=1) as proxy:
+        opts = {"client_kwargs": {"endpoint_url": proxy.endpoint}}
+        out = f"s3://{s3_bucket}/out"
+        job = {
+            "name": "chaos",
+            "input": {"uri": f"s3://{s3_bucket}/in/", "storage_options": opts},
+            "output": {"uri": out, "storage_options": opts},
+            "steps": [{"model": "bicubic", "params": {"scale": 2}}],
+            "resources": {"actors": 1, "batch_size": 8, "shard_size": 20},
+        }
+        job_path = tmp_path / "chaos.yaml"
+        job_path.write_text(yaml.safe_dump(job))
+        address = ray_local.get_runtime_context().gcs_address
+        run_id: list = []
+
+        # Run 1: kill the model actor twice, then SIGKILL the driver once some shards committed.
+        driver = _driver(job_path, address)
+        actor_kills = 0
+        deadline = time.time() + 300
+        while time.time() < deadline and driver.poll() is None:
+            parts = _parts(out, run_id)
+            if actor_kills < 2 and parts >= 2 + 3 * actor_kills:
+                actor_kills += kill(pids_of("ray::ModelActor"))
+            if actor_kills >= 2 and parts >= 10:
+                driver.kill()
+                break
+            time.sleep(0.3)
+        driver.wait(timeout=60)
+        assert driver.returncode == -9, driver.stdout.read().decode()[-3000:]
+        assert actor_kills >= 2
+        committed_before = _parts(out, run_id)
+        assert 0 < committed_before < N_INPUTS // 20
+
+        # Run 2: the same command resumes the unfinished run and completes it.
+        driver = _driver(job_path, address)
+        output = driver.communicate(timeout=300)[0].decode()
+        errors = [(r["input_uri"], r["error_type"], r["error_message"]) for r in manifest.read(out).to_pylist() if r["status"] != "ok"]
+        assert driver.returncode == 0, (output[-3000:], errors)
+        assert f"resumed {run_id[0]}" in output
+        faults = dict(proxy.faults)
+
+    fs, _ = storage.filesystem(out)
+    con = duckdb.connect()
+    con.register_filesystem(fs)
+    total, distinct, ok = con.execute(
+        f"SELECT count(*), count(DISTINCT input_uri), count(*) FILTER (status = 'ok') FROM read_parquet('{out}/manifest/**/*.parquet')"
+    ).fetchone()
+    listed = {f"s3://{s3_bucket}/{o['Key']}" for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket, Prefix="in/") for o in page["Contents"]}
+    seen = {u for (u,) in con.execute(f"SELECT input_uri FROM read_parquet('{out}/manifest/**/*.parquet')").fetchall()}
+    outputs = [u for (u,) in con.execute(f"SELECT output_uri FROM read_parquet('{out}/manifest/**/*.parquet')").fetchall()]
+    for uri in outputs:
+        assert Image.open(io.BytesIO(storage.read_bytes(uri))).size == (16, 16)
+    print(
+        f"\nchaos: inputs={N_INPUTS} requests={proxy.requests} faults={faults} actor_kills={actor_kills} "
+        f"driver_kills=1 shards_before_kill={committed_before} rows={total} duplicates={total - distinct} lost={len(listed - seen)}"
+    )
+    assert (total, distinct, ok) == (N_INPUTS, N_INPUTS, N_INPUTS)
+    assert seen == listed
+    assert sum(faults.values()) > 0
