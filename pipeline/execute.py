@@ -31,6 +31,7 @@ from ray.exceptions import (
 )
 
 from models import Registry
+from models.weights import WeightsError
 from pipeline import images, manifest, runs, storage
 from pipeline.inference import Chain, Result, pick_device, resize_plane
 from pipeline.job import Job, Resources
@@ -76,6 +77,10 @@ class ModelActor:
 
         torch.set_num_threads(max(1, int(resources.cpus_per_actor)))
         models = [registry.build(s["model"], s["params"]) for s in steps]
+        for s, m in zip(steps, models):
+            if s.get("weights_sha256") and m.weights_sha256 and m.weights_sha256 != s["weights_sha256"]:
+                planned, now = s["weights_sha256"], m.weights_sha256
+                raise WeightsError(f"{s['model']}: weights changed since the run was planned (sha256 {planned}, now {now})")
         device = pick_device(want_gpu)
         self.chain = Chain(models, device, resources.batch_size, resources.tile, resources.tile_pad)
 
@@ -113,14 +118,14 @@ class ShardResult:
 
 
 def _fail(row: dict, stage: str, error_type: str, message: str) -> None:
-    row.update(status="error", stage=stage, error_type=error_type, error_message=message[:2000])
+    row.update(status="error", stage=stage, error_type=error_type, error_message=storage.redact_text(message)[:2000])
 
 
 def _base_row(ctx: ShardContext, item: dict, shard: int, attempt: int) -> dict:
     return {
         "run_id": ctx.run_id,
         "shard": shard,
-        "input_uri": item["input_uri"],
+        "input_uri": storage.redact(item["input_uri"]),
         "input_size": item["size"],
         "input_etag": item["etag"],
         "input_mtime": item["mtime"],
@@ -289,13 +294,13 @@ def process_shard(ctx: ShardContext, shard: int, attempt: int, actor) -> ShardRe
 
 
 def context_for(job: Job, registry: Registry, run_id: str) -> ShardContext:
-    weights = [registry.get(s.model).weights for s in job.steps]
+    weights = [registry.get(s.model).weights_sha256(s.params) for s in job.steps]
     return ShardContext(
         run_id=run_id,
         job=job,
         fingerprint=job.fingerprint(registry),
         models=[s.model for s in job.steps],
-        weights_sha256=[w.sha256 if w else "" for w in weights],
+        weights_sha256=[w or "" for w in weights],
         steps_json=json.dumps([s.model_dump() for s in job.steps], sort_keys=True),
     )
 
@@ -312,7 +317,8 @@ def execute(
     ``check`` is called between shards and may raise to stop the run (e.g. a lost lease).
     """
     res = ctx.job.resources
-    steps = [s.model_dump() for s in ctx.job.steps]
+    # Each step carries the weights digest the manifest records; actors refuse to run other weights.
+    steps = [s.model_dump() | {"weights_sha256": w} for s, w in zip(ctx.job.steps, ctx.weights_sha256)]
     gpus = gpus_to_request(res.gpus_per_actor)
     actor_cls = ModelActor.options(num_cpus=res.cpus_per_actor, num_gpus=gpus)
     actors = [actor_cls.remote(registry, steps, res, gpus > 0) for _ in range(res.actors)]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import manifest
+from pipeline import manifest, storage
 
 CATEGORIES = ("new", "changed", "unchanged", "failed")
 RUN_CATEGORIES = {"incremental": {"new", "changed", "failed"}, "retry-errors": {"failed"}, "overwrite": set(CATEGORIES)}
@@ -66,14 +66,15 @@ def load_history(output_uri: str, fingerprint: str, storage_options: dict | None
 
 def classify(plan: pa.Table, history: History) -> pa.Array:
     """One category per row of a PLAN_SCHEMA table."""
-    keys = version_keys(plan["input_uri"], plan["etag"], plan["size"], plan["mtime"])
+    uris = storage.redact_array(plan["input_uri"].combine_chunks())  # as the manifest records them
+    keys = version_keys(uris, plan["etag"], plan["size"], plan["mtime"])
     unknown_version = pc.is_null(keys)
     unchanged = pc.or_(
         pc.fill_null(pc.is_in(keys, value_set=history.ok_keys), False),
-        pc.and_(unknown_version, pc.is_in(plan["input_uri"], value_set=history.ok_uris)),
+        pc.and_(unknown_version, pc.is_in(uris, value_set=history.ok_uris)),
     )
     failed = pc.and_(pc.invert(unchanged), pc.fill_null(pc.is_in(keys, value_set=history.error_keys), False))
-    seen = pc.is_in(plan["input_uri"], value_set=history.seen_uris)
+    seen = pc.is_in(uris, value_set=history.seen_uris)
     return pc.if_else(unchanged, "unchanged", pc.if_else(failed, "failed", pc.if_else(seen, "changed", "new")))
 
 

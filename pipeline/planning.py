@@ -91,12 +91,13 @@ def is_list_file(uri: str) -> bool:
 
 
 def _is_image(uri: str) -> bool:
-    return posixpath.splitext(uri.lower())[1] in IMAGE_EXTENSIONS
+    # A signed URL's extension is before its query string.
+    return posixpath.splitext(storage.redact(uri).lower())[1] in IMAGE_EXTENSIONS
 
 
 def _uri_rel(uri: str) -> str:
-    """Relative path for a list-file entry: bucket/host and path, without the scheme."""
-    parts = urlsplit(uri)
+    """Relative path for a list-file entry: bucket/host and path, without the scheme or credentials."""
+    parts = urlsplit(storage.redact(uri))
     return f"{parts.netloc}/{parts.path}" if parts.scheme and len(parts.scheme) > 1 else uri
 
 

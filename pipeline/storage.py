@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, TypeVar
 
 import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
 from fsspec.asyn import sync
 from fsspec.utils import glob_translate
 
@@ -49,6 +51,28 @@ class FileEntry:
     mtime: float | None
 
 
+_USERINFO = r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@?#]*@"
+_QUERY = r"^((?i:https?)://[^?#]*)[?#].*$"  # only web URLs: in S3 keys and file names ? and # are plain characters
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def redact(uri: str) -> str:
+    """``uri`` without credentials: user:password@ and, for http(s) URLs, the query string
+    (signed-URL signatures, tokens) are dropped. What manifests, logs and reports show of an input."""
+    return re.sub(_QUERY, r"\1", re.sub(_USERINFO, r"\1", uri))
+
+
+def redact_array(uris: pa.Array) -> pa.Array:
+    """``redact`` over an Arrow string array, without a Python object per row."""
+    no_userinfo = pc.replace_substring_regex(uris, pattern=_USERINFO, replacement=r"\1")
+    return pc.replace_substring_regex(no_userinfo, pattern=_QUERY, replacement=r"\1")
+
+
+def redact_text(text: str) -> str:
+    """Every URL inside free text (an error message) redacted."""
+    return _URL_IN_TEXT.sub(lambda m: redact(m.group(0)), text)
+
+
 def is_transient(exc: BaseException) -> bool:
     """Errors worth retrying: throttling, 5xx, resets and timeouts — not missing files or denials."""
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, PreconditionFailed)):
@@ -71,7 +95,7 @@ def retrying(fn: Callable[[], T], what: str) -> T:
             if attempt == RETRY_ATTEMPTS or not is_transient(exc):
                 raise
             delay = random.uniform(0, min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2**attempt))
-            log.info("%s: transient error (%s), retry %d in %.2f s", what, exc, attempt, delay)
+            log.info("%s: transient error (%s), retry %d in %.2f s", redact_text(what), redact_text(str(exc)), attempt, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
 
