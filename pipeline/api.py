@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from typing import Callable
 from dataclasses import asdict, dataclass, field
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from models import Registry, default_registry
-from pipeline import __version__, execute, incremental, manifest, runs
+from pipeline import __version__, execute, incremental, manifest, runs, storage
 from pipeline.job import Job
 from pipeline.lease import Lease
 from pipeline.planning import PlanSummary, iter_shards
@@ -25,11 +27,11 @@ class RunSummary:
     shards_run: int
     counts: dict[str, int]  # status → rows over the whole run
     categories: dict[str, int] = field(default_factory=dict)  # new / changed / unchanged / failed at planning
-    error_examples: dict[str, str] = field(default_factory=dict)  # error_type → input_uri
+    errors: list[dict] = field(default_factory=list)  # per error type: count, stage, an example input
     wall_seconds: float = 0.0
 
     @property
-    def errors(self) -> int:
+    def error_rows(self) -> int:
         return self.counts.get("error", 0)
 
 
@@ -82,12 +84,33 @@ def _new_run(job: Job, fingerprint: str, run_id: str) -> runs.RunRecord:
     return record
 
 
-def run(job: Job, registry: Registry | None = None, address: str | None = None, resume: bool = True) -> RunSummary:
+def _error_summary(table: pa.Table) -> list[dict]:
+    """Error types of a run, most frequent first: count, stage and one example input each."""
+    errors = table.filter(pc.equal(table["status"], "error"))
+    if not errors.num_rows:
+        return []
+    grouped = errors.group_by(["error_type", "stage"]).aggregate([("input_uri", "count"), ("input_uri", "min")])
+    rows = [
+        {"error_type": r["error_type"], "stage": r["stage"], "count": r["input_uri_count"], "example": r["input_uri_min"]}
+        for r in grouped.to_pylist()
+    ]
+    return sorted(rows, key=lambda r: (-r["count"], r["error_type"] or ""))
+
+
+def run(
+    job: Job,
+    registry: Registry | None = None,
+    address: str | None = None,
+    resume: bool = True,
+    on_event: Callable[[dict], None] | None = None,
+) -> RunSummary:
     """Plan (or resume) and execute ``job`` on Ray; returns when every shard is committed.
 
     Holds the output's lease throughout, so a second run on the same output refuses to start.
+    ``on_event`` receives progress events (plain dicts, see pipeline.progress).
     """
     registry = registry or default_registry()
+    emit = on_event or (lambda event: None)
     started = time.perf_counter()
     out = job.output
     fingerprint = job.fingerprint(registry)
@@ -96,28 +119,34 @@ def run(job: Job, registry: Registry | None = None, address: str | None = None, 
         record = _unfinished_run(job, fingerprint) if resume else None
         resumed = record is not None
         if record is None:
+            emit({"event": "planning", "input": storage.redact(job.input.uri)})
             record = _new_run(job, fingerprint, run_id)
         else:
             lease.rename(record.run_id)
         committed = manifest.committed_shards(out.uri, record.run_id, out.storage_options)
         todo = [i for i in range(record.shards) if i not in committed]
-
-        examples: dict[str, str] = {}
-
-        def on_shard(result: execute.ShardResult) -> None:
-            for error_type, uri in result.error_examples.items():
-                examples.setdefault(error_type, uri)
+        emit(
+            {
+                "event": "planned",
+                "run_id": record.run_id,
+                "resumed": resumed,
+                "inputs": record.inputs,
+                "shards": record.shards,
+                "shards_to_run": len(todo),
+                "categories": record.categories,
+            }
+        )
 
         if todo:
             execute.connect(address)
             ctx = execute.context_for(job, registry, record.run_id)
-            execute.execute(ctx, registry, todo, on_shard, check=lease.check)
+            execute.execute(ctx, registry, todo, lambda r: emit({"event": "shard", **r.as_event()}), check=lease.check)
 
-        statuses = manifest.read(out.uri, out.storage_options, record.run_id).column("status")
-        counts = {d["values"]: d["counts"] for d in pc.value_counts(statuses).to_pylist()}
+        table = manifest.read(out.uri, out.storage_options, record.run_id, columns=["status", "error_type", "stage", "input_uri"])
+        counts = {d["values"]: d["counts"] for d in pc.value_counts(table["status"]).to_pylist()}
         record.status, record.finished_at, record.counts = "committed", runs.now(), counts
         runs.save(record, out.storage_options)
-    return RunSummary(
+    summary = RunSummary(
         run_id=record.run_id,
         resumed=resumed,
         output_uri=out.uri,
@@ -127,9 +156,11 @@ def run(job: Job, registry: Registry | None = None, address: str | None = None, 
         shards_run=len(todo),
         counts=counts,
         categories=record.categories,
-        error_examples=examples,
+        errors=_error_summary(table),
         wall_seconds=time.perf_counter() - started,
     )
+    emit({"event": "finished", **asdict(summary)})
+    return summary
 
 
 def history(output_uri: str, storage_options: dict | None = None) -> list[dict]:

@@ -12,7 +12,7 @@ import sys
 import click
 
 from models import default_registry
-from pipeline import api
+from pipeline import api, progress
 from pipeline.job import Job, JobError, load_job
 from pipeline.lease import LeaseHeld
 
@@ -49,25 +49,46 @@ def main() -> None:
 @click.option("--mode", type=click.Choice(MODES), help="Override mode (default: the job's, else incremental).")
 @click.option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else start Ray locally).")
 @click.option("--no-resume", is_flag=True, help="Start a new run even if an unfinished one exists.")
-def run(job_file: str, input_uri: str | None, output_uri: str | None, mode: str | None, address: str | None, no_resume: bool) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "rich", "plain", "json"]),
+    default="auto",
+    show_default=True,
+    help="Progress display: live bar (rich), lines (plain) or JSON lines; auto = rich on a terminal, else json.",
+)
+def run(
+    job_file: str, input_uri: str | None, output_uri: str | None, mode: str | None, address: str | None, no_resume: bool, log_format: str
+) -> None:
     """Run JOB_FILE to completion (resuming an unfinished run of the same job)."""
     job = _load(job_file, input_uri, output_uri, mode)
+    show = progress.reporter(log_format)
     try:
-        summary = api.run(job, address=address, resume=not no_resume)
+        summary = api.run(job, address=address, resume=not no_resume, on_event=show)
     except LeaseHeld as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_RUN_FAILED)
+    if not isinstance(show, progress.JsonReporter):  # JSON mode already printed the summary as an event
+        _print_summary(summary, job)
+    sys.exit(EXIT_ERROR_ROWS if summary.error_rows else 0)
+
+
+def _print_summary(summary: api.RunSummary, job: Job) -> None:
     verb = "resumed" if summary.resumed else "run"
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items())) or "nothing to do"
+    done = sum(summary.counts.values())
     click.echo(
         f"{verb} {summary.run_id} ({job.mode}): {_categories(summary.categories)}; "
-        f"{summary.inputs} inputs in {summary.shards} shards: {counts} ({summary.wall_seconds:.1f} s)"
+        f"{summary.inputs} inputs in {summary.shards} shards: {counts} "
+        f"({summary.wall_seconds:.1f} s, {done / max(summary.wall_seconds, 1e-9):.1f} img/s)"
     )
-    for error_type, uri in sorted(summary.error_examples.items()):
-        click.echo(f"  error {error_type}: e.g. {uri}")
-    click.echo(f"images:   {summary.output_uri.rstrip('/')}/images/")
+    for e in summary.errors[:5]:
+        click.echo(f"  {e['count']:>6} × {e['error_type']} (at {e['stage']}), e.g. {e['example']}")
+    if len(summary.errors) > 5:
+        click.echo(f"  … and {len(summary.errors) - 5} more error types (see the manifest)")
+    out = summary.output_uri.rstrip("/")
+    click.echo(f"images:   {out}/images/")
     click.echo(f"manifest: {summary.manifest_uri}")
-    sys.exit(EXIT_ERROR_ROWS if summary.errors else 0)
+    click.echo(f"next:     darkroom report {out}   (or: darkroom runs {out})")
 
 
 @main.command()
@@ -235,6 +256,32 @@ def jobs(address: str | None) -> None:
     for s in states:
         code = "-" if s.exit_code is None else str(s.exit_code)
         click.echo(f"{s.submission_id:<44} {(s.job_name or '-'):<16} {s.status:<10} {code:>4}  {_when(s.start_time)}")
+
+
+# ---- looking at results: thin commands over pipeline/report.py and the job schema ----
+
+
+@main.command()
+@click.argument("output_uri")
+@click.option("--run", "run_id", help="Only this run (default: the latest row of each input over all runs).")
+@click.option("--out", "dest", help="Where to write the HTML (default: OUTPUT_URI/report.html).")
+@click.option("--max-items", default=200, show_default=True, help="Items shown with thumbnails; the rest are counted.")
+def report(output_uri: str, run_id: str | None, dest: str | None, max_items: int) -> None:
+    """Write one self-contained HTML page: before/after pairs, errors, run statistics."""
+    from pipeline.report import write_report
+
+    try:
+        where = write_report(output_uri, run_id=run_id, dest=dest, max_items=max_items)
+    except LookupError as exc:
+        click.echo(f"error: {exc.args[0]}", err=True)
+        sys.exit(1)
+    click.echo(where)
+
+
+@main.command()
+def schema() -> None:
+    """JSON schema of job files (for editor autocomplete, e.g. yaml-language-server)."""
+    click.echo(json.dumps(Job.model_json_schema(), indent=2))
 
 
 if __name__ == "__main__":

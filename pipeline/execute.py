@@ -113,8 +113,12 @@ class _Work:
 @dataclass
 class ShardResult:
     shard: int
-    counts: Counter = field(default_factory=Counter)
-    error_examples: dict[str, str] = field(default_factory=dict)  # error_type → an input_uri
+    counts: Counter = field(default_factory=Counter)  # status → rows
+    errors_by_stage: Counter = field(default_factory=Counter)  # stage → error rows
+    seconds: float = 0.0
+
+    def as_event(self) -> dict:
+        return {"shard": self.shard, "counts": dict(self.counts), "errors_by_stage": dict(self.errors_by_stage), "seconds": self.seconds}
 
 
 def _fail(row: dict, stage: str, error_type: str, message: str) -> None:
@@ -266,6 +270,7 @@ def _load_all(ctx: ShardContext, items: list[dict], shard: int, attempt: int) ->
 
 @ray.remote(num_cpus=1)
 def process_shard(ctx: ShardContext, shard: int, attempt: int, actor) -> ShardResult:
+    started = time.perf_counter()
     out = ctx.job.output
     plan = runs.load_plan_shard(out.uri, ctx.run_id, shard, out.storage_options).to_pylist()
     batch_size = ctx.job.resources.batch_size
@@ -285,11 +290,11 @@ def process_shard(ctx: ShardContext, shard: int, attempt: int, actor) -> ShardRe
     committed_at = datetime.now(timezone.utc)
     rows = sorted((w.row | {"committed_at": committed_at} for w in done), key=lambda r: r["input_uri"])
     manifest.write_part(manifest.part_uri(out.uri, ctx.run_id, shard), manifest.to_table(rows), out.storage_options)
-    result = ShardResult(shard)
+    result = ShardResult(shard, seconds=time.perf_counter() - started)
     for row in rows:
         result.counts[row["status"]] += 1
         if row["status"] == "error":
-            result.error_examples.setdefault(row["error_type"], row["input_uri"])
+            result.errors_by_stage[row["stage"]] += 1
     return result
 
 

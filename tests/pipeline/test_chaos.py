@@ -25,7 +25,6 @@ from pipeline import api, manifest, runs, storage
 from pipeline.job import parse_job
 from tests.faults import FaultProxy, kill, pids_of
 
-N_INPUTS = 500
 
 
 def tiny_png(i: int) -> bytes:
@@ -78,7 +77,7 @@ def test_poison_input_is_isolated_as_an_error_row(ray_local, tmp_path):
 def _driver(job_path, address) -> subprocess.Popen:
     code = "import sys; from pipeline.cli import main; sys.exit(main())"
     env = {**__import__("os").environ, "RAY_ADDRESS": address}
-    return subprocess.Popen([sys.executable, "-c", code, "run", str(job_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen([sys.executable, "-c", code, "run", str(job_path), "--log-format", "plain"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 def _parts(output_uri: str, run_id_holder: list) -> int:
@@ -89,10 +88,11 @@ def _parts(output_uri: str, run_id_holder: list) -> int:
     return len(manifest.committed_shards(output_uri, records[-1].run_id))
 
 
-@pytest.mark.timeout(600)
-def test_chaos_exactly_once(ray_local, s3_bucket, s3_endpoint, tmp_path):
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("n_inputs", [500, pytest.param(2000, marks=pytest.mark.slow)])
+def test_chaos_exactly_once(ray_local, s3_bucket, s3_endpoint, tmp_path, n_inputs):
     s3 = boto3.client("s3")
-    for i in range(N_INPUTS):
+    for i in range(n_inputs):
         s3.put_object(Bucket=s3_bucket, Key=f"in/{i // 100:02d}/{i:04d}.png", Body=tiny_png(i))
     with FaultProxy(s3_endpoint, fault_rate=0.05, seed=1) as proxy:
         opts = {"client_kwargs": {"endpoint_url": proxy.endpoint}}
@@ -112,7 +112,7 @@ def test_chaos_exactly_once(ray_local, s3_bucket, s3_endpoint, tmp_path):
         # Run 1: kill the model actor twice, then SIGKILL the driver once some shards committed.
         driver = _driver(job_path, address)
         actor_kills = 0
-        deadline = time.time() + 300
+        deadline = time.time() + 300 + n_inputs / 5
         while time.time() < deadline and driver.poll() is None:
             parts = _parts(out, run_id)
             if actor_kills < 2 and parts >= 2 + 3 * actor_kills:
@@ -125,11 +125,11 @@ def test_chaos_exactly_once(ray_local, s3_bucket, s3_endpoint, tmp_path):
         assert driver.returncode == -9, driver.stdout.read().decode()[-3000:]
         assert actor_kills >= 2
         committed_before = _parts(out, run_id)
-        assert 0 < committed_before < N_INPUTS // 20
+        assert 0 < committed_before < n_inputs // 20
 
         # Run 2: the same command resumes the unfinished run and completes it.
         driver = _driver(job_path, address)
-        output = driver.communicate(timeout=300)[0].decode()
+        output = driver.communicate(timeout=300 + n_inputs / 5)[0].decode()
         errors = [(r["input_uri"], r["error_type"], r["error_message"]) for r in manifest.read(out).to_pylist() if r["status"] != "ok"]
         assert driver.returncode == 0, (output[-3000:], errors)
         assert f"resumed {run_id[0]}" in output
@@ -147,9 +147,9 @@ def test_chaos_exactly_once(ray_local, s3_bucket, s3_endpoint, tmp_path):
     for uri in outputs:
         assert Image.open(io.BytesIO(storage.read_bytes(uri))).size == (16, 16)
     print(
-        f"\nchaos: inputs={N_INPUTS} requests={proxy.requests} faults={faults} actor_kills={actor_kills} "
+        f"\nchaos: inputs={n_inputs} requests={proxy.requests} faults={faults} actor_kills={actor_kills} "
         f"driver_kills=1 shards_before_kill={committed_before} rows={total} duplicates={total - distinct} lost={len(listed - seen)}"
     )
-    assert (total, distinct, ok) == (N_INPUTS, N_INPUTS, N_INPUTS)
+    assert (total, distinct, ok) == (n_inputs, n_inputs, n_inputs)
     assert seen == listed
     assert sum(faults.values()) > 0

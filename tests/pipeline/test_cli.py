@@ -30,10 +30,13 @@ def job_file(tmp_path, corpus_dir):
 
 
 def test_run_exit_3_with_error_rows_then_runs_lists_it(ray_local, job_file, tmp_path, corpus):
-    result = CliRunner().invoke(main, ["run", job_file()])
+    result = CliRunner().invoke(main, ["run", job_file(), "--log-format", "plain"])
     assert result.exit_code == 3, result.output
     n_errors = sum(1 for _, s in corpus.values() if s not in ("ok", "skip"))
-    assert f"{n_errors} error" in result.output and "error corrupt: e.g." in result.output
+    assert f"{n_errors} error" in result.output
+    assert "2 × corrupt (at decode), e.g." in result.output  # the two truncated files
+    assert "shards 1/" in result.output and "img/s" in result.output  # progress lines
+    assert f"next:     darkroom report {tmp_path / 'out'}" in result.output
     listed = CliRunner().invoke(main, ["runs", str(tmp_path / "out"), "--json"])
     [record] = [json.loads(line) for line in listed.output.splitlines()]
     assert record["status"] == "committed" and record["counts"]["error"] == n_errors
@@ -44,6 +47,11 @@ def test_run_exit_3_with_error_rows_then_runs_lists_it(ray_local, job_file, tmp_
 def test_run_exit_0_when_all_ok_with_overrides(ray_local, job_file, tmp_path, corpus_dir):
     result = CliRunner().invoke(main, ["run", job_file(), "--input", str(corpus_dir / "png"), "--output", str(tmp_path / "o2")])
     assert result.exit_code == 0, result.output
+    # Not a terminal: progress comes as JSON lines, one event per line, ending with the summary.
+    events = [json.loads(line) for line in result.output.splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds[:2] == ["planning", "planned"] and kinds[-1] == "finished" and "shard" in kinds
+    assert events[-1]["counts"] == {"ok": events[1]["inputs"]}
     assert (tmp_path / "o2" / "images" / "rgb.png").is_file()
     assert not (tmp_path / "out").exists()
 

@@ -83,7 +83,7 @@ def test_s3_job_one_row_per_input(ray_local, s3_bucket, corpus):
 def test_local_job_and_gray_alpha_sixteen_bit_outputs(ray_local, corpus_dir, tmp_path, corpus):
     out = tmp_path / "out"
     summary = api.run(make_job(str(corpus_dir), str(out)))
-    assert summary.errors == sum(1 for _, s in corpus.values() if s not in ("ok", "skip"))
+    assert summary.error_rows == sum(1 for _, s in corpus.values() if s not in ("ok", "skip"))
     con = rows_of(str(out))
     check_manifest(con, corpus)
     modes = dict(con.execute("SELECT regexp_extract(input_uri, '[^/]+/[^/]+$'), output_uri FROM m WHERE status = 'ok'").fetchall())
@@ -142,4 +142,4 @@ def test_list_file_input(ray_local, corpus_dir, tmp_path):
 def test_gpu_request_falls_back_to_cpu_without_gpus(ray_local, corpus_dir, tmp_path):
     job = make_job(str(corpus_dir / "png"), str(tmp_path / "out"), resources={"gpus_per_actor": 1, "shard_size": 4})
     summary = api.run(job)
-    assert summary.counts.get("ok") and not summary.errors
+    assert summary.counts.get("ok") and not summary.error_rows

@@ -1,0 +1,141 @@
+"""Showing a run as it goes: a live progress bar, plain lines, or JSON lines for schedulers.
+
+``pipeline.api.run`` emits events as plain dicts:
+
+- ``planning``  {input}
+- ``planned``   {run_id, resumed, inputs, shards, shards_to_run, categories}
+- ``shard``     {shard, counts: {status: n}, errors_by_stage: {stage: n}, seconds}
+- ``finished``  the RunSummary as a dict
+
+A reporter turns them into output; ``reporter(fmt)`` picks one (``auto``: the live bar on a
+terminal, JSON lines otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+from typing import Callable, TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class Tally:
+    """Running totals shared by the human-readable reporters."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.shards_to_run = 0
+        self.shards_done = 0
+        self.counts: Counter = Counter()
+        self.errors_by_stage: Counter = Counter()
+        self.started = time.monotonic()
+
+    def add(self, event: dict) -> None:
+        self.shards_done += 1
+        self.counts.update(event["counts"])
+        self.errors_by_stage.update(event["errors_by_stage"])
+
+    @property
+    def done(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def rate(self) -> float:
+        return self.done / max(1e-9, time.monotonic() - self.started)
+
+    def line(self) -> str:
+        failed = ", ".join(f"{stage} {n}" for stage, n in sorted(self.errors_by_stage.items())) or "none"
+        eta = (self.total - self.done) / self.rate if self.rate > 0 else float("nan")
+        return (
+            f"shards {self.shards_done}/{self.shards_to_run} · images {self.done}/{self.total} "
+            f"({self.counts.get('ok', 0)} ok, {self.counts.get('error', 0)} error; failed by stage: {failed}) · "
+            f"{self.rate:.1f} img/s · ETA {eta:.0f} s"
+        )
+
+
+def _planned_line(event: dict) -> str:
+    cats = event["categories"] or {}
+    verb = "resuming" if event["resumed"] else "running"
+    return (
+        f"{verb} {event['run_id']}: {event['inputs']} inputs in {event['shards']} shards "
+        f"({event['shards_to_run']} to run; {cats.get('new', 0)} new, {cats.get('changed', 0)} changed, "
+        f"{cats.get('unchanged', 0)} unchanged, {cats.get('failed', 0)} previously failed)"
+    )
+
+
+class PlainReporter:
+    """One line per event on ``stream`` (stderr): for logs and CI."""
+
+    def __init__(self, stream: TextIO | None = None):
+        self.stream = stream or sys.stderr
+        self.tally = Tally()
+
+    def __call__(self, event: dict) -> None:
+        kind = event["event"]
+        if kind == "planning":
+            print(f"planning: listing {event['input']}", file=self.stream)
+        elif kind == "planned":
+            self.tally.total, self.tally.shards_to_run = event["inputs"], event["shards_to_run"]
+            self.tally.started = time.monotonic()
+            print(_planned_line(event), file=self.stream)
+        elif kind == "shard":
+            self.tally.add(event)
+            print(self.tally.line(), file=self.stream)
+        self.stream.flush()
+
+
+class RichReporter:
+    """A live progress bar on the terminal."""
+
+    def __init__(self) -> None:
+        self.console = Console(stderr=True)
+        self.tally = Tally()
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+        )
+        self.task = None
+
+    def __call__(self, event: dict) -> None:
+        kind = event["event"]
+        if kind == "planning":
+            self.console.print(f"planning: listing {event['input']}")
+        elif kind == "planned":
+            self.console.print(_planned_line(event))
+            self.tally.total, self.tally.shards_to_run = event["inputs"], event["shards_to_run"]
+            self.tally.started = time.monotonic()
+            self.progress.start()
+            self.task = self.progress.add_task("images", total=event["inputs"], detail="")
+        elif kind == "shard" and self.task is not None:
+            self.tally.add(event)
+            t = self.tally
+            detail = f"{t.counts.get('ok', 0)} ok · {t.counts.get('error', 0)} error · {t.rate:.1f} img/s"
+            self.progress.update(self.task, completed=t.done, detail=detail)
+        elif kind == "finished" and self.task is not None:
+            self.progress.stop()
+
+
+class JsonReporter:
+    """Each event as one JSON line on ``stream`` (stdout): for schedulers and log pipelines."""
+
+    def __init__(self, stream: TextIO | None = None):
+        self.stream = stream or sys.stdout
+
+    def __call__(self, event: dict) -> None:
+        print(json.dumps({"time": time.time(), **event}, default=str), file=self.stream, flush=True)
+
+
+def reporter(fmt: str) -> Callable[[dict], None]:
+    """``auto`` | ``rich`` | ``plain`` | ``json``."""
+    if fmt == "auto":
+        fmt = "rich" if sys.stdout.isatty() else "json"
+    return {"rich": RichReporter, "plain": PlainReporter, "json": JsonReporter}[fmt]()
