@@ -25,6 +25,7 @@ from pipeline import storage
 from pipeline.images import FORMAT_EXTENSIONS, IMAGE_EXTENSIONS
 from pipeline.job import InputSpec, Job
 
+DIFF_ROWS = 262_144  # listed inputs per incremental-diff call
 LIST_FILE_EXTENSIONS = (".parquet", ".csv", ".jsonl", ".ndjson")
 PLAN_SCHEMA = pa.schema(
     [
@@ -160,21 +161,37 @@ def iter_shards(
 ) -> Iterator[Shard]:
     """Stream the job's inputs as shards of ``shard_size`` rows.
 
-    ``select`` (e.g. the incremental diff) filters each listing table before sharding;
+    ``select`` (e.g. the incremental diff) filters chunks of the listing before sharding;
     ``summary`` (if given) is filled in on the way.
     """
     summary = summary if summary is not None else PlanSummary()
     size = job.resources.shard_size
     pending = PLAN_SCHEMA.empty_table()
-    for table in _listing_tables(job.input, size, summary):
-        if select is not None:
-            table = select(table)
+    for table in _selected(_listing_tables(job.input, size, summary), select):
         pending = pa.concat_tables([pending, table])
         while len(pending) >= size:
             yield _shard(summary, pending.slice(0, size))
             pending = pending.slice(size)
     if len(pending):
         yield _shard(summary, pending)
+
+
+def _selected(tables: Iterator[pa.Table], select: Callable[[pa.Table], pa.Table] | None) -> Iterator[pa.Table]:
+    """Apply ``select`` to chunks of at least DIFF_ROWS listed inputs (held as Arrow, not
+    Python objects): the diff's cost is dominated by hashing the history once per call."""
+    if select is None:
+        yield from tables
+        return
+    chunk: list[pa.Table] = []
+    rows = 0
+    for table in tables:
+        chunk.append(table)
+        rows += len(table)
+        if rows >= DIFF_ROWS:
+            yield select(pa.concat_tables(chunk))
+            chunk, rows = [], 0
+    if chunk:
+        yield select(pa.concat_tables(chunk))
 
 
 def _shard(summary: PlanSummary, table: pa.Table) -> Shard:

@@ -1,0 +1,75 @@
+"""Incremental diff at scale: plan a job over N listed inputs against N committed manifest rows.
+
+Builds (with Arrow compute, no Python loop per row) a manifest of N ok rows under a fake run
+and a Parquet list file of the same N URIs (with size and etag), then times
+`pipeline.api.plan` in incremental mode — every input is "unchanged", so nothing is planned —
+and reports wall time and the process's peak RSS. Each N runs in a fresh process.
+
+    .venv/bin/python benchmarks/diff_scale.py [N ...]        # default: 100000 1000000
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CHILD = r"""
+import resource, sys, time, os
+import pyarrow as pa, pyarrow.compute as pc, pyarrow.parquet as pq
+from models import default_registry
+from pipeline import api, manifest
+from pipeline.job import parse_job
+n, tmp = int(sys.argv[1]), sys.argv[2]
+job = parse_job({"name": "diff", "input": {"uri": f"{tmp}/list.parquet"}, "output": {"uri": f"{tmp}/out"},
+                 "steps": [{"model": "identity"}], "resources": {"shard_size": 1000}}, default_registry())
+ids = pc.cast(pa.array(range(n), pa.int64()), pa.string())
+uris = pc.binary_join_element_wise("s3://archive/photos/", ids, ".jpg", "")
+etags = pc.binary_join_element_wise("etag-", ids, "")
+sizes = pa.array([100_000] * n, pa.int64())
+pq.write_table(pa.table({"uri": uris, "size": sizes, "etag": etags}), f"{tmp}/list.parquet")
+os.makedirs(f"{tmp}/out/manifest/r1")
+part = 1_000_000
+for k, start in enumerate(range(0, n, part)):
+    m = min(part, n - start)
+    cols = {f.name: pa.nulls(m, f.type) for f in manifest.MANIFEST_SCHEMA}
+    cols.update(run_id=pa.array(["r1"] * m), shard=pa.array([k] * m, pa.int32()), input_uri=uris.slice(start, m),
+                input_size=sizes.slice(start, m), input_etag=etags.slice(start, m), steps=pa.array(["[]"] * m),
+                models=pa.array([["identity"]] * m, pa.list_(pa.string())), weights_sha256=pa.array([[""]] * m, pa.list_(pa.string())),
+                fingerprint=pa.array([job.fingerprint(default_registry())] * m), status=pa.array(["ok"] * m),
+                attempt=pa.array([1] * m, pa.int32()), committed_at=pa.array([0] * m, pa.timestamp("ms", tz="UTC")))
+    pq.write_table(pa.table(cols, schema=manifest.MANIFEST_SCHEMA), f"{tmp}/out/manifest/r1/part-{k:05d}.parquet")
+del uris, etags, sizes, ids
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0 = time.perf_counter()
+summary = api.plan(job)
+elapsed = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+assert summary.categories == {"unchanged": n}, summary.categories
+print(f"{n} {elapsed:.2f} {base} {peak}")
+"""
+
+
+def main() -> None:
+    sizes = [int(a) for a in sys.argv[1:]] or [100_000, 1_000_000]
+    rows = []
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = subprocess.run([sys.executable, "-c", CHILD, str(n), tmp], capture_output=True, text=True)
+        if out.returncode:
+            raise SystemExit(out.stderr[-2000:])
+        _, seconds, base, peak = out.stdout.split()
+        rows.append({"rows": n, "plan_seconds": float(seconds), "rss_before_mib": int(base) / 1024, "peak_rss_mib": int(peak) / 1024})
+    print(f"{'manifest rows = listed':>24} {'plan s':>8} {'RSS before MiB':>15} {'peak RSS MiB':>13}")
+    for r in rows:
+        print(f"{r['rows']:>24} {r['plan_seconds']:>8.2f} {r['rss_before_mib']:>15.0f} {r['peak_rss_mib']:>13.0f}")
+    results = Path(__file__).parent / "results"
+    results.mkdir(exist_ok=True)
+    (results / "diff_scale.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
