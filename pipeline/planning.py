@@ -13,7 +13,6 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
-from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -96,17 +95,8 @@ def _is_image(uri: str) -> bool:
     return posixpath.splitext(storage.redact(uri).lower())[1] in IMAGE_EXTENSIONS
 
 
-def _uri_rel(uri: str) -> str:
-    """Relative path for a list-file entry: bucket/host and path, without the scheme or credentials."""
-    parts = urlsplit(storage.redact(uri))
-    return f"{parts.netloc}/{parts.path}" if parts.scheme and len(parts.scheme) > 1 else uri
-
-
 def _listed(spec: InputSpec) -> Iterator[tuple[str, str, int | None, str | None, float | None]]:
-    """(uri, relative path, size, etag, mtime) for every candidate, in listing order."""
-    if is_list_file(spec.uri):
-        yield from _from_list_file(spec)
-        return
+    """(uri, relative path, size, etag, mtime) for every file under a prefix or glob, in listing order."""
     root, pattern = storage.split_glob(spec.uri)
     matches = storage.glob_matcher(pattern) if pattern else None
     for entry in storage.iter_files(root, spec.storage_options):
@@ -115,37 +105,87 @@ def _listed(spec: InputSpec) -> Iterator[tuple[str, str, int | None, str | None,
         yield entry.uri, entry.rel, entry.size, entry.etag, entry.mtime
 
 
-def _from_list_file(spec: InputSpec) -> Iterator[tuple[str, str, int | None, str | None, float | None]]:
+_SCHEME = r"^[A-Za-z][A-Za-z0-9+.-]*://"
+_NEEDS_CLEANING = r"[\x00-\x1f\x7f\\]|(^|/)\.{1,2}(/|$)|//|^/"
+
+
+def _safe_rel_paths(rels: pa.Array) -> pa.Array:
+    """``safe_rel_path`` over an Arrow array: Python runs only on the rows that need cleaning."""
+    rels = pc.utf8_normalize(rels, "NFC")
+    dirty = pc.or_(pc.match_substring_regex(rels, _NEEDS_CLEANING), pc.greater(pc.binary_length(rels), 200))
+    if not pc.any(dirty).as_py():
+        return rels
+    values = rels.to_pylist()
+    for i in pc.indices_nonzero(dirty).to_pylist():
+        values[i] = safe_rel_path(values[i])
+    return pa.array(values, pa.string())
+
+
+def _list_file_tables(spec: InputSpec, rows: int, summary: PlanSummary) -> Iterator[pa.Table]:
+    """A list file's image rows as PLAN_SCHEMA tables, computed column-wise with Arrow.
+
+    The relative path of ``s3://bucket/a/b.jpg`` is ``bucket/a/b.jpg`` (scheme and credentials
+    dropped), so entries from different buckets or hosts cannot collide.
+    """
     fs, path = storage.filesystem(spec.uri, spec.storage_options)
     with fs.open(path, "rb") as fh:
         lower = spec.uri.lower()
         if lower.endswith(".parquet"):
-            batches = pq.ParquetFile(fh).iter_batches(batch_size=10_000)
+            batches = pq.ParquetFile(fh).iter_batches(batch_size=rows)
         elif lower.endswith(".csv"):
             batches = pacsv.open_csv(fh)
         else:
-            batches = pajson.read_json(fh).to_batches(max_chunksize=10_000)
+            batches = pajson.read_json(fh).to_batches(max_chunksize=rows)
         for batch in batches:
             if "uri" not in batch.schema.names:
                 raise ValueError(f"{spec.uri}: list file has no `uri` column (columns: {', '.join(batch.schema.names)})")
-            for uri, size, etag in zip(_column(batch, "uri"), _column(batch, "size"), _column(batch, "etag")):
-                if uri is None:
-                    continue
-                yield uri, _uri_rel(uri), size, etag, None
+            table = pa.Table.from_batches([batch])
+            table = table.filter(pc.is_valid(table["uri"]))
+            uris = table["uri"].combine_chunks().cast(pa.string())
+            visible = storage.redact_array(uris)  # a signed URL's extension is before its query string
+            ext = pc.utf8_lower(pc.replace_substring_regex(visible, r"^.*?(\.[^./]*)?$", r"\1"))
+            image = pc.is_in(ext, value_set=pa.array(sorted(IMAGE_EXTENSIONS)))
+            _count_skipped(summary, uris.filter(pc.invert(image)))
+            n = pc.sum(image.cast(pa.int64())).as_py() or 0
+            summary.listed += n
+            if not n:
+                continue
+
+            def column(name: str, type_: pa.DataType) -> pa.Array:
+                if name not in table.column_names:
+                    return pa.nulls(len(table), type_)
+                return table[name].combine_chunks().cast(type_)
+
+            plan = pa.Table.from_arrays(
+                [
+                    uris,
+                    _safe_rel_paths(pc.replace_substring_regex(visible, _SCHEME, "")),
+                    column("size", pa.int64()),
+                    column("etag", pa.string()),
+                    pa.nulls(len(table), pa.float64()),
+                ],
+                schema=PLAN_SCHEMA,
+            ).filter(image)
+            for start in range(0, len(plan), rows):
+                yield plan.slice(start, rows)
 
 
-def _column(batch: pa.RecordBatch, name: str) -> list:
-    return batch.column(name).to_pylist() if name in batch.schema.names else [None] * batch.num_rows
+def _count_skipped(summary: PlanSummary, uris: pa.Array) -> None:
+    summary.skipped_not_image += len(uris)
+    room = 3 - len(summary.examples_skipped)
+    if room > 0:
+        summary.examples_skipped.extend(uris.slice(0, room).to_pylist())
 
 
 def _listing_tables(spec: InputSpec, rows: int, summary: PlanSummary) -> Iterator[pa.Table]:
     """The image inputs as PLAN_SCHEMA tables of at most ``rows`` rows each."""
+    if is_list_file(spec.uri):
+        yield from _list_file_tables(spec, rows, summary)
+        return
     buffer: list[tuple] = []
     for uri, rel, nbytes, etag, mtime in _listed(spec):
         if not _is_image(uri):
-            summary.skipped_not_image += 1
-            if len(summary.examples_skipped) < 3:
-                summary.examples_skipped.append(uri)
+            _count_skipped(summary, pa.array([uri]))
             continue
         buffer.append((uri, safe_rel_path(rel), nbytes, etag, mtime))
         summary.listed += 1
