@@ -12,7 +12,7 @@ from typing import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from models import realesrgan
+from models import checkpoint, realesrgan
 from models.base import ImageModel, WeightsSpec
 from models.resample import Identity, Resample
 
@@ -28,7 +28,11 @@ class ScaleParams(BaseModel):
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One registry entry. ``build(params)`` gets an instance of ``params`` (validated)."""
+    """One registry entry. ``build(params)`` gets an instance of ``params`` (validated).
+
+    ``weights_digest(params)``, for entries whose weights file depends on the params
+    (``checkpoint``), returns the sha256 those params select; see :meth:`weights_sha256`.
+    """
 
     name: str
     task: str
@@ -37,9 +41,20 @@ class ModelEntry:
     build: Callable[[BaseModel], ImageModel]
     weights: WeightsSpec | None = None
     licence: str = "n/a (no learned weights)"
+    weights_digest: Callable[[BaseModel], str] | None = None
 
     def validate_params(self, params: dict) -> BaseModel:
         return self.params.model_validate(params)
+
+    def weights_sha256(self, params: dict) -> str | None:
+        """sha256 of the weights a step with these params runs (None without learned weights).
+
+        What the manifest records and the job fingerprint hashes; an actor whose built
+        model reports other weights refuses to run.
+        """
+        if self.weights_digest is not None:
+            return self.weights_digest(self.validate_params(params))
+        return self.weights.sha256 if self.weights else None
 
 
 class UnknownModelError(KeyError):
@@ -127,6 +142,17 @@ def default_registry() -> Registry:
             build=lambda _: realesrgan.build_x4plus_anime(),
             weights=realesrgan.X4PLUS_ANIME,
             licence=realesrgan.UPSTREAM_LICENCE,
+        )
+    )
+    reg.register(
+        ModelEntry(
+            name="checkpoint",
+            task="any",
+            description="a public restoration checkpoint (ESRGAN, SwinIR, HAT, DAT, SCUNet, DRUNet, …) loaded with spandrel",
+            params=checkpoint.CheckpointParams,
+            build=checkpoint.build,
+            licence=checkpoint.LICENCE,
+            weights_digest=checkpoint.weights_digest,
         )
     )
     return reg

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -97,12 +98,26 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # the message of weights_only failures is long; keep its first line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{path.name}: cannot be loaded safely (weights_only=True): {first}") from None
+    except Exception as exc:  # the message of weights_only failures is long; keep the line that names the cause
+        raise WeightsError(f"{path.name}: cannot be loaded safely (weights_only=True): {_unpickling_cause(exc)}") from None
     if not isinstance(obj, dict):
         raise WeightsError(f"{path.name}: expected a state_dict, found {type(obj).__name__}")
     return obj
+
+
+def _unpickling_cause(exc: Exception) -> str:
+    """The useful part of a ``torch.load`` failure: which global the file wanted, not how to allow it."""
+    text = str(exc).strip()
+    advice = "darkroom never unpickles code: save the state_dict alone, or as .safetensors"
+    match = re.search(r"GLOBAL ([\w.]+)", text)  # "Unsupported global: GLOBAL x.Y …" / "unsupported GLOBAL x.y whose module …"
+    if match:
+        return f"the file holds a pickled Python object ({match.group(1)}), not only tensors; {advice}"
+    match = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+    if match or text.startswith("Weights only load failed"):
+        detail = match.group(1).strip() if match else "not only tensors and plain containers"
+        return f"the file holds more than tensors ({detail}); {advice}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 def save_atomic(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:

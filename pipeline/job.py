@@ -87,8 +87,8 @@ class Job(Strict):
         """Digest of everything that decides an output's pixels (steps, weights, format)."""
         steps = []
         for step in self.steps:
-            weights = registry.get(step.model).weights
-            steps.append({"model": step.model, "params": step.params, "weights_sha256": weights.sha256 if weights else None})
+            weights = registry.get(step.model).weights_sha256(step.params)
+            steps.append({"model": step.model, "params": step.params, "weights_sha256": weights})
         blob = json.dumps({"steps": steps, "format": self.output.format, "quality": self.output.quality}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
