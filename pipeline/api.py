@@ -50,13 +50,25 @@ def plan(job: Job, registry: Registry | None = None) -> PlanSummary:
     return summary
 
 
-def _unfinished_run(job: Job, fingerprint: str) -> runs.RunRecord | None:
-    """The latest run of this same job on this output that planned fully but never committed."""
-    candidates = [
-        r
-        for r in runs.load_all(job.output.uri, job.output.storage_options)
-        if r.status == "running" and r.fingerprint == fingerprint and r.input_uri == job.input.uri
-    ]
+class ResumeError(ValueError):
+    pass
+
+
+def _unfinished_run(job: Job, fingerprint: str, run_id: str | None = None) -> runs.RunRecord | None:
+    """The latest run of this same job on this output that planned fully but never committed
+    (or exactly ``run_id``, which must be such a run)."""
+    records = runs.load_all(job.output.uri, job.output.storage_options)
+    if run_id is not None:
+        found = [r for r in records if r.run_id == run_id]
+        if not found:
+            raise ResumeError(f"no run {run_id} under {job.output.uri} (see `darkroom runs {job.output.uri}`)")
+        record = found[0]
+        if record.status != "running":
+            raise ResumeError(f"run {run_id} is {record.status}: only a planned, unfinished run can be resumed")
+        if record.fingerprint != fingerprint:
+            raise ResumeError(f"run {run_id} was planned with other steps, params or weights than this job")
+        return record
+    candidates = [r for r in records if r.status == "running" and r.fingerprint == fingerprint and r.input_uri == job.input.uri]
     return candidates[-1] if candidates else None
 
 
@@ -103,11 +115,13 @@ def run(
     address: str | None = None,
     resume: bool = True,
     on_event: Callable[[dict], None] | None = None,
+    resume_run_id: str | None = None,
 ) -> RunSummary:
     """Plan (or resume) and execute ``job`` on Ray; returns when every shard is committed.
 
     Holds the output's lease throughout, so a second run on the same output refuses to start.
     ``on_event`` receives progress events (plain dicts, see pipeline.progress).
+    ``resume_run_id`` resumes that run (ResumeError if it cannot be); ``resume=False`` plans anew.
     """
     registry = registry or default_registry()
     emit = on_event or (lambda event: None)
@@ -116,7 +130,7 @@ def run(
     fingerprint = job.fingerprint(registry)
     run_id = runs.new_run_id()
     with Lease(out.uri, run_id, out.storage_options) as lease:
-        record = _unfinished_run(job, fingerprint) if resume else None
+        record = _unfinished_run(job, fingerprint, resume_run_id) if resume or resume_run_id else None
         resumed = record is not None
         if record is None:
             emit({"event": "planning", "input": storage.redact(job.input.uri)})

@@ -49,6 +49,7 @@ def main() -> None:
 @click.option("--mode", type=click.Choice(MODES), help="Override mode (default: the job's, else incremental).")
 @click.option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else start Ray locally).")
 @click.option("--no-resume", is_flag=True, help="Start a new run even if an unfinished one exists.")
+@click.option("--resume", "resume_run_id", metavar="RUN_ID", help="Resume this unfinished run (default: the latest of this job).")
 @click.option(
     "--log-format",
     type=click.Choice(["auto", "rich", "plain", "json"]),
@@ -57,14 +58,21 @@ def main() -> None:
     help="Progress display: live bar (rich), lines (plain) or JSON lines; auto = rich on a terminal, else json.",
 )
 def run(
-    job_file: str, input_uri: str | None, output_uri: str | None, mode: str | None, address: str | None, no_resume: bool, log_format: str
+    job_file: str,
+    input_uri: str | None,
+    output_uri: str | None,
+    mode: str | None,
+    address: str | None,
+    no_resume: bool,
+    resume_run_id: str | None,
+    log_format: str,
 ) -> None:
     """Run JOB_FILE to completion (resuming an unfinished run of the same job)."""
     job = _load(job_file, input_uri, output_uri, mode)
     show = progress.reporter(log_format)
     try:
-        summary = api.run(job, address=address, resume=not no_resume, on_event=show)
-    except LeaseHeld as exc:
+        summary = api.run(job, address=address, resume=not no_resume, on_event=show, resume_run_id=resume_run_id)
+    except (LeaseHeld, api.ResumeError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_RUN_FAILED)
     if not isinstance(show, progress.JsonReporter):  # JSON mode already printed the summary as an event

@@ -127,9 +127,25 @@ def test_resume_redoes_only_uncommitted_shards(ray_local, corpus_dir, tmp_path):
         assert (tmp_path / "out" / "manifest" / record.run_id / name).stat().st_mtime_ns == mtime
     con = rows_of(out)
     assert con.execute("SELECT count(*) = count(DISTINCT input_uri) FROM m").fetchone() == (True,)
-    # A committed run is not resumed: the next run is a new one.
+    # A committed run is not resumed: the next run is a new one; naming it is refused.
     third = api.run(job)
     assert not third.resumed and third.run_id != first.run_id
+    with pytest.raises(api.ResumeError, match="is committed"):
+        api.run(job, resume_run_id=first.run_id)
+    with pytest.raises(api.ResumeError, match="no run nope"):
+        api.run(job, resume_run_id="nope")
+
+
+def test_resume_a_named_run(ray_local, corpus_dir, tmp_path):
+    out = str(tmp_path / "out")
+    job = make_job(str(corpus_dir), out)
+    first = api.run(job)
+    [record] = runs.load_all(out)
+    (tmp_path / "out" / "manifest" / record.run_id / "part-00000.parquet").unlink()
+    record.status = "running"
+    runs.save(record)
+    resumed = api.run(job, resume=False, resume_run_id=first.run_id)
+    assert resumed.resumed and resumed.run_id == first.run_id and resumed.shards_run == 1
 
 
 def test_list_file_input(ray_local, corpus_dir, tmp_path):
