@@ -50,19 +50,21 @@ def connect(address: str | None = None) -> None:
     ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False if not address else None)
 
 
+def _autoscaling() -> bool:
+    """Whether the cluster has an autoscaler that can add nodes (unknown counts as yes)."""
+    try:  # Ray keeps the autoscaler's config in its GCS; no public API exposes it
+        return ray._private.state.state.get_cluster_config() is not None
+    except Exception:
+        return True
+
+
 def gpus_to_request(wanted: float) -> float:
     """``wanted``, or 0 when the cluster has no GPU at all and cannot grow one.
 
     An autoscaling cluster may add GPU nodes later, so the fallback to CPU only applies
     when no node of the cluster has a GPU and no autoscaler is configured.
     """
-    if wanted <= 0 or ray.cluster_resources().get("GPU", 0) >= wanted:
-        return wanted
-    try:  # Ray keeps the autoscaler's config in its GCS; no public API exposes it
-        autoscaling = ray._private.state.state.get_cluster_config() is not None
-    except Exception:
-        autoscaling = True  # unknown: keep asking for the GPU rather than silently using CPU
-    if autoscaling:
+    if wanted <= 0 or ray.cluster_resources().get("GPU", 0) >= wanted or _autoscaling():
         return wanted
     log.warning("resources.gpus_per_actor=%s but the cluster has no GPU: running the models on CPU", wanted)
     return 0
@@ -87,8 +89,16 @@ class ModelActor:
     def ready(self) -> str:
         return str(self.chain.device)
 
-    def infer(self, pixels: list):
-        return self.chain(pixels)
+    def infer(self, items: list) -> list[Result]:
+        """items: H×W×C arrays, or the previous step's Results (errors pass through)."""
+        prior = [it if isinstance(it, Result) else None for it in items]
+        todo = [i for i, p in enumerate(prior) if p is None or p.error is None]
+        outs = self.chain([items[i].pixels if prior[i] else items[i] for i in todo])
+        results = list(prior)
+        for i, out in zip(todo, outs):
+            out.seconds += prior[i].seconds if prior[i] else 0.0
+            results[i] = out
+        return results
 
 
 @dataclass
@@ -206,12 +216,12 @@ def _finish(ctx: ShardContext, works: list[_Work], results: list) -> None:
         work.decoded = None  # free the pixels as soon as they are written
 
 
-def _when_ready(actor, timeout: float = 300.0) -> None:
-    """Wait until a (possibly restarting) actor answers again."""
+def _when_ready(actors: list, timeout: float = 300.0) -> None:
+    """Wait until (possibly restarting) actors answer again."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            ray.get(actor.ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
+            ray.get([a.ready.remote() for a in actors], timeout=max(1.0, deadline - time.monotonic()))
             return
         except (ActorUnavailableError, GetTimeoutError):
             if time.monotonic() > deadline:
@@ -219,25 +229,34 @@ def _when_ready(actor, timeout: float = 300.0) -> None:
             time.sleep(0.5)
 
 
-def _infer(actor, works: list[_Work], ref) -> list[Result]:
-    """The actor's results for ``works``, surviving actor deaths.
+def _submit(chain: list, pixels: list):
+    """Send pixels through one actor per step; each step's result goes straight to the next
+    actor (an ObjectRef argument), never back through this task."""
+    ref = chain[0].infer.remote(pixels)
+    for actor in chain[1:]:
+        ref = actor.infer.remote(ref)
+    return ref
+
+
+def _infer(chain: list, works: list[_Work], ref) -> list[Result]:
+    """The last step's results for ``works``, surviving actor deaths.
 
     Ray restarts a dead actor but does not retry the calls it was running. A batch whose
-    actor died is retried image by image; an image on which the actor dies
+    actor died is retried image by image; an image on which an actor dies
     ``CRASH_ATTEMPTS`` times is the likely cause and becomes an error row. Each try first
-    waits for the actor to be up, so a restart in progress is not counted against an image.
+    waits for the actors to be up, so a restart in progress is not counted against an image.
     """
     try:
         return ray.get(ref)
     except RayActorError:
-        log.warning("model actor died during a batch of %d; retrying image by image", len(works))
+        log.warning("a model actor died during a batch of %d; retrying image by image", len(works))
     results = []
     for work in works:
         deaths = 0
         while deaths < CRASH_ATTEMPTS:
-            _when_ready(actor)
+            _when_ready(chain)
             try:
-                results.append(ray.get(actor.infer.remote([work.decoded.pixels]))[0])
+                results.append(ray.get(_submit(chain, [work.decoded.pixels]))[0])
                 break
             except RayActorError:  # includes ActorUnavailableError: it was alive when we called
                 deaths += 1
@@ -268,8 +287,9 @@ def _load_all(ctx: ShardContext, items: list[dict], shard: int, attempt: int) ->
     return works
 
 
-@ray.remote(num_cpus=1)
-def process_shard(ctx: ShardContext, shard: int, attempt: int, actor) -> ShardResult:
+@ray.remote
+def process_shard(ctx: ShardContext, shard: int, attempt: int, chain: list) -> ShardResult:
+    """chain: one ModelActor handle per step."""
     started = time.perf_counter()
     out = ctx.job.output
     plan = runs.load_plan_shard(out.uri, ctx.run_id, shard, out.storage_options).to_pylist()
@@ -279,13 +299,13 @@ def process_shard(ctx: ShardContext, shard: int, attempt: int, actor) -> ShardRe
     for start in range(0, len(plan), batch_size):
         works = _load_all(ctx, plan[start : start + batch_size], shard, attempt)
         ready = [w for w in works if w.decoded is not None]
-        ref = actor.infer.remote([w.decoded.pixels for w in ready]) if ready else None
-        if pending is not None:  # the previous batch finished on the actor while we decoded this one
-            _finish(ctx, pending[0], _infer(actor, *pending))
+        ref = _submit(chain, [w.decoded.pixels for w in ready]) if ready else None
+        if pending is not None:  # the previous batch finished on the actors while we decoded this one
+            _finish(ctx, pending[0], _infer(chain, *pending))
         done.extend(works)
         pending = (ready, ref) if ready else None
     if pending is not None:
-        _finish(ctx, pending[0], _infer(actor, *pending))
+        _finish(ctx, pending[0], _infer(chain, *pending))
 
     committed_at = datetime.now(timezone.utc)
     rows = sorted((w.row | {"committed_at": committed_at} for w in done), key=lambda r: r["input_uri"])
@@ -310,6 +330,37 @@ def context_for(job: Job, registry: Registry, run_id: str) -> ShardContext:
     )
 
 
+class _Pool:
+    """One step's actors: starts with ``actors.min`` and adds one (up to ``actors.max``) whenever
+    two shards per actor are in flight. On an autoscaling cluster a new actor that does not
+    fit yet stays pending, which is what makes the autoscaler add a node."""
+
+    def __init__(self, registry: Registry, step, weights_sha256: str, resources: Resources):
+        gpus = gpus_to_request(resources.gpus_per_actor)
+        # The step carries the weights digest the manifest records; the actor refuses other weights.
+        spec = step.model_dump() | {"weights_sha256": weights_sha256}
+        self._new = lambda: ModelActor.options(num_cpus=resources.cpus_per_actor, num_gpus=gpus).remote(
+            registry, [spec], resources, gpus > 0
+        )
+        self.need = {"CPU": resources.cpus_per_actor, "GPU": gpus}
+        self.range = resources.actors
+        self.actors = [self._new() for _ in range(self.range.min)]
+
+    def _fits_now(self) -> bool:
+        free = ray.available_resources()
+        return all(free.get(name, 0) >= amount for name, amount in self.need.items() if amount)
+
+    def grow_if_behind(self, inflight: int) -> None:
+        """Shards routed to an actor that can never be placed would wait forever, so without
+        an autoscaler the pool only grows into resources that are free now."""
+        if len(self.actors) < self.range.max and inflight >= 2 * len(self.actors) and (self._fits_now() or _autoscaling()):
+            self.actors.append(self._new())
+            log.info("added a model actor (%d of at most %d)", len(self.actors), self.range.max)
+
+    def pick(self, shard: int):
+        return self.actors[shard % len(self.actors)]
+
+
 def execute(
     ctx: ShardContext,
     registry: Registry,
@@ -322,17 +373,16 @@ def execute(
     ``check`` is called between shards and may raise to stop the run (e.g. a lost lease).
     """
     res = ctx.job.resources
-    # Each step carries the weights digest the manifest records; actors refuse to run other weights.
-    steps = [s.model_dump() | {"weights_sha256": w} for s, w in zip(ctx.job.steps, ctx.weights_sha256)]
-    gpus = gpus_to_request(res.gpus_per_actor)
-    actor_cls = ModelActor.options(num_cpus=res.cpus_per_actor, num_gpus=gpus)
-    actors = [actor_cls.remote(registry, steps, res, gpus > 0) for _ in range(res.actors)]
-    ray.get([a.ready.remote() for a in actors])  # a model that cannot load fails the run here, once
-    max_inflight = res.max_inflight_shards or 2 * res.actors
+    pools = [_Pool(registry, step, weights, res.for_step(step)) for step, weights in zip(ctx.job.steps, ctx.weights_sha256)]
+    ray.get([a.ready.remote() for pool in pools for a in pool.actors])  # a model that cannot load fails the run here, once
+    max_inflight = res.max_inflight_shards or 2 * max(pool.range.max for pool in pools)
     inflight: dict = {}  # ObjectRef → (shard, attempt)
+    task = process_shard.options(num_cpus=res.cpus_per_task)
 
     def submit(shard: int, attempt: int) -> None:
-        ref = process_shard.remote(ctx, shard, attempt, actors[shard % len(actors)])
+        for pool in pools:
+            pool.grow_if_behind(len(inflight))
+        ref = task.remote(ctx, shard, attempt, [pool.pick(shard) for pool in pools])
         inflight[ref] = (shard, attempt)
 
     def collect_one() -> None:
@@ -359,5 +409,6 @@ def execute(
         while inflight:
             collect_one()
     finally:
-        for actor in actors:
-            ray.kill(actor)
+        for pool in pools:
+            for actor in pool.actors:
+                ray.kill(actor)

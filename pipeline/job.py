@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from models import Registry
 from models.registry import UnknownModelError
@@ -53,17 +53,54 @@ class OutputSpec(Strict):
 class StepSpec(Strict):
     model: str = Field(description="a registry name (see `darkroom models`)")
     params: dict[str, Any] = Field(default_factory=dict)
+    resources: StepResources | None = Field(None, description="this step's actor pool, if not the job's")
+
+
+class ActorRange(Strict):
+    min: int = Field(1, ge=1)
+    max: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ActorRange":
+        if self.max < self.min:
+            raise ValueError("max must be ≥ min")
+        return self
+
+
+def _actor_range(value: Any) -> Any:
+    return {"min": value, "max": value} if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class StepResources(Strict):
+    """Per-step overrides of the job's actor resources (each step has its own actor pool)."""
+
+    actors: ActorRange | None = Field(None, description="actors for this step: a number, or {min, max}")
+    gpus_per_actor: float | None = Field(None, ge=0, description="fractions share a GPU, e.g. 0.25 = 4 actors per GPU")
+    cpus_per_actor: float | None = Field(None, gt=0)
+
+    _range = field_validator("actors", mode="before")(_actor_range)
 
 
 class Resources(Strict):
-    actors: int = Field(1, ge=1, description="model actors (one per GPU when GPUs exist)")
-    gpus_per_actor: float = Field(0, ge=0, description="GPUs each actor reserves; 0 runs on CPU")
+    actors: ActorRange = Field(
+        default_factory=ActorRange,
+        description="model actors per step: a number, or {min, max} to grow while shards wait (one per GPU when GPUs exist)",
+    )
+    gpus_per_actor: float = Field(0, ge=0, description="GPUs each actor reserves; 0 runs on CPU; fractions share a GPU")
     cpus_per_actor: float = Field(1, gt=0, description="CPUs each actor reserves (torch threads)")
+    cpus_per_task: float = Field(1, gt=0, description="CPUs each shard task reserves (read, decode, encode, write)")
     batch_size: int = Field(4, ge=1, description="images per forward pass")
     tile: int = Field(512, ge=0, description="tile size in input pixels for the models; 0 = whole images")
     tile_pad: int = Field(16, ge=0, description="context pixels around each tile (seams are feathered)")
     shard_size: int = Field(64, ge=1, description="inputs per shard (the unit of commit)")
-    max_inflight_shards: int | None = Field(None, ge=1, description="shards in flight at once; default 2 × actors")
+    max_inflight_shards: int | None = Field(None, ge=1, description="shards in flight at once; default 2 × max actors")
+
+    _range = field_validator("actors", mode="before")(_actor_range)
+
+    def for_step(self, step: "StepSpec") -> "Resources":
+        """These resources with the step's own overrides applied."""
+        own = step.resources.model_dump(exclude_none=True) if step.resources else {}
+        return self.model_copy(update={k: (ActorRange(**v) if k == "actors" else v) for k, v in own.items()})
 
 
 class Limits(Strict):

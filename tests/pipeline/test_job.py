@@ -87,3 +87,15 @@ def test_fingerprint_changes_with_params(tmp_path):
     b = load_job(write(tmp_path, GOOD.replace("{scale: 2}", "{scale: 3}")), reg)
     assert a.fingerprint(reg) != b.fingerprint(reg)
     assert a.fingerprint(reg) == load_job(write(tmp_path, GOOD), reg).fingerprint(reg)
+
+
+def test_actor_ranges_and_step_resources(tmp_path):
+    text = GOOD + "resources: {actors: 2}\n"
+    job = load_job(write(tmp_path, text), default_registry())
+    assert (job.resources.actors.min, job.resources.actors.max) == (2, 2)
+    step = "  - model: identity\n    resources: {actors: {min: 1, max: 4}, gpus_per_actor: 0.25}\n"
+    job = load_job(write(tmp_path, GOOD + step), default_registry())
+    own = job.resources.for_step(job.steps[1])
+    assert (own.actors.max, own.gpus_per_actor, own.cpus_per_actor) == (4, 0.25, 1)
+    [line] = problems(tmp_path, GOOD + "resources: {actors: {min: 3, max: 1}}\n")
+    assert "resources.actors" in line and "max must be ≥ min" in line

@@ -159,3 +159,20 @@ def test_gpu_request_falls_back_to_cpu_without_gpus(ray_local, corpus_dir, tmp_p
     job = make_job(str(corpus_dir / "png"), str(tmp_path / "out"), resources={"gpus_per_actor": 1, "shard_size": 4})
     summary = api.run(job)
     assert summary.counts.get("ok") and not summary.error_rows
+
+
+def test_each_step_has_its_own_actor_pool(ray_local, corpus_dir, tmp_path):
+    job = make_job(
+        str(corpus_dir / "png"),
+        str(tmp_path / "out"),
+        steps=[
+            {"model": "bicubic", "params": {"scale": 2}},
+            {"model": "lanczos", "params": {"scale": 1.5}, "resources": {"actors": {"min": 1, "max": 2}, "cpus_per_actor": 0.5}},
+        ],
+        resources={"shard_size": 2, "cpus_per_task": 0.5, "max_inflight_shards": 4},
+    )
+    summary = api.run(job)
+    assert summary.counts == {"ok": summary.inputs}
+    rows = manifest.read(str(tmp_path / "out")).to_pylist()
+    assert all(r["width_out"] == round(r["width_in"] * 2 * 1.5) and r["models"] == ["bicubic", "lanczos"] for r in rows)
+    assert all(r["t_model"] > 0 for r in rows)
