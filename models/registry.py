@@ -111,39 +111,22 @@ def default_registry() -> Registry:
     )
     reg.register(_resample_entry("bicubic", "Keys cubic (a=-0.5), antialiased when shrinking"))
     reg.register(_resample_entry("lanczos", "Lanczos-3, antialiased when shrinking"))
-    reg.register(
-        ModelEntry(
-            name="realesr-animevideov3",
-            task="super-resolution",
-            description="Real-ESRGAN SRVGGNetCompact 64×16, ×4 (anime/video, fast)",
-            params=NoParams,
-            build=lambda _: realesrgan.build_animevideov3(),
-            weights=realesrgan.ANIMEVIDEOV3,
-            licence=realesrgan.UPSTREAM_LICENCE,
+    for name, description, build, weights in (
+        ("realesr-animevideov3", "Real-ESRGAN SRVGGNetCompact 64×16, ×4 (anime/video, fast)", realesrgan.build_animevideov3, realesrgan.ANIMEVIDEOV3),
+        ("realesrgan-x4plus", "Real-ESRGAN RRDBNet 64×23, ×4 (general photos; slow, best quality)", realesrgan.build_x4plus, realesrgan.X4PLUS),
+        ("realesrgan-x4plus-anime", "Real-ESRGAN RRDBNet 64×6, ×4 (anime illustrations)", realesrgan.build_x4plus_anime, realesrgan.X4PLUS_ANIME),
+    ):
+        reg.register(
+            ModelEntry(
+                name=name,
+                task="super-resolution",
+                description=description,
+                params=NoParams,
+                build=lambda _, build=build: build(),
+                weights=weights,
+                licence=realesrgan.UPSTREAM_LICENCE,
+            )
         )
-    )
-    reg.register(
-        ModelEntry(
-            name="realesrgan-x4plus",
-            task="super-resolution",
-            description="Real-ESRGAN RRDBNet 64×23, ×4 (general photos; slow, best quality)",
-            params=NoParams,
-            build=lambda _: realesrgan.build_x4plus(),
-            weights=realesrgan.X4PLUS,
-            licence=realesrgan.UPSTREAM_LICENCE,
-        )
-    )
-    reg.register(
-        ModelEntry(
-            name="realesrgan-x4plus-anime",
-            task="super-resolution",
-            description="Real-ESRGAN RRDBNet 64×6, ×4 (anime illustrations)",
-            params=NoParams,
-            build=lambda _: realesrgan.build_x4plus_anime(),
-            weights=realesrgan.X4PLUS_ANIME,
-            licence=realesrgan.UPSTREAM_LICENCE,
-        )
-    )
     reg.register(
         ModelEntry(
             name="checkpoint",
