@@ -256,6 +256,12 @@ def test_stop_ends_a_running_job_as_stopped(ray_cluster, tmp_path):
     assert 1 <= len(list(out.glob("manifest/*/*.parquet"))) < 60
     [record] = [json.loads(p.read_text()) for p in out.glob("_darkroom/runs/*/run.json")]
     assert record["status"] == "running"
+    # Submitting the same job again resumes that run (the stopped driver's lease is taken over)
+    # and finishes it: every input exactly once, all under the same run id.
+    resumed = cli("submit", str(job), "--address", url, "--wait")
+    assert resumed.exit_code == 0, resumed.output
+    rows = duckdb.sql(f"SELECT run_id, count(*), count(DISTINCT input_uri) FROM read_parquet('{out}/manifest/**/*.parquet') GROUP BY run_id").fetchall()
+    assert rows == [(record["run_id"], 60, 60)]
 
 
 def test_nightly_wrapper_submits_waits_and_exits_3_on_error_rows(ray_cluster, tmp_path):
