@@ -186,7 +186,8 @@ def submit(job_path: str | os.PathLike, address: str | None = None, extra_args: 
     sdk = client(address)  # connect before copying or packaging anything
     with tempfile.TemporaryDirectory(prefix="darkroom-submit-") as tmp:
         working_dir, rel = package(job_file, root, Path(tmp))
-        entrypoint = shlex.join(["python", "-m", "pipeline.cli", "run", rel, *extra_args])
+        # Plain progress lines read well in `darkroom logs`; extra args come last, so they can override it.
+        entrypoint = shlex.join(["python", "-m", "pipeline.cli", "run", rel, "--log-format", "plain", *extra_args])
         with _sdk_errors("submission refused"), _quiet_packaging():
             return sdk.submit_job(
                 entrypoint=entrypoint,

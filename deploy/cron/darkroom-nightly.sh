@@ -42,7 +42,7 @@ run_once() {
   if [ -n "${DARKROOM_SUBMIT_ADDRESS:-}" ]; then
     "$darkroom" submit "$job" --address "$DARKROOM_SUBMIT_ADDRESS" --wait
   else
-    "$darkroom" run "$job"
+    "$darkroom" run "$job" --log-format plain
   fi
 }
 

@@ -192,7 +192,7 @@ def test_submit_runs_the_job_on_the_cluster_and_reports_it(ray_cluster, tmp_path
     assert line.split()[1:4] == ["submitted", "SUCCEEDED", "0"], listed.output
 
     info = cluster.client(url).get_job_info(submission_id)
-    assert info.entrypoint == f"python -m pipeline.cli run {cluster.STAGED_JOBS_DIR}/job.yaml --output {shlex.quote(str(out))}"
+    assert info.entrypoint == f"python -m pipeline.cli run {cluster.STAGED_JOBS_DIR}/job.yaml --log-format plain --output {shlex.quote(str(out))}"
     rows = duckdb.sql(
         f"SELECT input_uri, status, width_in, height_in, width_out, height_out FROM read_parquet('{out}/manifest/**/*.parquet')"
     ).fetchall()

@@ -1,0 +1,364 @@
+"""Denoising diffusion (DDPM / DDIM) for image generation: the network, its weights, the samplers.
+
+The network is diffusers' ``UNet2DModel`` (built from :class:`DDPMConfig`, or loaded from a
+diffusers-format folder: ``config.json`` + ``diffusion_pytorch_model.safetensors``; never
+unpickled). The samplers are pure functions of an ``eps_model(x_t, t) -> eps`` callable, a noise
+schedule and one ``torch.Generator`` per sample:
+
+* ``x_t``: float32 N×C×H×W, the noisy sample in the model's value range ([-1, 1] for x_0);
+* ``t``: int64 tensor of shape (N,), the training timestep of every row (all equal);
+* ``eps``: the predicted noise, same shape as ``x_t`` (any float dtype; used as float32).
+
+Determinism contract: sample ``i`` draws all its noise (the initial ``x_T`` and every step's
+noise) from ``generators[i]`` and from nothing else, and every sampler operation is elementwise
+per row, so a sample's output depends only on its generator (seeded by :func:`sample_generator`
+from the job seed and the sample index), the network and the device — not on the batch size or on
+which other samples share its batch, provided the network itself is batch-invariant: wrap a UNet with
+:func:`unet_eps`, whose fixed micro-batch shape makes it so (tests/models/test_diffusion.py checks
+it on CPU).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import fsspec
+import torch
+
+from models.weights import WeightsError, cache_dir, file_sha256
+
+EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+SCHEDULER_CONFIG_NAME = "scheduler_config.json"
+
+
+@dataclass(frozen=True)
+class DDPMConfig:
+    """A pixel-space DDPM: the UNet's shape and the training noise schedule.
+
+    sample_size: height = width of generated images, in pixels.
+    in_channels / out_channels: image channels (out = in for an ε-predicting model).
+    block_out_channels: channels of each UNet resolution level (one down/up block per level).
+    layers_per_block: ResNet layers per down block (up blocks get one more, as in diffusers).
+    attention_levels: indices of levels whose blocks carry self-attention (none by default).
+    norm_num_groups: GroupNorm groups; must divide every entry of ``block_out_channels``.
+    num_train_timesteps: T, the length of the forward (noising) chain.
+    beta_schedule: ``linear`` (betas evenly spaced from ``beta_start`` to ``beta_end``, as in
+        Ho et al. 2020) or ``scaled_linear`` (evenly spaced in sqrt).
+    clip_sample: clamp the predicted x_0 to [-1, 1] at every sampling step (diffusers' default).
+    """
+
+    sample_size: int = 32
+    in_channels: int = 3
+    out_channels: int = 3
+    block_out_channels: tuple[int, ...] = (64, 128, 128)
+    layers_per_block: int = 2
+    attention_levels: tuple[int, ...] = ()
+    norm_num_groups: int = 8
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    clip_sample: bool = True
+
+    def betas(self) -> torch.Tensor:
+        """float32 (T,) tensor of per-step noise variances β_t, t = 0 … T-1."""
+        return make_betas(self.num_train_timesteps, self.beta_schedule, self.beta_start, self.beta_end)
+
+    def alphas_cumprod(self) -> torch.Tensor:
+        """float32 (T,) tensor ᾱ_t = ∏_{s≤t} (1 - β_s)."""
+        return alphas_cumprod(self.betas())
+
+
+def make_betas(num_train_timesteps: int, schedule: str = "linear", beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """float32 (T,) β schedule, computed as diffusers' DDPMScheduler/DDIMScheduler compute it."""
+    if schedule == "linear":
+        return torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
+    if schedule == "scaled_linear":
+        return torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float32) ** 2
+    raise ValueError(f"unknown beta_schedule {schedule!r} (linear | scaled_linear)")
+
+
+def alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:
+    """ᾱ_t = ∏_{s≤t} (1 - β_s), float32 (T,)."""
+    return torch.cumprod(1.0 - betas.to(torch.float32), dim=0)
+
+
+def build_unet(cfg: DDPMConfig):
+    """A freshly initialised diffusers ``UNet2DModel`` for ``cfg`` (ε-prediction)."""
+    from diffusers import UNet2DModel
+
+    levels = len(cfg.block_out_channels)
+    bad = [c for c in cfg.block_out_channels if c % cfg.norm_num_groups]
+    if bad:
+        raise ValueError(f"norm_num_groups={cfg.norm_num_groups} does not divide block_out_channels {bad}")
+    down = tuple("AttnDownBlock2D" if i in cfg.attention_levels else "DownBlock2D" for i in range(levels))
+    up = tuple("AttnUpBlock2D" if (levels - 1 - i) in cfg.attention_levels else "UpBlock2D" for i in range(levels))
+    return UNet2DModel(
+        sample_size=cfg.sample_size,
+        in_channels=cfg.in_channels,
+        out_channels=cfg.out_channels,
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        down_block_types=down,
+        up_block_types=up,
+        norm_num_groups=cfg.norm_num_groups,
+    )
+
+
+def unet_eps(unet, micro_batch: int | None = 1) -> EpsModel:
+    """Wrap a ``UNet2DModel`` as ``eps_model(x_t, t) -> eps`` (no grad; x_t cast to the UNet's dtype).
+
+    Batch invariance: matrix products with few rows (the time embedding's ``Linear`` sees N×C)
+    and small convolutions take shape-dependent kernels, so a row's ε can differ in the last bits
+    with the batch size (seen on CPU: ~1e-7). With ``micro_batch=m`` the network only ever runs
+    on exactly ``m`` rows: the batch is cut into chunks of ``m`` and the last chunk is padded by
+    repeating its last row, so a row's ε no longer depends on the batch size or its neighbours.
+    Set ``m`` to the usual batch size for throughput (padding costs at most m-1 rows per call);
+    ``None`` runs the batch as is (fastest; not bit-stable across batch sizes).
+    """
+    dtype = next(unet.parameters()).dtype
+    if micro_batch is not None and micro_batch < 1:
+        raise ValueError(f"micro_batch must be ≥ 1 or None, got {micro_batch}")
+
+    def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        x = x.to(dtype)
+        with torch.no_grad():
+            if micro_batch is None:
+                return unet(x, t).sample
+            outs = []
+            for start in range(0, x.shape[0], micro_batch):
+                xc, tc = x[start : start + micro_batch], t[start : start + micro_batch]
+                rows = xc.shape[0]
+                if rows < micro_batch:
+                    pad = micro_batch - rows
+                    xc = torch.cat([xc, xc[-1:].expand(pad, *xc.shape[1:])])
+                    tc = torch.cat([tc, tc[-1:].expand(pad)])
+                outs.append(unet(xc, tc).sample[:rows])
+            return torch.cat(outs)
+
+    return eps
+
+
+def scheduler_config(cfg: DDPMConfig) -> dict:
+    """The ``scheduler_config.json`` diffusers' DDPMScheduler/DDIMScheduler read for ``cfg``."""
+    return {
+        "_class_name": "DDPMScheduler",
+        "num_train_timesteps": cfg.num_train_timesteps,
+        "beta_schedule": cfg.beta_schedule,
+        "beta_start": cfg.beta_start,
+        "beta_end": cfg.beta_end,
+        "clip_sample": cfg.clip_sample,
+        "prediction_type": "epsilon",
+        "variance_type": "fixed_small",
+    }
+
+
+def save_pipeline_folder(unet, cfg: DDPMConfig | None, path: str | os.PathLike) -> Path:
+    """Write ``config.json`` + ``diffusion_pytorch_model.safetensors`` (+ ``scheduler_config.json``
+    when ``cfg`` is given) to the local folder ``path``; returns it."""
+    out = Path(path)
+    unet.save_pretrained(out, safe_serialization=True)
+    if cfg is not None:
+        (out / SCHEDULER_CONFIG_NAME).write_text(json.dumps(scheduler_config(cfg), indent=2) + "\n")
+    return out
+
+
+def load_pipeline_folder(uri: str, *, sha256: str | None = None, storage_options: dict | None = None):
+    """Load a ``UNet2DModel`` from a diffusers-format folder at an fsspec URI (eval mode, CPU).
+
+    The folder holds ``config.json`` and ``diffusion_pytorch_model.safetensors`` (a full
+    diffusers pipeline folder is accepted too: its ``unet/`` subfolder is used). Local folders are
+    read in place; remote ones (``s3://…``) have those two files copied into the cache
+    (``$DARKROOM_CACHE/diffusers/…``) first. Only safetensors are read: a folder with pickled
+    weights alone is refused. ``sha256`` pins the weights file; a mismatch is refused.
+    """
+    from diffusers import UNet2DModel
+
+    fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    root = root.rstrip("/")
+    if not fs.exists(f"{root}/{CONFIG_NAME}") and fs.exists(f"{root}/unet/{CONFIG_NAME}"):
+        root = f"{root}/unet"
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not fs.exists(f"{root}/{name}"):
+            raise WeightsError(f"{uri}: no {name} (a diffusers folder saved with safe_serialization=True is needed)")
+    with fs.open(f"{root}/{CONFIG_NAME}", "r") as fh:
+        config = json.load(fh)
+    if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
+        raise WeightsError(f"{uri}: config.json describes a {config.get('_class_name')}, not a UNet2DModel")
+    local = _is_local(fs)
+    folder = Path(root) if local else _download_folder(fs, root, uri)
+    if sha256 is not None:
+        actual = file_sha256(folder / WEIGHTS_NAME)
+        if actual != sha256.lower():
+            raise WeightsError(f"{uri}: sha256 mismatch (pinned {sha256}, file has {actual}); refusing to load")
+    unet = UNet2DModel.from_pretrained(str(folder), use_safetensors=True, local_files_only=True, low_cpu_mem_usage=False)
+    return unet.eval()
+
+
+def _is_local(fs) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return "file" in protocols or "local" in protocols
+
+
+def _download_folder(fs, root: str, uri: str) -> Path:
+    key = hashlib.sha256(f"{fs.protocol}:{root}".encode()).hexdigest()[:24]
+    folder = cache_dir() / "diffusers" / key
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
+        with os.fdopen(fd, "wb") as dst, fs.open(f"{root}/{name}", "rb") as src:
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                dst.write(chunk)
+        os.replace(tmp, folder / name)  # atomic: concurrent loaders never see half a file
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------
+# Samplers
+
+
+def sample_generator(job_seed: int, index: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """The generator of sample ``index`` of a job seeded ``job_seed``.
+
+    Its seed is a 63-bit digest of (job_seed, index), so neighbouring indices and seeds give
+    unrelated noise streams; the same pair always gives the same stream on the same device.
+    The samplers draw on the generator's device and then move the noise to the sampling device,
+    so CPU generators (the default) give the same noise whatever device runs the network.
+    """
+    digest = hashlib.sha256(f"darkroom-ddpm:{int(job_seed)}:{int(index)}".encode()).digest()
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    return gen
+
+
+def _noise(shape: Sequence[int], generators: Sequence[torch.Generator], device: torch.device) -> torch.Tensor:
+    """One N(0, I) float32 draw of shape C×H×W per generator, stacked to N×C×H×W on ``device``."""
+    rows = [torch.randn(tuple(shape[1:]), generator=g, device=g.device, dtype=torch.float32) for g in generators]
+    return torch.stack(rows).to(device)
+
+
+def _check(shape: Sequence[int], generators: Sequence[torch.Generator]) -> None:
+    if len(shape) != 4:
+        raise ValueError(f"shape must be N×C×H×W, got {tuple(shape)}")
+    if shape[0] != len(generators):
+        raise ValueError(f"batch of {shape[0]} needs {shape[0]} generators, got {len(generators)}")
+
+
+def leading_timesteps(num_train_timesteps: int, num_steps: int) -> list[int]:
+    """Descending timesteps ``[(n-1)·r, …, r, 0]`` with ``r = T // n`` (diffusers' "leading" spacing)."""
+    if not 1 <= num_steps <= num_train_timesteps:
+        raise ValueError(f"num_steps must be in 1…{num_train_timesteps}, got {num_steps}")
+    ratio = num_train_timesteps // num_steps
+    return [i * ratio for i in reversed(range(num_steps))]
+
+
+def _to_unit(x: torch.Tensor) -> torch.Tensor:
+    return ((x + 1) / 2).clamp(0, 1)
+
+
+def ddpm_sample(
+    eps_model: EpsModel,
+    shape: Sequence[int],
+    betas: torch.Tensor,
+    generators: Sequence[torch.Generator],
+    steps: int | None = None,
+    *,
+    clip_sample: bool = True,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """Ancestral DDPM sampling (Ho et al. 2020, σ_t² = β̃_t, the "fixed_small" variance).
+
+    eps_model: ``(x_t, t) -> eps`` as described in the module docstring.
+    shape: (N, C, H, W); ``len(generators) == N``.
+    betas: float (T,) training noise schedule.
+    generators: sample i draws x_T (C×H×W, float32) then one C×H×W N(0, I) per step with t > 0,
+        in that order, from ``generators[i]``.
+    steps: None runs all T steps (t = T-1 … 0, T model calls); n < T strides the chain with
+        leading spacing (t = (n-1)·⌊T/n⌋ … 0), as diffusers' DDPMScheduler.set_timesteps(n).
+    clip_sample: clamp the predicted x_0 to [-1, 1] at every step.
+
+    Returns float32 N×C×H×W in [0, 1] (``clamp((x_0 + 1) / 2)``) on ``device``.
+    """
+    _check(shape, generators)
+    device = torch.device(device)
+    acp = alphas_cumprod(betas).to(device)
+    T = acp.shape[0]
+    timesteps = leading_timesteps(T, steps or T)
+    one = torch.tensor(1.0, dtype=torch.float32, device=device)
+    x = _noise(shape, generators, device)
+    for k, t in enumerate(timesteps):
+        prev = timesteps[k + 1] if k + 1 < len(timesteps) else -1
+        a_t = acp[t]
+        a_prev = acp[prev] if prev >= 0 else one
+        beta_prod_t, beta_prod_prev = 1 - a_t, 1 - a_prev
+        alpha_step = a_t / a_prev
+        beta_step = 1 - alpha_step
+        eps = eps_model(x, torch.full((shape[0],), t, dtype=torch.long, device=device)).to(torch.float32)
+        x0 = (x - beta_prod_t**0.5 * eps) / a_t**0.5
+        if clip_sample:
+            x0 = x0.clamp(-1, 1)
+        mean = (a_prev**0.5 * beta_step / beta_prod_t) * x0 + (alpha_step**0.5 * beta_prod_prev / beta_prod_t) * x
+        if t > 0:
+            variance = torch.clamp(beta_prod_prev / beta_prod_t * beta_step, min=1e-20)
+            x = mean + variance**0.5 * _noise(shape, generators, device)
+        else:
+            x = mean
+    return _to_unit(x)
+
+
+def ddim_sample(
+    eps_model: EpsModel,
+    shape: Sequence[int],
+    alphas_cumprod: torch.Tensor,
+    generators: Sequence[torch.Generator],
+    num_steps: int,
+    eta: float = 0.0,
+    *,
+    clip_sample: bool = True,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """DDIM sampling (Song et al. 2021) over ``num_steps`` leading-spaced timesteps.
+
+    eps_model: ``(x_t, t) -> eps`` as described in the module docstring; called num_steps times.
+    shape: (N, C, H, W); ``len(generators) == N``.
+    alphas_cumprod: float (T,) ᾱ_t of the training schedule; ᾱ before t = 0 is taken as 1.
+    eta: 0 is deterministic DDIM (noise only in x_T); 1 has DDPM-like stochasticity, with
+        σ_t = eta · sqrt((1-ᾱ_prev)/(1-ᾱ_t) · (1-ᾱ_t/ᾱ_prev)).
+    generators: sample i draws x_T (C×H×W, float32) and then, when eta > 0, one C×H×W N(0, I)
+        per step that has a previous timestep (all steps but the last), from ``generators[i]``.
+    clip_sample: clamp the predicted x_0 to [-1, 1] (ε is not recomputed from the clamped x_0).
+
+    Returns float32 N×C×H×W in [0, 1] on ``device``.
+    """
+    _check(shape, generators)
+    if eta < 0:
+        raise ValueError(f"eta must be ≥ 0, got {eta}")
+    device = torch.device(device)
+    acp = alphas_cumprod.to(device=device, dtype=torch.float32)
+    timesteps = leading_timesteps(acp.shape[0], num_steps)
+    one = torch.tensor(1.0, dtype=torch.float32, device=device)
+    x = _noise(shape, generators, device)
+    for k, t in enumerate(timesteps):
+        prev = timesteps[k + 1] if k + 1 < len(timesteps) else -1
+        a_t = acp[t]
+        a_prev = acp[prev] if prev >= 0 else one
+        beta_prod_t = 1 - a_t
+        eps = eps_model(x, torch.full((shape[0],), t, dtype=torch.long, device=device)).to(torch.float32)
+        x0 = (x - beta_prod_t**0.5 * eps) / a_t**0.5
+        if clip_sample:
+            x0 = x0.clamp(-1, 1)
+        variance = (1 - a_prev) / beta_prod_t * (1 - a_t / a_prev)
+        std = eta * variance**0.5
+        x = a_prev**0.5 * x0 + (1 - a_prev - std**2) ** 0.5 * eps
+        if eta > 0 and prev >= 0:
+            x = x + std * _noise(shape, generators, device)
+    return _to_unit(x)
