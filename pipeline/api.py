@@ -35,6 +35,11 @@ class RunSummary:
         return self.counts.get("error", 0)
 
 
+def _check_credentials(job: Job) -> None:
+    storage.check_credentials(job.input.uri, job.input.storage_options)
+    storage.check_credentials(job.output.uri, job.output.storage_options)
+
+
 def _selector(job: Job, fingerprint: str, summary: PlanSummary):
     """The incremental diff for ``job.mode`` as a filter over plan tables."""
     history = incremental.load_history(job.output.uri, fingerprint, job.output.storage_options)
@@ -43,6 +48,7 @@ def _selector(job: Job, fingerprint: str, summary: PlanSummary):
 
 def plan(job: Job, registry: Registry | None = None) -> PlanSummary:
     """List, diff and shard the inputs without running or writing anything."""
+    _check_credentials(job)
     summary = PlanSummary()
     select = _selector(job, job.fingerprint(registry or default_registry()), summary)
     for _ in iter_shards(job, summary, select):
@@ -124,6 +130,7 @@ def run(
     ``resume_run_id`` resumes that run (ResumeError if it cannot be); ``resume=False`` plans anew.
     """
     registry = registry or default_registry()
+    _check_credentials(job)
     emit = on_event or (lambda event: None)
     started = time.perf_counter()
     out = job.output

@@ -13,6 +13,7 @@ import click
 
 from models import default_registry
 from pipeline import api, progress
+from pipeline.errors import explain
 from pipeline.job import Job, JobError, load_job
 from pipeline.lease import LeaseHeld
 
@@ -29,16 +30,35 @@ def _categories(categories: dict[str, int]) -> str:
 def _load(path: str, input_uri: str | None, output_uri: str | None, mode: str | None = None) -> Job:
     overrides = {k: v for k, v in {"input.uri": input_uri, "output.uri": output_uri, "mode": mode}.items() if v}
     try:
-        return load_job(path, default_registry(), overrides)
+        job = load_job(path, default_registry(), overrides)
     except JobError as exc:
         for problem in exc.problems:
             click.echo(problem, err=True)
         sys.exit(EXIT_BAD_JOB)
+    # Named in one-line errors (see _FriendlyGroup) when a storage error does not say which URI.
+    click.get_current_context().find_root().ensure_object(dict)["uris"] = {"input.uri": job.input.uri, "output.uri": job.output.uri}
+    return job
 
 
-@click.group()
+class _FriendlyGroup(click.Group):
+    """Turns unexpected failures into one plain line (``--debug``: the full traceback)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if ctx.params.get("debug"):
+                raise
+            click.echo(f"error: {explain(exc, (ctx.obj or {}).get('uris'))}", err=True)
+            sys.exit(EXIT_RUN_FAILED)
+
+
+@click.group(cls=_FriendlyGroup)
 @click.version_option(package_name="darkroom")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+def main(debug: bool) -> None:
     """darkroom: restore and generate image archives on Ray, with Parquet manifests."""
 
 
@@ -135,13 +155,31 @@ def validate(job_files: tuple[str, ...]) -> None:
 
 @main.command()
 def models() -> None:
-    """Table of registered models."""
-    rows = [("name", "task", "weights", "licence", "description")]
+    """Table of registered models: task, scale, weights source, licence."""
+    rows = [("name", "task", "scale", "weights", "licence", "description")]
     for e in default_registry().entries():
-        rows.append((e.name, e.task, e.weights.uri.rsplit("/", 1)[-1] if e.weights else "-", e.licence.split(" (")[0], e.description))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        rows.append((e.name, e.task, _scale(e), _weights_source(e), e.licence.split(" (")[0], e.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5])
+
+
+def _scale(entry) -> str:
+    if entry.weights:
+        return f"×{entry.weights.scale}"
+    fields = entry.params.model_fields
+    if "scale" in fields:
+        return f"×scale (default {fields['scale'].default:g})"
+    return "from file" if "uri" in fields else "×1"
+
+
+def _weights_source(entry) -> str:
+    if not entry.weights:
+        return "params.uri (any fsspec URI)" if "uri" in entry.params.model_fields else "-"
+    uri = entry.weights.uri
+    if uri.startswith("package://"):
+        return uri.removeprefix("package://").split("/", 1)[0] + " (package)"
+    return uri
 
 
 @main.command(name="runs")

@@ -111,6 +111,22 @@ def _options(uri: str, storage_options: dict | None) -> dict:
     return opts
 
 
+class NoCredentialsFound(PermissionError):
+    pass
+
+
+def check_credentials(uri: str, storage_options: dict | None = None) -> None:
+    """Refuse to start on S3 without credentials, rather than let s3fs fall back to anonymous
+    requests that fail later as "access denied" or "no such bucket". Public buckets: set
+    ``storage_options: {anon: true}``."""
+    if not uri.startswith(("s3://", "s3a://")) or (storage_options or {}).get("anon"):
+        return
+    import botocore.session
+
+    if botocore.session.get_session().get_credentials() is None:
+        raise NoCredentialsFound(f"NoCredentialsError: no AWS credentials for {redact(uri)}")
+
+
 def filesystem(uri: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, path without protocol) for ``uri``."""
     return fsspec.core.url_to_fs(uri, **_options(uri, storage_options))

