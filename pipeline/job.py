@@ -43,17 +43,11 @@ class InputSpec(Strict):
 
 class OutputSpec(Strict):
     uri: str = Field(description="prefix that receives images, manifest/ and _darkroom/")
-    format: Literal["png", "jpeg", "webp", "same"] = "png"
+    format: Literal["png", "jpeg", "webp", "same"] = Field("png", description="written format; same = the input's (BMP → png)")
     quality: int = Field(95, ge=1, le=100, description="JPEG/WebP quality")
-    storage_options: dict[str, Any] = Field(default_factory=dict)
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="passed to fsspec")
 
     _check_secrets = field_validator("storage_options")(_no_inline_secrets)
-
-
-class StepSpec(Strict):
-    model: str = Field(description="a registry name (see `darkroom models`)")
-    params: dict[str, Any] = Field(default_factory=dict)
-    resources: StepResources | None = Field(None, description="this step's actor pool, if not the job's")
 
 
 class ActorRange(Strict):
@@ -79,6 +73,12 @@ class StepResources(Strict):
     cpus_per_actor: float | None = Field(None, gt=0)
 
     _range = field_validator("actors", mode="before")(_actor_range)
+
+
+class StepSpec(Strict):
+    model: str = Field(description="a registry name (see `darkroom models`)")
+    params: dict[str, Any] = Field(default_factory=dict, description="the model's params (see `darkroom models`), e.g. {scale: 2}")
+    resources: StepResources | None = Field(None, description="this step's actor pool, if not the job's")
 
 
 class Resources(Strict):
@@ -109,16 +109,16 @@ class Limits(Strict):
 
 
 class Job(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="job name, recorded in run records")
     mode: Literal["incremental", "retry-errors", "overwrite"] = Field(
         "incremental",
         description="incremental: skip inputs already done by this pipeline; retry-errors: only inputs that failed; overwrite: all",
     )
-    input: InputSpec
-    output: OutputSpec
-    steps: list[StepSpec] = Field(min_length=1)
-    resources: Resources = Field(default_factory=Resources)
-    limits: Limits = Field(default_factory=Limits)
+    input: InputSpec = Field(description="what to read")
+    output: OutputSpec = Field(description="where images, manifest/ and _darkroom/ go")
+    steps: list[StepSpec] = Field(min_length=1, description="models applied in order to each image")
+    resources: Resources = Field(default_factory=Resources, description="actors, GPUs, CPUs, batching, sharding")
+    limits: Limits = Field(default_factory=Limits, description="per-input limits, checked before decoding")
 
     def fingerprint(self, registry: Registry) -> str:
         """Digest of everything that decides an output's pixels (steps, weights, format)."""

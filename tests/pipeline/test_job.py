@@ -99,3 +99,13 @@ def test_actor_ranges_and_step_resources(tmp_path):
     assert (own.actors.max, own.gpus_per_actor, own.cpus_per_actor) == (4, 0.25, 1)
     [line] = problems(tmp_path, GOOD + "resources: {actors: {min: 3, max: 1}}\n")
     assert "resources.actors" in line and "max must be ≥ min" in line
+
+
+def test_committed_job_reference_matches_the_models():
+    from pathlib import Path
+
+    from pipeline.reference import reference
+
+    committed = (Path(__file__).parents[2] / "docs" / "job-reference.md").read_text()
+    assert committed == reference(), "regenerate: python -m pipeline.reference > docs/job-reference.md"
+    assert "`resources.tile`" in committed and "`steps[].resources.actors`" in committed
