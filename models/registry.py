@@ -12,7 +12,7 @@ from typing import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from models import checkpoint, realesrgan
+from models import checkpoint, darkroom_denoise, darkroom_sr, realesrgan
 from models.base import ImageModel, WeightsSpec
 from models.resample import Identity, Resample
 
@@ -125,6 +125,21 @@ def default_registry() -> Registry:
                 build=lambda _, build=build: build(),
                 weights=weights,
                 licence=realesrgan.UPSTREAM_LICENCE,
+            )
+        )
+    for name, task, description, module in (
+        ("darkroom-sr-x4", "super-resolution", "darkroom's own ×4 residual CNN (126k params), trained for PSNR; docs/quality.md", darkroom_sr),
+        ("darkroom-denoise", "denoising", "darkroom's own blind colour Gaussian denoiser, sigma 0–50 (218k params); docs/quality.md", darkroom_denoise),
+    ):
+        reg.register(
+            ModelEntry(
+                name=name,
+                task=task,
+                description=description,
+                params=NoParams,
+                build=lambda _, module=module: module.build(),
+                weights=module.WEIGHTS,
+                licence=module.LICENCE,
             )
         )
     reg.register(

@@ -1,0 +1,1 @@
+"""Training scripts for darkroom's own models (not needed at inference time)."""
