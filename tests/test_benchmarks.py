@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 from argparse import Namespace
@@ -29,7 +30,14 @@ def test_quick_run_of_raw_and_one_image(tmp_path):
     for row in rows.values():
         assert 0 < row["wall_s_n"] and 0 < row["wall_s_2n"]
         assert row["runs"][1]["detail"]["stage_s"]["model"] > 0
-    assert rows[("raw", "compute")]["ratio_vs_raw"] == 1.0
+    # Timing is not asserted (no timed unit tests): with N=2 on a busy machine wall(2N) may not exceed
+    # wall(N), and then the steady rate is nan by design. The ratio must still be derived from it.
+    raw, one = rows[("raw", "compute")], rows[("one-image", "compute")]
+    if math.isnan(raw["steady_img_s"]):
+        assert math.isnan(raw["ratio_vs_raw"]) and math.isnan(one["ratio_vs_raw"])
+    else:
+        assert raw["ratio_vs_raw"] == 1.0
+        assert one["ratio_vs_raw"] == pytest.approx(one["steady_img_s"] / raw["steady_img_s"], nan_ok=True)
     assert result["machine"]["nproc"] >= 1 and result["machine"]["torch"] and result["load_average"]["start"]
     assert "steady img/s" in proc.stdout
 
