@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean bench quality
+.PHONY: demo test install clean bench quality gen-quality zeroshot-quality
 
 install: $(STAMP)
 
@@ -25,6 +25,16 @@ test: $(STAMP)
 # PSNR of darkroom's own models vs bicubic/Lanczos/non-local means on held-out images (docs/quality.md).
 quality: $(STAMP)
 	$(PY) benchmarks/quality.py
+
+# Generators' samples scored by the digits classifier, class balance, nearest-training-image distances
+# (docs/generation.md; DDPM over 1000 steps dominates: tens of minutes on one thread).
+gen-quality: $(STAMP)
+	$(PY) benchmarks/generation_quality.py
+
+# Zero-shot inpainting / ×4 SR / colorization with the digits DDPM prior vs simple baselines on
+# held-back digits (docs/zeroshot.md; ~3 CPU-minutes on one thread).
+zeroshot-quality: $(STAMP)
+	$(PY) benchmarks/zeroshot_quality.py
 
 # Throughput of darkroom vs a raw loop, a one-image loop and naive Ray Data (~10 min on 2 cores);
 # prints a table, writes benchmarks/results/throughput-<date>.json. See docs/benchmarks.md.

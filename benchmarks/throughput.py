@@ -8,10 +8,10 @@ Same inputs, same model (from darkroom's registry), same machine, in one run:
              ActorPoolStrategy(size=1), num_cpus=1) → write_images(png)
   darkroom   `darkroom run job.yaml --log-format json` (actors: 1, cpus_per_actor: 1, batch_size: 4,
              every other resource at its default)
-  darkroom-2t  (optional, not in the default list) darkroom through pipeline.api.run on a local
-             Ray started with one logical CPU more than the cores, so that cpus_per_actor: <cores>
-             (torch threads = cores) still leaves a CPU for the shard task: separates darkroom's
-             overhead from the thread count it can give its model on this machine
+  darkroom:FIELD=VALUE;…  (optional, not in the default list) the same with resources overridden,
+             to compare settings side by side, e.g. `darkroom:threads_per_actor=1` (the model
+             actor's torch threads before they were decoupled from its CPU reservation) or
+             `darkroom:cpus_per_task=0.5;tile=0`
   pillow     (decode workload only) Pillow decode + PNG encode, no model: the limit a
              decode-bound pipeline can approach (per-core rate × cores, and two processes measured)
 
@@ -27,11 +27,11 @@ first output file.
 
 Threads: the machine's cores (``os.cpu_count()``) are the budget of every variant. The raw
 and one-image loops give torch all of them; the Ray variants run on a local Ray with that
-many CPUs, one model actor with num_cpus=1 (torch threads = 1, as darkroom's cpus_per_actor
-sets them), the other CPUs left to reading/decoding/encoding tasks. (darkroom cannot be given
-cpus_per_actor = cores on a one-node cluster: the actor then holds every CPU and the shard
-tasks, num_cpus=1, never start; see darkroom-2t.) The loops encode PNG at darkroom's level 1;
-Ray Data's write_images uses Pillow's default (level 6) and has no option to change it.
+many CPUs and one model actor reserving one CPU. Ray Data's actor runs 1 torch thread (Ray
+sets a worker's threads to its CPUs); darkroom's runs as many as the node has CPUs (its
+default on a one-node cluster with one CPU actor: threads_per_actor), next to the shard tasks
+that read, decode and encode. The loops encode PNG at darkroom's level 1; Ray Data's
+write_images uses Pillow's default (level 6) and has no option to change it.
 
 Shared machines: before each run the CPU other processes use is sampled (/proc/stat), and
 during it the CPU time of other people's processes is counted (/proc/<pid>/stat); both are
@@ -43,7 +43,7 @@ Ray Data pipeline time, darkroom planned → finished) that excludes process sta
     .venv/bin/python benchmarks/throughput.py                 # full run (make bench), ~10 min on 2 cores
     .venv/bin/python benchmarks/throughput.py --quick         # smoke run, small N
     .venv/bin/python benchmarks/throughput.py --quick --variants raw,one-image --workloads compute --no-save
-    .venv/bin/python benchmarks/throughput.py --variants darkroom,darkroom-2t --workloads compute --no-startup
+    .venv/bin/python benchmarks/throughput.py --variants 'darkroom,darkroom:threads_per_actor=1' --workloads compute --no-startup
 
 Writes benchmarks/results/throughput-<date>.json (unless --no-save) and prints a table.
 """
@@ -87,7 +87,7 @@ WORKLOADS = {
     },
 }
 VARIANTS = ["raw", "one-image", "ray-data", "darkroom", "pillow"]
-OPTIONAL_VARIANTS = ["darkroom-2t"]
+OPTIONAL_VARIANTS = ["darkroom:FIELD=VALUE;…"]
 STARTUP_IMAGES = 10
 PNG_LEVEL = 1  # darkroom's PNG compress_level; the loops and the Pillow limit use the same
 
@@ -306,27 +306,6 @@ def child_ray_data(args) -> dict:
     return {"ray_init_s": t1 - t0, "pipeline_s": t2 - t1, "shutdown_s": time.perf_counter() - t2}
 
 
-def child_darkroom_threads(args) -> dict:
-    """darkroom (pipeline.api.run) with torch threads = cores: Ray gets cores + 1 logical CPUs."""
-    import logging
-
-    import ray
-
-    from models import default_registry
-    from pipeline import api
-    from pipeline.job import load_job
-
-    t0 = time.perf_counter()
-    ray.init(num_cpus=args.threads + 1, logging_level=logging.WARNING, include_dashboard=False)
-    t1 = time.perf_counter()
-    job_path = Path(args.output).with_name(Path(args.output).name + ".yaml")
-    write_job(job_path, args.workload, Path(args.input), Path(args.output), cpus_per_actor=args.threads)
-    summary = api.run(load_job(str(job_path), default_registry()))
-    t2 = time.perf_counter()
-    ray.shutdown()
-    return {"ray_init_s": t1 - t0, "api_run_s": t2 - t1, "counts": summary.counts, "shutdown_s": time.perf_counter() - t2}
-
-
 def child_pillow(args) -> dict:
     """Pillow decode + PNG encode (darkroom's level) of each input, no model: the per-core limit.
 
@@ -372,7 +351,18 @@ def _darkroom_exe() -> str:
     return str(exe) if exe.exists() else (shutil.which("darkroom") or "darkroom")
 
 
-def write_job(path: Path, workload: str, input_dir: Path, output_dir: Path, cpus_per_actor: int = 1) -> None:
+def darkroom_overrides(variant: str) -> dict:
+    """``darkroom:threads_per_actor=1;tile=0`` → {"threads_per_actor": 1, "tile": 0} (values as YAML)."""
+    import yaml
+
+    _, _, spec = variant.partition(":")
+    pairs = [item.split("=", 1) for item in spec.split(";") if item]
+    if any(len(p) != 2 for p in pairs):
+        raise ValueError(f"{variant!r}: expected darkroom:FIELD=VALUE;FIELD=VALUE")
+    return {k.strip(): yaml.safe_load(v) for k, v in pairs}
+
+
+def write_job(path: Path, workload: str, input_dir: Path, output_dir: Path, overrides: dict | None = None) -> None:
     import yaml
 
     spec = WORKLOADS[workload]
@@ -381,7 +371,7 @@ def write_job(path: Path, workload: str, input_dir: Path, output_dir: Path, cpus
         "input": {"uri": str(input_dir) + "/"},
         "output": {"uri": str(output_dir) + "/", "format": "png"},
         "steps": [{"model": spec["model"], "params": spec["params"]}],
-        "resources": {"actors": 1, "cpus_per_actor": cpus_per_actor, "batch_size": BATCH},
+        "resources": {"actors": 1, "cpus_per_actor": 1, "batch_size": BATCH} | (overrides or {}),
     }
     path.write_text(yaml.safe_dump(job, sort_keys=False))
 
@@ -401,16 +391,29 @@ def _manifest_stages(output_dir: Path) -> dict:
     return means
 
 
+def model_threads(variant: str, loop_threads: int, cores: int) -> int:
+    """torch threads of the variant's model: the loops' --threads; Ray Data's actor 1 (Ray sets a
+    worker's threads to its num_cpus); darkroom's threads_per_actor, by default the node's CPUs
+    (one CPU actor on a one-node cluster), never fewer than cpus_per_actor."""
+    if variant in ("raw", "one-image"):
+        return loop_threads
+    if variant.startswith("darkroom"):
+        overrides = darkroom_overrides(variant)
+        return int(overrides.get("threads_per_actor") or max(cores, overrides.get("cpus_per_actor", 1)))
+    return 1
+
+
 def run_variant(variant: str, workload: str, input_dir: Path, work: Path, n: int, threads: int, timeout: float) -> dict:
     """Run one variant on ``input_dir`` in a fresh process; wall time from launch to exit."""
-    out = work / f"out-{variant}-{workload}-{n}"
+    slug = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in variant)
+    out = work / f"out-{slug}-{workload}-{n}"
     shutil.rmtree(out, ignore_errors=True)
-    log = work / f"log-{variant}-{workload}-{n}.txt"
+    log = work / f"log-{slug}-{workload}-{n}.txt"
     load_before = os.getloadavg()[0]
     busy_before = busy_cores()
-    if variant == "darkroom":
-        job = work / f"job-{workload}-{n}.yaml"
-        write_job(job, workload, input_dir, out)
+    if variant.startswith("darkroom"):
+        job = work / f"job-{slug}-{workload}-{n}.yaml"
+        write_job(job, workload, input_dir, out, darkroom_overrides(variant))
         cmd = [_darkroom_exe(), "run", str(job), "--log-format", "json"]
     else:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", variant, "--workload", workload,
@@ -428,7 +431,7 @@ def run_variant(variant: str, workload: str, input_dir: Path, work: Path, n: int
     if produced != n:
         raise RuntimeError(f"{variant}/{workload}/{n}: {produced} outputs, expected {n}; see {log}")
     detail: dict = {}
-    if variant == "darkroom":
+    if variant.startswith("darkroom"):
         events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
         at = {e["event"]: e["time"] - launched_epoch for e in events if e["event"] != "shard"}
         shards = [e["time"] - launched_epoch for e in events if e["event"] == "shard"]
@@ -444,8 +447,6 @@ def run_variant(variant: str, workload: str, input_dir: Path, work: Path, n: int
     else:
         lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
         detail = json.loads(lines[-1]) if lines else {}
-        if variant == "darkroom-2t":
-            detail["manifest_mean_stage_s"] = _manifest_stages(out)
     shutil.rmtree(out, ignore_errors=True)
     return {"n": n, "wall_s": wall, "load_before": load_before, "busy_cores_before": busy_before, "load_after": os.getloadavg()[0],
             "others_cores_during": others / wall, "detail": detail}
@@ -556,9 +557,7 @@ def _inner_steady(variant: str, n: int, runs: list[dict]) -> float | None:
             return d.get("loop_s")
         if variant == "ray-data":
             return d.get("pipeline_s")
-        if variant == "darkroom-2t":
-            return d.get("api_run_s")
-        if variant == "darkroom" and d.get("finished_event_s") is not None and d.get("planned_event_s") is not None:
+        if variant.startswith("darkroom") and d.get("finished_event_s") is not None and d.get("planned_event_s") is not None:
             return d["finished_event_s"] - d["planned_event_s"]  # ray.init + actor start + shards
         return None
 
@@ -571,13 +570,14 @@ def _inner_steady(variant: str, n: int, runs: list[dict]) -> float | None:
 
 
 def print_table(rows: list[dict], pillow: dict | None, startup: dict | None) -> None:
-    head = (f"{'variant':<11} {'workload':<8} {'threads':>7} {'wall s N':>9} {'wall s 2N':>9} {'N':>4} {'steady img/s':>12} "
+    width = max([11] + [len(r["variant"]) for r in rows])
+    head = (f"{'variant':<{width}} {'workload':<8} {'threads':>7} {'wall s N':>9} {'wall s 2N':>9} {'N':>4} {'steady img/s':>12} "
             f"{'startup s':>9} {'vs raw':>7} {'vs RayData':>10} {'inner img/s':>11} {'others':>6}")
     print(head)
     print("-" * len(head))
     for r in rows:
         print(
-            f"{r['variant']:<11} {r['workload']:<8} {r['model_threads']:>7} {r['wall_s_n']:>9.2f} {r['wall_s_2n']:>9.2f} {r['n']:>4} "
+            f"{r['variant']:<{width}} {r['workload']:<8} {r['model_threads']:>7} {r['wall_s_n']:>9.2f} {r['wall_s_2n']:>9.2f} {r['n']:>4} "
             f"{r['steady_img_s']:>12.3f} {_fmt(r['startup_s'], '.2f'):>9} {_fmt(r['ratio_vs_raw'], '.2f'):>7} {_fmt(r['ratio_vs_ray_data'], '.2f'):>10} "
             f"{_fmt(r['inner_steady_img_s'], '.3f'):>11} {max(x['others_cores_during'] for x in r['runs']):>6.2f}"
         )
@@ -629,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per child process")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (inputs, logs)")
     # Internal: run one variant in this (fresh) process.
-    ap.add_argument("--child", choices=["raw", "one-image", "ray-data", "darkroom-2t", "pillow"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["raw", "one-image", "ray-data", "pillow"], help=argparse.SUPPRESS)
     ap.add_argument("--workload", help=argparse.SUPPRESS)
     ap.add_argument("--input", help=argparse.SUPPRESS)
     ap.add_argument("--output", help=argparse.SUPPRESS)
@@ -637,14 +637,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     if args.child:
-        fn = {"raw": child_loop, "one-image": child_loop, "ray-data": child_ray_data, "darkroom-2t": child_darkroom_threads,
-              "pillow": child_pillow}[args.child]
+        fn = {"raw": child_loop, "one-image": child_loop, "ray-data": child_ray_data, "pillow": child_pillow}[args.child]
         print(json.dumps(fn(args)), flush=True)
         return 0
 
     variants = [v for v in args.variants.split(",") if v]
     workloads = [w for w in args.workloads.split(",") if w]
-    unknown = [v for v in variants if v not in VARIANTS + OPTIONAL_VARIANTS] + [w for w in workloads if w not in WORKLOADS]
+    unknown = [v for v in variants if v not in VARIANTS and not v.startswith("darkroom:")] + [w for w in workloads if w not in WORKLOADS]
     if unknown:
         ap.error(f"unknown variant/workload: {', '.join(unknown)}")
     cores = os.cpu_count() or 1
@@ -697,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
                         "model": spec["model"],
                         "params": spec["params"],
                         "input_size": list(spec["size"]),
-                        "model_threads": args.threads if variant in ("raw", "one-image", "darkroom-2t") else 1,
+                        "model_threads": model_threads(variant, args.threads, cores),
                         "n": n,
                         "wall_s_n": wall_n,
                         "wall_s_2n": wall_2n,

@@ -42,6 +42,14 @@ class ImageModel:
     ``needs_mask`` (inpainting): the module then takes N×(C+1)×H×W, the last channel being the
     mask in {0, 1} (1 = known pixel to keep, 0 = hole to fill), and still returns N×C×H'×W'.
     The engine builds that channel from the job's mask source; models without it never see one.
+
+    ``colour_out`` (colorization): the output is colour even for a gray input, so the engine
+    keeps the model's three output channels for a gray image instead of averaging them back
+    to one (which it does for every other model).
+
+    ``tiling``: False for models whose memory is only their input and output (classical
+    resamplers, identity). The engine then runs them on whole images even where
+    ``resources.tile`` is set: a tile would save no memory, only add overlap and blending work.
     """
 
     name: str
@@ -51,6 +59,8 @@ class ImageModel:
     supports_half: bool
     weights_sha256: str | None = None
     needs_mask: bool = False
+    colour_out: bool = False
+    tiling: bool = True
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         return round(height * self.scale), round(width * self.scale)

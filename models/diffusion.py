@@ -26,12 +26,14 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import fsspec
 import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from models.weights import WeightsError, cache_dir, file_sha256
+from models.base import GenerativeModel
+from models.weights import PACKAGE_SCHEME, WeightsError, cache_dir, file_sha256, package_file
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -76,6 +78,25 @@ class DDPMConfig:
     def alphas_cumprod(self) -> torch.Tensor:
         """float32 (T,) tensor ᾱ_t = ∏_{s≤t} (1 - β_s)."""
         return alphas_cumprod(self.betas())
+
+    def schedule(self) -> NoiseSchedule:
+        return NoiseSchedule(self.num_train_timesteps, self.beta_schedule, self.beta_start, self.beta_end, self.clip_sample)
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """What sampling needs from a DDPM's training, apart from the network (see :class:`DDPMConfig`
+    for the fields); :func:`load_schedule` reads it from a diffusers folder."""
+
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    clip_sample: bool = True
+
+    def betas(self) -> torch.Tensor:
+        """float32 (T,) β_t, t = 0 … T-1."""
+        return make_betas(self.num_train_timesteps, self.beta_schedule, self.beta_start, self.beta_end)
 
 
 def make_betas(num_train_timesteps: int, schedule: str = "linear", beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -175,6 +196,7 @@ def save_pipeline_folder(unet, cfg: DDPMConfig | None, path: str | os.PathLike) 
 def load_pipeline_folder(uri: str, *, sha256: str | None = None, storage_options: dict | None = None):
     """Load a ``UNet2DModel`` from a diffusers-format folder at an fsspec URI (eval mode, CPU).
 
+    ``uri`` may also be ``package://<module>/<folder>`` (a folder shipped in an installed package).
     The folder holds ``config.json`` and ``diffusion_pytorch_model.safetensors`` (a full
     diffusers pipeline folder is accepted too: its ``unet/`` subfolder is used). Local folders are
     read in place; remote ones (``s3://…``) have those two files copied into the cache
@@ -183,10 +205,7 @@ def load_pipeline_folder(uri: str, *, sha256: str | None = None, storage_options
     """
     from diffusers import UNet2DModel
 
-    fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
-    root = root.rstrip("/")
-    if not fs.exists(f"{root}/{CONFIG_NAME}") and fs.exists(f"{root}/unet/{CONFIG_NAME}"):
-        root = f"{root}/unet"
+    fs, root = resolve_folder(uri, storage_options)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not fs.exists(f"{root}/{name}"):
             raise WeightsError(f"{uri}: no {name} (a diffusers folder saved with safe_serialization=True is needed)")
@@ -202,6 +221,22 @@ def load_pipeline_folder(uri: str, *, sha256: str | None = None, storage_options
             raise WeightsError(f"{uri}: sha256 mismatch (pinned {sha256}, file has {actual}); refusing to load")
     unet = UNet2DModel.from_pretrained(str(folder), use_safetensors=True, local_files_only=True, low_cpu_mem_usage=False)
     return unet.eval()
+
+
+def resolve_folder(uri: str, storage_options: dict | None = None) -> tuple[Any, str]:
+    """(filesystem, path) of the UNet folder at ``uri``: the folder itself, or the ``unet/``
+    subfolder of a full pipeline folder; ``package://`` URIs resolve to the installed files."""
+    if uri.startswith(PACKAGE_SCHEME):
+        base = uri.rstrip("/")
+        try:
+            uri = str(package_file(f"{base}/{CONFIG_NAME}").parent)
+        except WeightsError:
+            uri = str(package_file(f"{base}/unet/{CONFIG_NAME}").parent)
+    fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    root = root.rstrip("/")
+    if not fs.exists(f"{root}/{CONFIG_NAME}") and fs.exists(f"{root}/unet/{CONFIG_NAME}"):
+        root = f"{root}/unet"
+    return fs, root
 
 
 def _is_local(fs) -> bool:
@@ -362,3 +397,151 @@ def ddim_sample(
         if eta > 0 and prev >= 0:
             x = x + std * _noise(shape, generators, device)
     return _to_unit(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# As a GenerativeModel (registry entries `darkroom-ddpm-digits` and `ddpm`)
+
+
+class SamplerParams(BaseModel):
+    """How a DDPM is sampled (the params of every DDPM generation entry)."""
+
+    model_config = ConfigDict(extra="forbid")
+    sampler: Literal["ddpm", "ddim"] = Field("ddim", description="ddpm: ancestral sampling (Ho et al.); ddim: Song et al., few steps")
+    steps: int | None = Field(None, ge=1, description="network evaluations per sample, ≤ the model's T; default: all T for ddpm, 50 for ddim")
+    eta: float | None = Field(None, ge=0, description="ddim only: 0 (default) is deterministic given x_T, 1 adds DDPM-like noise at every step")
+    micro_batch: int = Field(8, ge=1, le=1024, description="rows per network call; fixed so that a sample's pixels do not depend on the batch it shares")
+
+    @model_validator(mode="after")
+    def _eta_is_for_ddim(self) -> SamplerParams:
+        if self.eta is not None and self.sampler != "ddim":
+            raise ValueError("eta applies to the ddim sampler only")
+        return self
+
+
+class DDPMFolderParams(SamplerParams):
+    """A user's diffusers-format DDPM folder, plus how to sample it."""
+
+    uri: str = Field(description="diffusers folder (config.json + diffusion_pytorch_model.safetensors [+ scheduler_config.json]), or a full pipeline folder with unet/: fsspec URI, local path or package://")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="pin: sha256 of diffusion_pytorch_model.safetensors; a mismatch is refused")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for uri (e.g. client_kwargs.endpoint_url); credentials belong in the environment")
+
+    @field_validator("sha256")
+    @classmethod
+    def _lower(cls, sha256: str | None) -> str | None:
+        return sha256.lower() if sha256 else None
+
+
+def generative_model(name: str, unet, schedule: NoiseSchedule, p: SamplerParams, weights_sha256: str | None) -> GenerativeModel:
+    """An unconditional ε-prediction ``UNet2DModel`` as a :class:`GenerativeModel` sampling with ``p``.
+
+    ``sample(generators, None, device)`` → float32 N×C×H×W in [0, 1] (C, H, W from the UNet's
+    config); sample i's noise comes from ``generators[i]`` only and the UNet runs on fixed
+    ``p.micro_batch``-row chunks, so a sample does not depend on its batch (module docstring).
+    """
+    cfg = unet.config
+    if cfg.in_channels != cfg.out_channels:
+        raise WeightsError(f"{name}: the UNet maps {cfg.in_channels} channels to {cfg.out_channels}; an ε-prediction DDPM maps C to C")
+    if cfg.get("num_class_embeds") or cfg.get("class_embed_type"):
+        raise WeightsError(f"{name}: class-conditional UNets are not supported (unconditional DDPMs only)")
+    T = schedule.num_train_timesteps
+    steps = p.steps or (T if p.sampler == "ddpm" else min(50, T))
+    if steps > T:
+        raise ValueError(f"steps={steps} exceeds the model's {T} training timesteps")
+    size = cfg.sample_size
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    shape = (int(cfg.in_channels), int(height), int(width))
+    betas = schedule.betas()
+    acp = alphas_cumprod(betas)
+    eta = p.eta or 0.0
+
+    def sample(generators: Sequence[torch.Generator], labels: Sequence[int] | None, device: torch.device) -> torch.Tensor:
+        if labels is not None:
+            raise ValueError(f"{name} is unconditional: labels must be None")
+        eps = unet_eps(unet, p.micro_batch)  # here, not above: the engine may move or cast the UNet after building
+        batch = (len(generators), *shape)
+        if p.sampler == "ddpm":
+            return ddpm_sample(eps, batch, betas, generators, steps, clip_sample=schedule.clip_sample, device=device)
+        return ddim_sample(eps, batch, acp, generators, steps, eta, clip_sample=schedule.clip_sample, device=device)
+
+    return GenerativeModel(name=name, module=unet, sample=sample, shape=shape, sampler=p.sampler, steps=steps, weights_sha256=weights_sha256)
+
+
+def load_schedule(uri: str, storage_options: dict | None = None) -> NoiseSchedule:
+    """The noise schedule of the diffusers folder at ``uri``.
+
+    Read from its ``scheduler_config.json`` (or ``scheduler/scheduler_config.json`` of a full
+    pipeline folder, also when ``uri`` names its ``unet/``); without one, diffusers' scheduler
+    defaults (linear β from 1e-4 to 0.02 over T = 1000, x̂₀ clipped). What the samplers do not
+    implement is refused (``WeightsError``): a prediction type other than ε, a learned variance,
+    trained betas, dynamic thresholding, a clip range other than 1, an unknown β schedule.
+    Timesteps are leading-spaced whatever the file's ``timestep_spacing`` says.
+    """
+    fs, root = resolve_folder(uri, storage_options)
+    candidates = [f"{root}/{SCHEDULER_CONFIG_NAME}"]
+    if root.endswith("/unet"):  # a full pipeline folder: its scheduler/ sits next to unet/
+        candidates.append(f"{root.rsplit('/', 1)[0]}/scheduler/{SCHEDULER_CONFIG_NAME}")
+    found = next((c for c in candidates if fs.exists(c)), None)
+    if found is None:
+        return NoiseSchedule()
+    with fs.open(found, "r") as fh:
+        config = json.load(fh)
+    unsupported = [
+        (config.get("prediction_type", "epsilon") != "epsilon", f"prediction_type {config.get('prediction_type')!r} (ε only)"),
+        (str(config.get("variance_type") or "fixed_small").startswith("learned"), f"variance_type {config.get('variance_type')!r}"),
+        (config.get("trained_betas") is not None, "trained_betas"),
+        (bool(config.get("thresholding")), "thresholding"),
+        (float(config.get("clip_sample_range", 1.0)) != 1.0, f"clip_sample_range {config.get('clip_sample_range')}"),
+    ]
+    refused = [why for bad, why in unsupported if bad]
+    if refused:
+        raise WeightsError(f"{uri}: scheduler config not supported: {', '.join(refused)}")
+    schedule = NoiseSchedule(
+        num_train_timesteps=int(config.get("num_train_timesteps", 1000)),
+        beta_schedule=str(config.get("beta_schedule", "linear")),
+        beta_start=float(config.get("beta_start", 1e-4)),
+        beta_end=float(config.get("beta_end", 0.02)),
+        clip_sample=bool(config.get("clip_sample", True)),
+    )
+    try:
+        schedule.betas()
+    except ValueError as exc:
+        raise WeightsError(f"{uri}: {exc}") from None
+    return schedule
+
+
+_digests: dict[tuple, str] = {}  # (protocol, path, size, version marks…) → sha256, for unpinned folders
+
+
+def weights_digest(p: DDPMFolderParams) -> str:
+    """sha256 of the folder's ``diffusion_pytorch_model.safetensors``: the pin when given, else the
+    file's digest, computed once per process and file version (size plus ETag / mtime) because
+    the driver asks several times while planning a run."""
+    if p.sha256:
+        return p.sha256
+    fs, root = resolve_folder(p.uri, p.storage_options)
+    path = f"{root}/{WEIGHTS_NAME}"
+    fs.invalidate_cache(path)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        raise WeightsError(f"{p.uri}: no {WEIGHTS_NAME} (a diffusers folder saved with safe_serialization=True is needed)") from None
+    marks = tuple(str(info[k]) for k in ("ETag", "etag", "mtime", "LastModified", "generation", "version_id") if info.get(k))
+    key = (str(fs.protocol), path, info.get("size"), *marks)
+    if not marks or key not in _digests:
+        digest = hashlib.sha256()
+        with fs.open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        if not marks:
+            return digest.hexdigest()
+        _digests[key] = digest.hexdigest()
+    return _digests[key]
+
+
+def build_folder(p: DDPMFolderParams) -> GenerativeModel:
+    """The ``ddpm`` registry entry: load (pinned to :func:`weights_digest`, so the model reports the
+    digest of the very file it loaded) and wrap a user's diffusers DDPM folder."""
+    digest = weights_digest(p)
+    unet = load_pipeline_folder(p.uri, sha256=digest, storage_options=p.storage_options)
+    return generative_model("ddpm", unet, load_schedule(p.uri, p.storage_options), p, weights_sha256=digest)

@@ -12,7 +12,7 @@ from typing import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from models import checkpoint, darkroom_denoise, darkroom_sr, realesrgan
+from models import checkpoint, darkroom_colorize, darkroom_denoise, darkroom_inpaint, darkroom_sr, ddpm_digits, diffusion, gan, realesrgan, vae, zeroshot
 from models.base import ImageModel, WeightsSpec
 from models.resample import Identity, Resample
 
@@ -32,6 +32,10 @@ class ModelEntry:
 
     ``weights_digest(params)``, for entries whose weights file depends on the params
     (``checkpoint``), returns the sha256 those params select; see :meth:`weights_sha256`.
+
+    Entries of task ``generation`` build a :class:`GenerativeModel`; their ``num_classes`` lets a
+    job's ``class_label`` be checked before anything runs (0 = unconditional; None = only known
+    once built, so the engine checks it when the model loads).
     """
 
     name: str
@@ -42,6 +46,8 @@ class ModelEntry:
     weights: WeightsSpec | None = None
     licence: str = "n/a (no learned weights)"
     weights_digest: Callable[[BaseModel], str] | None = None
+    needs_mask: bool = False  # the built model takes a mask (ImageModel.needs_mask); jobs are checked for a mask source
+    num_classes: int | None = None
 
     def validate_params(self, params: dict) -> BaseModel:
         return self.params.model_validate(params)
@@ -92,7 +98,9 @@ class Registry:
 
 def _resample_entry(kernel: str, description: str) -> ModelEntry:
     def build(p: ScaleParams) -> ImageModel:
-        return ImageModel(name=kernel, module=Resample(p.scale, kernel), scale=p.scale, channels=3, supports_half=True)
+        return ImageModel(
+            name=kernel, module=Resample(p.scale, kernel), scale=p.scale, channels=3, supports_half=True, tiling=False
+        )
 
     return ModelEntry(name=kernel, task="resample", description=description, params=ScaleParams, build=build)
 
@@ -106,7 +114,7 @@ def default_registry() -> Registry:
             task="passthrough",
             description="returns the input unchanged (tests, format conversion)",
             params=NoParams,
-            build=lambda _: ImageModel("identity", Identity(), scale=1, channels=3, supports_half=True),
+            build=lambda _: ImageModel("identity", Identity(), scale=1, channels=3, supports_half=True, tiling=False),
         )
     )
     reg.register(_resample_entry("bicubic", "Keys cubic (a=-0.5), antialiased when shrinking"))
@@ -130,6 +138,8 @@ def default_registry() -> Registry:
     for name, task, description, module in (
         ("darkroom-sr-x4", "super-resolution", "darkroom's own ×4 residual CNN (126k params), trained for PSNR; docs/quality.md", darkroom_sr),
         ("darkroom-denoise", "denoising", "darkroom's own blind colour Gaussian denoiser, sigma 0–50 (218k params); docs/quality.md", darkroom_denoise),
+        ("darkroom-colorize", "colorization", "darkroom's own colorizer: keeps the luma, chroma from a fitted luma→chroma curve (10 params); RGB out; docs/quality.md", darkroom_colorize),
+        ("darkroom-inpaint", "inpainting", "darkroom's own inpainter: multigrid membrane fill + U-Net correction (256k params); needs a mask; docs/quality.md", darkroom_inpaint),
     ):
         reg.register(
             ModelEntry(
@@ -140,6 +150,7 @@ def default_registry() -> Registry:
                 build=lambda _, module=module: module.build(),
                 weights=module.WEIGHTS,
                 licence=module.LICENCE,
+                needs_mask=task == "inpainting",
             )
         )
     reg.register(
@@ -153,4 +164,57 @@ def default_registry() -> Registry:
             weights_digest=checkpoint.weights_digest,
         )
     )
+    reg.register(
+        ModelEntry(
+            name=ddpm_digits.NAME,
+            task="generation",
+            description="darkroom's own 32×32 DDPM of class-coloured digits (637k params; ddim 50 steps or ddpm 1000); docs/generation.md",
+            params=diffusion.SamplerParams,
+            build=ddpm_digits.build,
+            weights=ddpm_digits.WEIGHTS,
+            licence=ddpm_digits.LICENCE,
+            num_classes=0,
+        )
+    )
+    reg.register(
+        ModelEntry(
+            name="ddpm",
+            task="generation",
+            description="an unconditional ε-prediction DDPM in diffusers format (UNet2DModel folder) from any fsspec URI",
+            params=diffusion.DDPMFolderParams,
+            build=diffusion.build_folder,
+            licence="that of the weights (user-supplied)",
+            weights_digest=diffusion.weights_digest,
+            num_classes=0,
+        )
+    )
+    for module, description in (
+        (gan, "darkroom's own class-conditional DCGAN of 32×32 class-coloured digits (141k generator params); docs/generation.md"),
+        (vae, "darkroom's own class-conditional VAE of 32×32 class-coloured digits (133k params); docs/generation.md"),
+    ):
+        reg.register(
+            ModelEntry(
+                name=module.NAME,
+                task="generation",
+                description=description,
+                params=NoParams,
+                build=lambda _, module=module: module.build(),
+                weights=module.WEIGHTS,
+                licence=module.LICENCE,
+                num_classes=10,
+            )
+        )
+    for name, task, description, params, build in zeroshot.ENTRIES:
+        reg.register(
+            ModelEntry(
+                name=name,
+                task=task,
+                description=description,
+                params=params,
+                build=build,
+                licence=zeroshot.LICENCE,
+                weights_digest=zeroshot.weights_digest,
+                needs_mask=task == "inpainting",
+            )
+        )
     return reg

@@ -1,15 +1,22 @@
 """Classical resampling (identity, bicubic, Lanczos) as torch modules.
 
-Separable resampling with per-axis gather tables: each output pixel along an axis is a
-weighted sum of ``taps`` input pixels, so memory is O(output pixels × taps), never a dense
-out×in matrix. Coordinates follow the half-pixel convention (PIL, OpenCV's INTER_CUBIC,
-MATLAB ``imresize``); downscaling widens the kernel by 1/scale (antialiasing); edges
-replicate the border pixel.
+Separable resampling, one axis at a time: each output sample along an axis is a weighted
+sum of ``taps`` neighbouring input samples. The axis is cut into chunks of ``CHUNK`` output
+samples; a chunk reads only a short window of the input (about CHUNK / scale + taps
+samples), so its weights form a small dense window×CHUNK matrix and the chunk is one matrix
+product (BLAS), written straight into the output. Memory is the output plus one chunk's
+temporaries, never an out×in matrix nor an out×taps gathered copy of the input (which made
+the previous gather-table version 4–6× slower than this and memory-bound).
+
+Coordinates follow the half-pixel convention (PIL, OpenCV's INTER_CUBIC, MATLAB
+``imresize``); downscaling widens the kernel by 1/scale (antialiasing); edges replicate the
+border pixel. The width is resampled before the height, as Pillow does.
 """
 
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Callable
 
 import torch
@@ -50,21 +57,50 @@ def _axis_table(in_size: int, out_size: int, kernel: str) -> tuple[torch.Tensor,
     return idx.clamp(0, in_size - 1), weights.to(torch.float32)
 
 
+# Output samples per matrix product. Larger chunks waste multiplications on zeros (a chunk's
+# window is CHUNK / scale + taps wide, of which taps are non-zero per row); smaller ones pay
+# per-call overhead. 16–32 were fastest for ×2 and ×4 bicubic on 1152×864 batches (CPU).
+CHUNK = 24
+
+
+@lru_cache(maxsize=64)
+def _axis_bands(in_size: int, out_size: int, kernel: str) -> list[tuple[int, int, int, torch.Tensor]]:
+    """Per chunk of output samples [o0, o1): the input window [lo, hi) it reads and its weights
+    as a dense float32 (o1 - o0)×(hi - lo) matrix. Cached: a job resizes many same-size images."""
+    idx, w = _axis_table(in_size, out_size, kernel)
+    bands = []
+    for o0 in range(0, out_size, CHUNK):
+        o1 = min(out_size, o0 + CHUNK)
+        cols = idx[o0:o1]
+        lo, hi = int(cols.min()), int(cols.max()) + 1
+        # scatter_add, not assignment: taps clamped onto the border pixel add up there.
+        band = torch.zeros(o1 - o0, hi - lo).scatter_add_(1, cols - lo, w[o0:o1])
+        bands.append((o0, o1, lo, band))
+    return bands
+
+
 def resample_axis(x: torch.Tensor, out_size: int, dim: int, kernel: str) -> torch.Tensor:
-    """Resample ``x`` (any float tensor) along ``dim`` to ``out_size`` samples."""
+    """Resample ``x`` (any float tensor, any device) along ``dim`` to ``out_size`` samples."""
+    dim = dim % x.ndim
     in_size = x.shape[dim]
     if in_size == out_size:
         return x
-    idx, w = _axis_table(in_size, out_size, kernel)
-    moved = x.movedim(dim, -1)
-    gathered = moved[..., idx.to(x.device)]  # …×out×taps
-    out = (gathered * w.to(device=x.device, dtype=x.dtype)).sum(-1)
-    return out.movedim(-1, dim)
+    bands = _axis_bands(in_size, out_size, kernel)
+    if dim == x.ndim - 1:  # rows of x times each band's transpose
+        out = x.new_empty(*x.shape[:-1], out_size)
+        for o0, o1, lo, band in bands:
+            out[..., o0:o1] = x[..., lo : lo + band.shape[1]] @ band.to(x.device, x.dtype).T
+        return out
+    moved = x.movedim(dim, -2)  # each band times the columns of x
+    out = moved.new_empty(*moved.shape[:-2], out_size, moved.shape[-1])
+    for o0, o1, lo, band in bands:
+        out[..., o0:o1, :] = band.to(x.device, x.dtype) @ moved[..., lo : lo + band.shape[1], :]
+    return out.movedim(-2, dim)
 
 
 def resize(x: torch.Tensor, height: int, width: int, kernel: str) -> torch.Tensor:
     """Resize a float batch N×C×H×W to N×C×height×width (values are not clamped)."""
-    return resample_axis(resample_axis(x, height, -2, kernel), width, -1, kernel)
+    return resample_axis(resample_axis(x, width, -1, kernel), height, -2, kernel)
 
 
 class Resample(nn.Module):
@@ -77,7 +113,8 @@ class Resample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        return resize(x, round(h * self.scale), round(w * self.scale), self.kernel).clamp(0, 1)
+        y = resize(x, round(h * self.scale), round(w * self.scale), self.kernel)
+        return y.clamp(0, 1) if y is x else y.clamp_(0, 1)  # in place only on our own new tensor
 
 
 class Identity(nn.Module):

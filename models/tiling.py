@@ -2,7 +2,10 @@
 
 Pure PyTorch, no Ray: the inference chain decides when to use it.
 
-Tiling. An image is cut into ``tile``×``tile`` cores. Each core is run through the
+Tiling. An image of at most ``tile``² pixels runs whole, whatever its shape: one call
+costs the device no more memory than one core, and tiling it would only add the overlaps
+and the blending (+67 % time for a 1152×864 image at tile 512 on CPU). A larger image is
+cut into ``tile``×``tile`` cores. Each core is run through the
 network together with ``tile_pad`` pixels of context on every side (clipped at the image
 border, where the network then sees the same border as it would untiled), so only one
 padded tile is on the device at a time. Only integer scales are supported: a core of
@@ -119,6 +122,9 @@ def tiled_forward(
     device: torch.device | str,
     *,
     blend: str = "feather",
+    out: torch.Tensor | None = None,
+    finish: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    peak: float | None = None,
 ) -> torch.Tensor:
     """Run ``module`` over ``x`` one padded tile at a time; see the module docstring.
 
@@ -127,13 +133,25 @@ def tiled_forward(
     x: CPU float tensor N×C×H×W, values in [0, 1]. It stays on the CPU; only one padded
         tile of at most (tile + 2·tile_pad)² pixels per image is moved to ``device``.
     scale: integer output/input size ratio of ``module`` (1, 2, 4, …).
-    tile: core size in input pixels; 0 (or a tile covering the whole image) means one
+    tile: core size in input pixels; 0, or an image of at most tile² pixels, means one
         call on the whole tensor.
     tile_pad: context pixels on each side of a core, clipped at the image border.
     blend: ``"feather"`` (linear ramps over the inner half of the context) or ``"crop"``.
+    out: optional CPU tensor N×C'×H·scale×W·scale of any dtype and strides (e.g. a permuted
+        view of an N×H'×W'×C' uint8 buffer) that receives the result. The whole result then
+        never exists in float: the tiles are blended one row of tiles at a time, and each run
+        of output rows that no later tile touches is written into ``out`` at once, so the float
+        working set is one row of tiles (plus the blend band) instead of the whole output.
+    finish: applied to each finished float block (N×C'×rows×W·scale, owned by this
+        function, may be changed in place) before it is written into ``out``, e.g. to turn
+        [0, 1] into rounded 8-bit levels.
+    peak: set when ``x`` holds integer levels 0…peak (e.g. decoded uint8 pixels, as a
+        channels-first view) instead of floats: each piece is turned into [0, 1] as it is cut,
+        on the device, so no float copy of the whole input exists.
 
-    Returns a CPU tensor N×C'×H·scale×W·scale with ``x``'s dtype. Gradients are not
-    tracked: a graph spanning all tiles would keep every tile's activations alive.
+    Returns ``out`` if given, else a new CPU tensor N×C'×H·scale×W·scale with ``x``'s dtype.
+    Gradients are not tracked: a graph spanning all tiles would keep every tile's
+    activations alive.
     """
     if tile < 0 or tile_pad < 0:
         raise ValueError(f"tile and tile_pad must be ≥ 0, got {tile} and {tile_pad}")
@@ -144,19 +162,31 @@ def tiled_forward(
     n, _, h, w = x.shape
     dtype = x.dtype if x.is_floating_point() else torch.float32
 
-    if tile == 0 or (h <= tile and w <= tile):
+    def emit(block: torch.Tensor, row0: int) -> None:
+        out[:, :, row0 : row0 + block.shape[2]] = finish(block) if finish else block
+
+    def to_device(piece: torch.Tensor) -> torch.Tensor:
+        piece = piece.to(device)
+        return piece.float().div_(peak) if peak else piece
+
+    if runs_whole(h, w, tile):
         # Nothing to stitch, so any scale works here.
-        return module(x.to(device)).to("cpu", dtype)
+        y = module(to_device(x)).to("cpu", dtype)
+        if out is None:
+            return finish(y) if finish else y
+        emit(y, 0)
+        return out
 
     s = _integer_scale(scale)
     rows = _axis_plan(h, tile, tile_pad, s, blend == "feather")
     cols = _axis_plan(w, tile, tile_pad, s, blend == "feather")
     col_weights = [c.weight.to(device) for c in cols]
-    out: torch.Tensor | None = None
-    for r in rows:
+    carry: torch.Tensor | None = None  # rows the previous row of tiles left unfinished
+    for j, r in enumerate(rows):
         row_weight = r.weight.to(device)
+        acc: torch.Tensor | None = None  # output rows [r.keep0·s, r.keep1·s), whole width
         for c, col_weight in zip(cols, col_weights):
-            piece = x[:, :, r.read0 : r.read1, c.read0 : c.read1].to(device)
+            piece = to_device(x[:, :, r.read0 : r.read1, c.read0 : c.read1])
             y = module(piece)
             want = (r.read1 - r.read0) * s, (c.read1 - c.read0) * s
             if y.dim() != 4 or y.shape[0] != n or tuple(y.shape[-2:]) != want:
@@ -165,7 +195,11 @@ def tiled_forward(
                     f"expected N×C×{want[0]}×{want[1]} for scale {s}"
                 )
             if out is None:
-                out = torch.zeros(n, y.shape[1], h * s, w * s, dtype=dtype)
+                out = torch.empty(n, y.shape[1], h * s, w * s, dtype=dtype)
+            if acc is None:
+                acc = torch.zeros(n, y.shape[1], (r.keep1 - r.keep0) * s, w * s, dtype=dtype)
+                if carry is not None:  # keep0 never decreases, so the carried rows start acc
+                    acc[:, :, : carry.shape[2]] += carry
             kept = y[
                 :,
                 :,
@@ -174,10 +208,16 @@ def tiled_forward(
             ]
             # Weight on the device (cheap there) and bring back only the kept region.
             weighted = kept.float() * (row_weight[:, None] * col_weight[None, :])
-            out[:, :, r.keep0 * s : r.keep1 * s, c.keep0 * s : c.keep1 * s] += weighted.to("cpu", dtype)
+            acc[:, :, :, c.keep0 * s : c.keep1 * s] += weighted.to("cpu", dtype)
             # Otherwise this tile's tensors stay alive through the next module call,
             # doubling the peak device memory.
             del piece, y, kept, weighted
+        assert acc is not None
+        # Rows above the next row of tiles' kept region are final; the rest is carried on.
+        done = (rows[j + 1].keep0 if j + 1 < len(rows) else h) * s - r.keep0 * s
+        carry = acc[:, :, done:].clone() if done < acc.shape[2] else None
+        emit(acc[:, :, :done], r.keep0 * s)
+        del acc
     assert out is not None
     return out
 
@@ -203,16 +243,21 @@ def is_out_of_memory(exc: BaseException, extra: tuple[type[BaseException], ...] 
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc)
 
 
-def _smaller_tile(tile: int, size: int, start_tile: int, min_tile: int) -> int | None:
-    """Next tile size to try after ``tile`` ran out of memory on images whose longer side
-    is ``size``; None when nothing smaller (and ≥ min_tile) is left."""
-    # A tile at least as large as the image is the same as no tiling.
-    current = size if tile <= 0 or tile >= size else tile
+def runs_whole(height: int, width: int, tile: int) -> bool:
+    """Whether :func:`tiled_forward` runs a height×width image in one call (tile 0 = always)."""
+    return tile <= 0 or height * width <= tile * tile
+
+
+def _smaller_tile(tile: int, height: int, width: int, start_tile: int, min_tile: int) -> int | None:
+    """Next tile size to try after ``tile`` ran out of memory on height×width images; None
+    when no smaller tile (≥ min_tile) would split them."""
     candidate = start_tile if tile <= 0 else tile // 2
-    while candidate >= current and candidate > 0:
-        candidate //= 2  # skip sizes that would again be one whole-image tile
+    while candidate > 0 and runs_whole(height, width, candidate):
+        candidate //= 2  # skip sizes with which the image would again run whole
     candidate = max(candidate, min_tile)
-    return candidate if candidate < current else None
+    if runs_whole(height, width, candidate) or (not runs_whole(height, width, tile) and candidate >= tile):
+        return None
+    return candidate
 
 
 def _free_device_memory() -> None:
@@ -237,8 +282,8 @@ def run_with_backoff(
     batch: N×C×H×W tensor (any dtype; passed to ``fn`` as is, in slices).
     tile: tile size to start with; 0 = untiled.
     min_tile: the smallest tile size tried before giving up.
-    start_tile: first tile size tried when ``tile`` is 0 (halved further if the image is
-        not larger than it, since such a tile would not split anything).
+    start_tile: first tile size tried when ``tile`` is 0 (halved further while the image
+        would still run whole with it, see :func:`runs_whole`).
     oom_errors: extra exception types treated as out-of-memory (tests inject one).
 
     On an out-of-memory error the batch is halved first (the halves run one after the
@@ -251,7 +296,7 @@ def run_with_backoff(
     """
     if batch.shape[0] == 0:
         return fn(batch, tile), BackoffSettings(0, tile)
-    size = max(batch.shape[-2:])
+    height, width = batch.shape[-2:]
     batch_size, cur_tile = batch.shape[0], tile
     outputs = []
     start = 0
@@ -265,7 +310,7 @@ def run_with_backoff(
             if chunk.shape[0] > 1:
                 batch_size = (chunk.shape[0] + 1) // 2
             else:
-                smaller = _smaller_tile(cur_tile, size, start_tile, min_tile)
+                smaller = _smaller_tile(cur_tile, height, width, start_tile, min_tile)
                 if smaller is None:
                     raise
                 cur_tile = smaller

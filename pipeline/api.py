@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from models import Registry, default_registry
-from pipeline import __version__, execute, incremental, manifest, runs, storage
+from pipeline import __version__, execute, generate, incremental, manifest, runs, storage
 from pipeline.job import Job
 from pipeline.lease import Lease
 from pipeline.planning import PlanSummary, iter_shards
@@ -36,7 +36,8 @@ class RunSummary:
 
 
 def _check_credentials(job: Job) -> None:
-    storage.check_credentials(job.input.uri, job.input.storage_options)
+    if job.input is not None:
+        storage.check_credentials(job.input.uri, job.input.storage_options)
     storage.check_credentials(job.output.uri, job.output.storage_options)
 
 
@@ -74,7 +75,7 @@ def _unfinished_run(job: Job, fingerprint: str, run_id: str | None = None) -> ru
         if record.fingerprint != fingerprint:
             raise ResumeError(f"run {run_id} was planned with other steps, params or weights than this job")
         return record
-    candidates = [r for r in records if r.status == "running" and r.fingerprint == fingerprint and r.input_uri == job.input.uri]
+    candidates = [r for r in records if r.status == "running" and r.fingerprint == fingerprint and r.input_uri == job.source_uri]
     return candidates[-1] if candidates else None
 
 
@@ -85,7 +86,7 @@ def _new_run(job: Job, fingerprint: str, run_id: str) -> runs.RunRecord:
         run_id=run_id,
         job_name=job.name,
         fingerprint=fingerprint,
-        input_uri=job.input.uri,
+        input_uri=job.source_uri,
         output_uri=out.uri,
         status="planning",
         started_at=runs.now(),
@@ -140,7 +141,7 @@ def run(
         record = _unfinished_run(job, fingerprint, resume_run_id) if resume or resume_run_id else None
         resumed = record is not None
         if record is None:
-            emit({"event": "planning", "input": storage.redact(job.input.uri)})
+            emit({"event": "planning", "input": storage.redact(job.source_uri)})
             record = _new_run(job, fingerprint, run_id)
         else:
             lease.rename(record.run_id)
@@ -160,8 +161,9 @@ def run(
 
         if todo:
             execute.connect(address)
-            ctx = execute.context_for(job, registry, record.run_id)
-            execute.execute(ctx, registry, todo, lambda r: emit({"event": "shard", **r.as_event()}), check=lease.check)
+            engine = generate if job.generate is not None else execute
+            ctx = engine.context_for(job, registry, record.run_id)
+            engine.execute(ctx, registry, todo, lambda r: emit({"event": "shard", **r.as_event()}), check=lease.check)
 
         table = manifest.read(out.uri, out.storage_options, record.run_id, columns=["status", "error_type", "stage", "input_uri"])
         counts = {d["values"]: d["counts"] for d in pc.value_counts(table["status"]).to_pylist()}

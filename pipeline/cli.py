@@ -14,7 +14,7 @@ import click
 from models import default_registry
 from pipeline import api, progress
 from pipeline.errors import explain
-from pipeline.job import Job, JobError, load_job
+from pipeline.job import GENERATION_TASK, Job, JobError, load_job
 from pipeline.lease import LeaseHeld
 
 EXIT_ERROR_ROWS = 3
@@ -36,7 +36,8 @@ def _load(path: str, input_uri: str | None, output_uri: str | None, mode: str | 
             click.echo(problem, err=True)
         sys.exit(EXIT_BAD_JOB)
     # Named in one-line errors (see _FriendlyGroup) when a storage error does not say which URI.
-    click.get_current_context().find_root().ensure_object(dict)["uris"] = {"input.uri": job.input.uri, "output.uri": job.output.uri}
+    uris = {"input.uri": job.input.uri} if job.input is not None else {}
+    click.get_current_context().find_root().ensure_object(dict)["uris"] = uris | {"output.uri": job.output.uri}
     return job
 
 
@@ -128,12 +129,19 @@ def plan(job_file: str, input_uri: str | None, output_uri: str | None, mode: str
     """List, diff and shard the inputs of JOB_FILE without running anything."""
     job = _load(job_file, input_uri, output_uri, mode)
     summary = api.plan(job)
+    if job.generate is not None:
+        click.echo(f"samples: {summary.listed} ({job.source_uri}; {_categories(summary.categories)})")
+        click.echo(f"to run:  {summary.inputs} in mode {job.mode}")
+        click.echo(f"shards:  {summary.shards} (shard_size {job.resources.shard_size})")
+        return
     click.echo(f"listed:  {summary.listed} images ({_categories(summary.categories)})")
     click.echo(f"inputs:  {summary.inputs} to run in mode {job.mode}")
     click.echo(f"shards:  {summary.shards} (shard_size {job.resources.shard_size})")
     click.echo(f"bytes:   {summary.bytes}")
     if summary.skipped_not_image:
         click.echo(f"skipped: {summary.skipped_not_image} files without an image extension (e.g. {summary.examples_skipped[0]})")
+    if summary.skipped_masks:
+        click.echo(f"masks:   {summary.skipped_masks} files matching input.mask (masks, not inputs)")
 
 
 @main.command()
@@ -165,6 +173,8 @@ def models() -> None:
 
 
 def _scale(entry) -> str:
+    if entry.task == GENERATION_TASK:
+        return "-"  # makes images from noise: no input to scale
     if entry.weights:
         return f"×{entry.weights.scale}"
     fields = entry.params.model_fields

@@ -9,6 +9,7 @@ import os
 
 from models.registry import UnknownModelError
 from models.weights import WeightsError
+from pipeline.job import ResourcesError
 from pipeline.storage import redact_text
 
 def _chain(exc: BaseException):
@@ -37,7 +38,7 @@ def explain(exc: BaseException, uris: dict[str, str] | None = None) -> str:
             return f"cannot reach the storage endpoint ({endpoint}): check the network, or AWS_ENDPOINT_URL for S3-compatible stores"
         if "AccessDenied" in text or "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text or isinstance(e, PermissionError):
             return f"access denied by the storage: the credentials in use may not read or write {where}"
-        if isinstance(e, (UnknownModelError, WeightsError)):
+        if isinstance(e, (UnknownModelError, WeightsError, ResourcesError)):
             return str(e)
         if isinstance(e, FileNotFoundError):
             return f"not found: {redact_text(str(e.filename or e))}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections import Counter
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterable
 
+import numpy as np
 import ray
 from ray.exceptions import (
     ActorUnavailableError,
@@ -33,8 +35,8 @@ from ray.exceptions import (
 from models import Registry
 from models.weights import WeightsError
 from pipeline import images, manifest, runs, storage
-from pipeline.inference import Chain, Result, pick_device, resize_plane
-from pipeline.job import Job, Resources
+from pipeline.inference import Chain, Masked, Result, pick_device, resize_plane
+from pipeline.job import Job, Resources, ResourcesError
 from pipeline.planning import output_rel_path
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,71 @@ def gpus_to_request(wanted: float) -> float:
     return 0
 
 
+def _field(job: Job, step: int, name: str) -> str:
+    """The job-file field that sets ``name`` for a step: its own override, or the job's."""
+    own = job.steps[step].resources if job.steps else None  # a generation job has the job's resources only
+    return f"steps[{step}].resources.{name}" if own is not None and getattr(own, name) is not None else f"resources.{name}"
+
+
+def check_resources(job: Job, steps: list[Resources]) -> None:
+    """Refuse, with one line naming the field, resources that can never be placed: the first
+    actors of every step and one shard task must fit the cluster, each actor on one node.
+    ``steps``: each step's resources, GPUs as they will be requested. An autoscaling
+    cluster may add what is missing, so it is not checked."""
+    if _autoscaling():
+        return
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    cpus, gpus = (sum(n.get(k, 0) for n in nodes) for k in ("CPU", "GPU"))
+    for i, r in enumerate(steps):
+        if not any(n.get("CPU", 0) >= r.cpus_per_actor and n.get("GPU", 0) >= r.gpus_per_actor for n in nodes):
+            most = max(n.get("CPU", 0) for n in nodes) if nodes else 0
+            raise ResourcesError(
+                f"{_field(job, i, 'cpus_per_actor')}={r.cpus_per_actor:g} (with gpus_per_actor={r.gpus_per_actor:g}) fits on no "
+                f"node of the cluster (the largest has {most:g} CPUs): lower it"
+            )
+    need_gpus = sum(r.actors.min * r.gpus_per_actor for r in steps)
+    if need_gpus > gpus:
+        i = max(range(len(steps)), key=lambda k: steps[k].actors.min * steps[k].gpus_per_actor)
+        raise ResourcesError(
+            f"{_field(job, i, 'gpus_per_actor')}={steps[i].gpus_per_actor:g}: the model actors need {need_gpus:g} GPUs, "
+            f"the cluster has {gpus:g}; lower it or {_field(job, i, 'actors')}"
+        )
+    need_cpus = sum(r.actors.min * r.cpus_per_actor for r in steps) + job.resources.cpus_per_task
+    if need_cpus > cpus:
+        i = max(range(len(steps)), key=lambda k: steps[k].actors.min * steps[k].cpus_per_actor)
+        raise ResourcesError(
+            f"{_field(job, i, 'cpus_per_actor')}={steps[i].cpus_per_actor:g}: the model actors and one shard task "
+            f"(resources.cpus_per_task={job.resources.cpus_per_task:g}) need {need_cpus:g} CPUs, the cluster has {cpus:g}, "
+            f"so no shard could ever start; lower it (torch threads are set apart: threads_per_actor)"
+        )
+
+
+def with_threads(steps: list[Resources]) -> list[Resources]:
+    """Each step's resources with ``threads_per_actor`` decided (``steps``: GPUs as requested).
+
+    Reserving CPUs and running threads are separate: a shard task reserves CPUs it mostly
+    spends waiting for the model, so on a node of N CPUs the actor reserving N − 1 would get
+    N − 1 threads while its model could use N. By default, on a one-node cluster that cannot
+    grow (a local run), a CPU actor gets the node's CPUs shared evenly among every step's
+    CPU actors (``actors.max``), and at least ``cpus_per_actor``; the shard tasks' decoding
+    and encoding then share the cores with the model's threads. Measured on 2 idle cores
+    (docs/benchmarks.md): 2 threads next to the shard task instead of 1 beside it made the
+    compute-bound run 18 % faster; on cores other processes keep busy, 1 thread can be faster
+    (set ``threads_per_actor``). Elsewhere (actors may share nodes in ways the driver does not
+    know) an actor runs ``cpus_per_actor`` threads, rounded up.
+    """
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU")]
+    node_cpus = int(nodes[0]["CPU"]) if len(nodes) == 1 and not _autoscaling() else 0
+    cpu_actors = sum(r.actors.max for r in steps if not r.gpus_per_actor)
+    out = []
+    for r in steps:
+        threads = r.threads_per_actor or max(1, math.ceil(r.cpus_per_actor))
+        if r.threads_per_actor is None and not r.gpus_per_actor and node_cpus:
+            threads = max(threads, node_cpus // cpu_actors)
+        out.append(r.model_copy(update={"threads_per_actor": threads}))
+    return out
+
+
 # Restarted without limit: a dead actor (OOM, segfault, a node lost) comes back with its
 # models; the calls it was running fail and are retried by the shard task (see _infer).
 @ray.remote(max_restarts=-1, max_task_retries=0)
@@ -77,23 +144,26 @@ class ModelActor:
     def __init__(self, registry: Registry, steps: list[dict], resources: Resources, want_gpu: bool):
         import torch
 
-        torch.set_num_threads(max(1, int(resources.cpus_per_actor)))
+        torch.set_num_threads(resources.threads_per_actor or max(1, int(resources.cpus_per_actor)))
         models = [registry.build(s["model"], s["params"]) for s in steps]
         for s, m in zip(steps, models):
             if s.get("weights_sha256") and m.weights_sha256 and m.weights_sha256 != s["weights_sha256"]:
                 planned, now = s["weights_sha256"], m.weights_sha256
                 raise WeightsError(f"{s['model']}: weights changed since the run was planned (sha256 {planned}, now {now})")
         device = pick_device(want_gpu)
-        self.chain = Chain(models, device, resources.batch_size, resources.tile, resources.tile_pad)
+        outscale = [s.get("outscale") for s in steps]
+        self.chain = Chain(models, device, resources.batch_size, resources.tile, resources.tile_pad, outscale)
 
     def ready(self) -> str:
         return str(self.chain.device)
 
     def infer(self, items: list) -> list[Result]:
-        """items: H×W×C arrays, or the previous step's Results (errors pass through)."""
+        """items: H×W×C arrays, Masked images, or the previous step's Results (errors pass
+        through; a Result carries its image's mask on)."""
         prior = [it if isinstance(it, Result) else None for it in items]
         todo = [i for i, p in enumerate(prior) if p is None or p.error is None]
-        outs = self.chain([items[i].pixels if prior[i] else items[i] for i in todo])
+        pixels = [items[i] if isinstance(items[i], np.ndarray) else items[i].pixels for i in todo]
+        outs = self.chain(pixels, [getattr(items[i], "known", None) for i in todo])
         results = list(prior)
         for i, out in zip(todo, outs):
             out.seconds += prior[i].seconds if prior[i] else 0.0
@@ -111,6 +181,7 @@ class ShardContext:
     models: list[str]
     weights_sha256: list[str]
     steps_json: str
+    needs_mask: bool = False  # a step takes a mask: read each input's mask with it
 
 
 @dataclass
@@ -118,6 +189,11 @@ class _Work:
     row: dict
     rel_path: str
     decoded: images.Decoded | None = None
+    known: np.ndarray | None = None  # H×W bool, True = known pixel; only when a step takes a mask
+
+    def model_input(self):
+        """What the first actor gets for this input: its pixels, with their mask if any."""
+        return self.decoded.pixels if self.known is None else Masked(self.decoded.pixels, self.known)
 
 
 @dataclass
@@ -143,6 +219,7 @@ def _base_row(ctx: ShardContext, item: dict, shard: int, attempt: int) -> dict:
         "input_size": item["size"],
         "input_etag": item["etag"],
         "input_mtime": item["mtime"],
+        "mask_uri": storage.redact(item["mask_uri"]) if ctx.needs_mask and item.get("mask_uri") else None,
         "steps": ctx.steps_json,
         "models": ctx.models,
         "weights_sha256": ctx.weights_sha256,
@@ -172,13 +249,34 @@ def _load(ctx: ShardContext, item: dict, shard: int, attempt: int) -> _Work:
         row.update(t_read=t1 - t0, t_decode=time.perf_counter() - t1)
         d = work.decoded
         row.update(width_in=d.width, height_in=d.height, mode_in=d.mode, format_in=d.format)
+        if ctx.needs_mask:
+            stage = "mask"
+            work.known = _load_mask(item.get("mask_uri"), d, opts, ctx.job.limits.max_pixels)
     except images.ImageError as exc:
         _fail(row, stage, exc.error_type, str(exc))
     except FileNotFoundError:
-        _fail(row, stage, "not_found", "input disappeared after planning")
+        if stage == "mask":
+            _fail(row, stage, "mask_not_found", f"no mask at {storage.redact(item['mask_uri'])}")
+        else:
+            _fail(row, stage, "not_found", "input disappeared after planning")
     except Exception as exc:
         _fail(row, stage, type(exc).__name__, str(exc) or repr(exc))
+    if row.get("status") == "error":
+        work.decoded = work.known = None  # nothing goes to the models
     return work
+
+
+def _load_mask(uri: str | None, image: images.Decoded, storage_options: dict, max_pixels: int) -> np.ndarray:
+    """An input's mask as H×W bool, True = known pixel (the model contract), from a file in
+    which any nonzero pixel (in any colour channel; alpha is ignored) marks a hole."""
+    if not uri:
+        raise images.ImageError("no_mask", "a step needs a mask and none was planned for this input (input.mask or a mask_uri column)")
+    decoded = images.decode(storage.read_bytes(uri, storage_options), max_pixels)  # EXIF rotation applied, as for the image
+    if (decoded.height, decoded.width) != (image.height, image.width):
+        raise images.ImageError(
+            "mask_size_mismatch", f"mask is {decoded.width}×{decoded.height}, image is {image.width}×{image.height}"
+        )
+    return ~decoded.pixels.any(axis=2)
 
 
 def _finish(ctx: ShardContext, works: list[_Work], results: list) -> None:
@@ -238,8 +336,9 @@ def _submit(chain: list, pixels: list):
     return ref
 
 
-def _infer(chain: list, works: list[_Work], ref) -> list[Result]:
-    """The last step's results for ``works``, surviving actor deaths.
+def _infer(chain: list, items: list, ref) -> list[Result]:
+    """The last step's results for ``items`` (what ``ref``'s call was given, one entry per image
+    or sample), surviving actor deaths.
 
     Ray restarts a dead actor but does not retry the calls it was running. A batch whose
     actor died is retried image by image; an image on which an actor dies
@@ -249,14 +348,14 @@ def _infer(chain: list, works: list[_Work], ref) -> list[Result]:
     try:
         return ray.get(ref)
     except RayActorError:
-        log.warning("a model actor died during a batch of %d; retrying image by image", len(works))
+        log.warning("a model actor died during a batch of %d; retrying image by image", len(items))
     results = []
-    for work in works:
+    for item in items:
         deaths = 0
         while deaths < CRASH_ATTEMPTS:
             _when_ready(chain)
             try:
-                results.append(ray.get(_submit(chain, [work.decoded.pixels]))[0])
+                results.append(ray.get(_submit(chain, [item]))[0])
                 break
             except RayActorError:  # includes ActorUnavailableError: it was alive when we called
                 deaths += 1
@@ -299,16 +398,23 @@ def process_shard(ctx: ShardContext, shard: int, attempt: int, chain: list) -> S
     for start in range(0, len(plan), batch_size):
         works = _load_all(ctx, plan[start : start + batch_size], shard, attempt)
         ready = [w for w in works if w.decoded is not None]
-        ref = _submit(chain, [w.decoded.pixels for w in ready]) if ready else None
+        ref = _submit(chain, [w.model_input() for w in ready]) if ready else None
         if pending is not None:  # the previous batch finished on the actors while we decoded this one
-            _finish(ctx, pending[0], _infer(chain, *pending))
+            _finish(ctx, pending[0], _infer(chain, [w.model_input() for w in pending[0]], pending[1]))
         done.extend(works)
         pending = (ready, ref) if ready else None
     if pending is not None:
-        _finish(ctx, pending[0], _infer(chain, *pending))
+        _finish(ctx, pending[0], _infer(chain, [w.model_input() for w in pending[0]], pending[1]))
 
+    return commit_shard(ctx, shard, sorted((w.row for w in done), key=lambda r: r["input_uri"]), started)
+
+
+def commit_shard(ctx: ShardContext, shard: int, rows: list[dict], started: float) -> ShardResult:
+    """Write a shard's manifest part (all its rows become visible at once) and count its rows;
+    ``started``: the task's ``time.perf_counter()`` at its start."""
+    out = ctx.job.output
     committed_at = datetime.now(timezone.utc)
-    rows = sorted((w.row | {"committed_at": committed_at} for w in done), key=lambda r: r["input_uri"])
+    rows = [row | {"committed_at": committed_at} for row in rows]
     manifest.write_part(manifest.part_uri(out.uri, ctx.run_id, shard), manifest.to_table(rows), out.storage_options)
     result = ShardResult(shard, seconds=time.perf_counter() - started)
     for row in rows:
@@ -327,19 +433,24 @@ def context_for(job: Job, registry: Registry, run_id: str) -> ShardContext:
         models=[s.model for s in job.steps],
         weights_sha256=[w or "" for w in weights],
         steps_json=json.dumps([s.model_dump() for s in job.steps], sort_keys=True),
+        needs_mask=any(registry.get(s.model).needs_mask for s in job.steps),
     )
 
 
 class _Pool:
     """One step's actors: starts with ``actors.min`` and adds one (up to ``actors.max``) whenever
     two shards per actor are in flight. On an autoscaling cluster a new actor that does not
-    fit yet stays pending, which is what makes the autoscaler add a node."""
+    fit yet stays pending, which is what makes the autoscaler add a node.
 
-    def __init__(self, registry: Registry, step, weights_sha256: str, resources: Resources):
+    ``actor_class`` is ``ModelActor``, or another actor class built the same way
+    (``registry, [spec], resources, want_gpu``), e.g. pipeline.generate's ``GeneratorActor``."""
+
+    def __init__(self, registry: Registry, step, weights_sha256: str, resources: Resources, actor_class=None):
         gpus = gpus_to_request(resources.gpus_per_actor)
+        actor_class = actor_class or ModelActor
         # The step carries the weights digest the manifest records; the actor refuses other weights.
         spec = step.model_dump() | {"weights_sha256": weights_sha256}
-        self._new = lambda: ModelActor.options(num_cpus=resources.cpus_per_actor, num_gpus=gpus).remote(
+        self._new = lambda: actor_class.options(num_cpus=resources.cpus_per_actor, num_gpus=gpus).remote(
             registry, [spec], resources, gpus > 0
         )
         self.need = {"CPU": resources.cpus_per_actor, "GPU": gpus}
@@ -350,10 +461,12 @@ class _Pool:
         free = ray.available_resources()
         return all(free.get(name, 0) >= amount for name, amount in self.need.items() if amount)
 
-    def grow_if_behind(self, inflight: int) -> None:
+    def grow_if_behind(self, inflight: int, leaves_room: Callable[["_Pool"], bool] = lambda pool: True) -> None:
         """Shards routed to an actor that can never be placed would wait forever, so without
-        an autoscaler the pool only grows into resources that are free now."""
-        if len(self.actors) < self.range.max and inflight >= 2 * len(self.actors) and (self._fits_now() or _autoscaling()):
+        an autoscaler the pool only grows into resources that are free now, and only where
+        ``leaves_room(self)`` says the actors would still leave a shard task room to run."""
+        behind = len(self.actors) < self.range.max and inflight >= 2 * len(self.actors)
+        if behind and (_autoscaling() or (self._fits_now() and leaves_room(self))):
             self.actors.append(self._new())
             log.info("added a model actor (%d of at most %d)", len(self.actors), self.range.max)
 
@@ -373,19 +486,55 @@ def execute(
     ``check`` is called between shards and may raise to stop the run (e.g. a lost lease).
     """
     res = ctx.job.resources
-    pools = [_Pool(registry, step, weights, res.for_step(step)) for step, weights in zip(ctx.job.steps, ctx.weights_sha256)]
-    ray.get([a.ready.remote() for pool in pools for a in pool.actors])  # a model that cannot load fails the run here, once
+    steps = [r.model_copy(update={"gpus_per_actor": gpus_to_request(r.gpus_per_actor)}) for r in map(res.for_step, ctx.job.steps)]
+    check_resources(ctx.job, steps)
+    steps = with_threads(steps)
+    pools = [_Pool(registry, step, weights, r) for step, weights, r in zip(ctx.job.steps, ctx.weights_sha256, steps)]
+    run_shards(ctx, pools, process_shard.options(num_cpus=res.cpus_per_task), shards, on_shard, check)
+
+
+def run_shards(
+    ctx,
+    pools: list[_Pool],
+    task,
+    shards: Iterable[int],
+    on_shard: Callable[[ShardResult], None] | None = None,
+    check: Callable[[], None] | None = None,
+) -> None:
+    """The driver loop shared by every kind of job: ``task.remote(ctx, shard, attempt, chain)``
+    (chain: one actor per pool) for each shard, at most ``max_inflight_shards`` in flight,
+    failed shards retried up to SHARD_ATTEMPTS times; the pools' actors are killed at the end."""
+    res = ctx.job.resources
     max_inflight = res.max_inflight_shards or 2 * max(pool.range.max for pool in pools)
     inflight: dict = {}  # ObjectRef → (shard, attempt)
-    task = process_shard.options(num_cpus=res.cpus_per_task)
+
+    def leaves_room(growing: _Pool) -> bool:
+        # Counted from the actors the pools hold, not from what Ray shows free: actors still
+        # starting are not placed yet, and actors taking every CPU would starve the shard tasks.
+        total = ray.cluster_resources()
+        held = Counter()
+        for pool in pools:
+            for name, amount in pool.need.items():
+                held[name] += amount * len(pool.actors)
+        return held["CPU"] + growing.need["CPU"] + res.cpus_per_task <= total.get("CPU", 0) and (
+            held["GPU"] + growing.need["GPU"] <= total.get("GPU", 0)
+        )
 
     def submit(shard: int, attempt: int) -> None:
         for pool in pools:
-            pool.grow_if_behind(len(inflight))
+            pool.grow_if_behind(len(inflight), leaves_room)
         ref = task.remote(ctx, shard, attempt, [pool.pick(shard) for pool in pools])
         inflight[ref] = (shard, attempt)
 
+    # The first shards are submitted while the actors start, so that the shard workers start
+    # (and import) at the same time; their first batches wait on the actors.
+    starting = [a.ready.remote() for pool in pools for a in pool.actors]
+
     def collect_one() -> None:
+        nonlocal starting
+        if starting:
+            ray.get(starting)  # a model that cannot load fails the run here, once
+            starting = []
         [ref], _ = ray.wait(list(inflight), num_returns=1)
         if check:
             check()
@@ -408,6 +557,8 @@ def execute(
             submit(shard, 1)
         while inflight:
             collect_one()
+        if starting:  # no shard to run: a model that cannot load still fails the run
+            ray.get(starting)
     finally:
         for pool in pools:
             for actor in pool.actors:

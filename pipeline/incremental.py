@@ -9,7 +9,7 @@ job's fingerprint (same steps, params, weights and output format):
 - ``new``: the URI never appears.
 
 A version is the object's ETag, else ``size:mtime``. Inputs whose version is unknown at
-planning time (list files without size/etag columns) match on URI alone.
+planning time (list files without size/etag columns, generation samples) match on URI alone.
 
 Modes: ``incremental`` runs new + changed + failed, ``retry-errors`` runs failed only,
 ``overwrite`` runs everything. All of it is Arrow compute over key columns: no Python
@@ -18,7 +18,7 @@ object per row, so it scales to manifests of millions of rows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -42,6 +42,7 @@ class History:
     ok_uris: pa.Array
     error_keys: pa.Array
     seen_uris: pa.Array
+    error_uris: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))  # for inputs of unknown version
 
     @classmethod
     def empty(cls) -> "History":
@@ -61,6 +62,7 @@ def load_history(output_uri: str, fingerprint: str, storage_options: dict | None
         ok_uris=pc.unique(same["input_uri"].filter(ok)),
         error_keys=pc.unique(pc.drop_null(keys.filter(pc.invert(ok)))),
         seen_uris=pc.unique(table["input_uri"]),
+        error_uris=pc.unique(same["input_uri"].filter(pc.invert(ok))),
     )
 
 
@@ -73,7 +75,13 @@ def classify(plan: pa.Table, history: History) -> pa.Array:
         pc.fill_null(pc.is_in(keys, value_set=history.ok_keys), False),
         pc.and_(unknown_version, pc.is_in(uris, value_set=history.ok_uris)),
     )
-    failed = pc.and_(pc.invert(unchanged), pc.fill_null(pc.is_in(keys, value_set=history.error_keys), False))
+    failed = pc.and_(
+        pc.invert(unchanged),
+        pc.or_(
+            pc.fill_null(pc.is_in(keys, value_set=history.error_keys), False),
+            pc.and_(unknown_version, pc.is_in(uris, value_set=history.error_uris)),
+        ),
+    )
     seen = pc.is_in(uris, value_set=history.seen_uris)
     return pc.if_else(unchanged, "unchanged", pc.if_else(failed, "failed", pc.if_else(seen, "changed", "new")))
 

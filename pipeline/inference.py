@@ -2,8 +2,16 @@
 
 Images of the same size and dtype are stacked into batches of ``batch_size``. A gray
 image goes through a 3-channel model as three equal channels and comes back as their
-mean; a failing batch is retried image by image so one bad image cannot fail its
-neighbours.
+mean (unless a model makes colour, ``ImageModel.colour_out``); a failing batch is retried
+image by image so one bad image cannot fail its neighbours.
+
+Masks (inpainting). An image may come with a mask, H×W bool, True = known pixel. Only
+models with ``needs_mask`` see it, as an extra last channel (1 = known, 0 = hole), resized
+with nearest-neighbour to the size the image has reached in the chain, and sliced into
+tiles with the image. Known pixels are pasted back from the model's own input afterwards.
+
+Outscale. A model may be followed by a Lanczos-3 resize of its output to its input size ×
+``outscale`` (Real-ESRGAN's ``--outscale``: e.g. a ×4 network used for ×2).
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from models import ImageModel
 from models.resample import resize
@@ -22,12 +31,24 @@ from models.tiling import run_with_backoff, tiled_forward
 
 @dataclass
 class Result:
-    """pixels: H'×W'×C, same dtype and C as the input; or error set (pixels None)."""
+    """pixels: H'×W'×C, same dtype and C as the input (C = 3 for a gray input after a
+    ``colour_out`` model); or error set (pixels None). ``known``: the image's mask, if it had
+    one, carried on for later steps (at the input's size)."""
 
     pixels: np.ndarray | None
     seconds: float
     error: str | None = None
     error_type: str = "model_error"
+    known: np.ndarray | None = None
+
+
+@dataclass
+class Masked:
+    """An image with its inpainting mask. pixels: H×W×C uint8/uint16; known: H×W bool,
+    True = known pixel to keep, False = hole to fill."""
+
+    pixels: np.ndarray
+    known: np.ndarray
 
 
 def pick_device(want_gpu: bool) -> torch.device:
@@ -35,18 +56,29 @@ def pick_device(want_gpu: bool) -> torch.device:
 
 
 class Chain:
-    """Models applied in order. ``__call__`` maps a list of H×W×C uint8/uint16 arrays to Results.
+    """Models applied in order. ``__call__`` maps a list of H×W×C uint8/uint16 arrays (and
+    optionally one mask per image, see the module docstring) to Results.
 
     Pixels stay on the CPU; each model sees one tile of at most (tile + 2·tile_pad)² pixels
     per image on the device at a time (``tile=0``: whole images). On out-of-memory errors the
     batch, then the tile, is halved (models.tiling.run_with_backoff) and the smaller
-    settings are kept for later batches.
+    settings are kept for later batches. ``outscale``: per model, None or the output/input
+    size ratio its output is resized to.
     """
 
     def __init__(
-        self, models: Sequence[ImageModel], device: torch.device, batch_size: int, tile: int = 0, tile_pad: int = 16
+        self,
+        models: Sequence[ImageModel],
+        device: torch.device,
+        batch_size: int,
+        tile: int = 0,
+        tile_pad: int = 16,
+        outscale: Sequence[float | None] | None = None,
     ):
         self.models = list(models)
+        self.outscale = list(outscale) if outscale is not None else [None] * len(self.models)
+        if len(self.outscale) != len(self.models):
+            raise ValueError(f"{len(self.outscale)} outscale values for {len(self.models)} models")
         self.device = device
         self.batch_size = batch_size
         self.tile = tile
@@ -58,7 +90,9 @@ class Chain:
             if device.type == "cuda":
                 m.module.to(memory_format=torch.channels_last)
 
-    def __call__(self, images: Sequence[np.ndarray]) -> list[Result]:
+    def __call__(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray | None] | None = None) -> list[Result]:
+        """masks: None, or one H×W bool array (True = known) or None per image."""
+        masks = list(masks) if masks is not None else [None] * len(images)
         results: list[Result | None] = [None] * len(images)
         groups: dict[tuple, list[int]] = {}
         for i, img in enumerate(images):
@@ -66,43 +100,113 @@ class Chain:
         for indices in groups.values():
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
-                for i, result in zip(chunk, self._run_isolating([images[i] for i in chunk])):
+                outs = self._run_isolating([images[i] for i in chunk], [masks[i] for i in chunk])
+                for i, result in zip(chunk, outs):
+                    result.known = masks[i]
                     results[i] = result
         return results  # type: ignore[return-value]
 
-    def _run_isolating(self, batch: list[np.ndarray]) -> list[Result]:
+    def _run_isolating(self, batch: list[np.ndarray], masks: list[np.ndarray | None]) -> list[Result]:
         try:
             t0 = time.perf_counter()
-            outs = self.forward(batch)
+            outs = self.forward(batch, masks)
             share = (time.perf_counter() - t0) / len(batch)
             return [Result(o, share) for o in outs]
         except Exception as exc:
             if len(batch) == 1:
                 return [Result(None, 0.0, f"{type(exc).__name__}: {exc}")]
-            return [r for img in batch for r in self._run_isolating([img])]
+            return [r for img, mask in zip(batch, masks) for r in self._run_isolating([img], [mask])]
 
-    def _apply(self, model: ImageModel, x: torch.Tensor, tile: int) -> torch.Tensor:
-        """One model over a CPU batch; returns a CPU float32 batch."""
+    def _apply(
+        self, model: ImageModel, x: torch.Tensor, tile: int, out: torch.Tensor | None = None, finish=None, peak: float | None = None
+    ) -> torch.Tensor:
+        """One model over a CPU batch; returns a CPU float32 batch, or fills ``out`` with
+        ``finish`` of it and returns ``out``. ``peak``: ``x`` holds integer levels 0…peak, turned
+        into [0, 1] tile by tile (see models.tiling.tiled_forward)."""
         with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.half):
             if tile and float(model.scale).is_integer():
-                return tiled_forward(model.module, x, int(model.scale), tile, self.tile_pad, self.device)
-            return model.module(x.to(self.device)).float().cpu()
+                return tiled_forward(
+                    model.module, x, int(model.scale), tile, self.tile_pad, self.device, out=out, finish=finish, peak=peak
+                )
+            x = x.to(self.device)
+            y = model.module(x.float().div_(peak) if peak else x).float().cpu()
+        if out is None:
+            return y
+        out[...] = finish(y)
+        return out
 
     @torch.inference_mode()
-    def forward(self, batch: list[np.ndarray]) -> list[np.ndarray]:
-        """Same-shape arrays → processed arrays (same dtype and channel count)."""
+    def forward(self, batch: list[np.ndarray], masks: Sequence[np.ndarray | None] | None = None) -> list[np.ndarray]:
+        """Same-shape arrays (+ optional same-size H×W bool masks, True = known) → processed
+        arrays (same dtype; same channel count unless a model makes colour)."""
         dtype = batch[0].dtype
         peak = float(np.iinfo(dtype).max)
-        x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float() / peak
-        channels = x.shape[1]
-        for model in self.models:
+        pixels = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)  # integer levels, channels-first view
+        channels = pixels.shape[1]
+        x = None  # the batch as floats in [0, 1], made only when a model needs it so
+        for i, (model, outscale) in enumerate(zip(self.models, self.outscale)):
+            last = i == len(self.models) - 1
+            if last and dtype == np.uint8 and outscale is None and not (model.needs_mask or model.colour_out):
+                source, source_peak = (pixels, peak) if x is None else (x, None)
+                if source.shape[1] == channels == model.channels:
+                    # The last model writes 8-bit levels straight into the result, one finished run
+                    # of rows at a time, and (as the first) reads its input levels tile by tile: no
+                    # float copy of its input or output exists whole (4 bytes a sample, and as many
+                    # again for each conversion), which is what big images run out of.
+                    height, width = source.shape[-2:]
+                    levels = torch.empty(source.shape[0], *model.output_size(height, width), channels, dtype=torch.uint8)
+                    finish = lambda y: y.mul_(peak).clamp_(0, peak).round_()  # noqa: E731
+                    self._run(model, source, out=levels.permute(0, 3, 1, 2), finish=finish, peak=source_peak)
+                    return [a.numpy() for a in levels]
+            if x is None:
+                x = pixels.float() / peak
+            height, width = x.shape[-2:]
             x = _match_channels(x, model.channels)
-            x, settings = run_with_backoff(lambda b, t, m=model: self._apply(m, b, t), x, self.tile)
-            self.tile = settings.tile
-            self.batch_size = min(self.batch_size, settings.batch_size)
-        x = _match_channels(x.float(), channels).clamp(0, 1)
-        out = (x * peak).round().to(torch.int32 if dtype == np.uint16 else torch.uint8)
+            x = self._apply_masked(model, x, masks) if model.needs_mask else self._run(model, x)
+            if outscale is not None:
+                x = resize(x.float(), round(height * outscale), round(width * outscale), "lanczos").clamp(0, 1)
+            if model.colour_out:
+                channels = 3
+        # One full-size float temporary, then in place: each extra one costs as much as a
+        # fast model's whole pass on large images (page faults of a fresh allocation).
+        x = _match_channels(x.float(), channels).mul(peak).clamp_(0, peak).round_()
+        out = x.to(torch.int32 if dtype == np.uint16 else torch.uint8)
         return [a.astype(dtype) for a in out.permute(0, 2, 3, 1).numpy()]
+
+    def _run(
+        self, model: ImageModel, x: torch.Tensor, out: torch.Tensor | None = None, finish=None, peak: float | None = None
+    ) -> torch.Tensor:
+        """One model over a CPU batch, backing off on out-of-memory errors; into ``out`` if given
+        (see _apply)."""
+        done = 0  # images of the batch already in ``out``
+
+        def into_out(b: torch.Tensor, t: int) -> torch.Tensor:
+            nonlocal done
+            self._apply(model, b, t, out[done : done + len(b)], finish, peak)
+            done += len(b)
+            return b.new_empty(len(b), 0)  # the pixels are in ``out``: nothing to concatenate
+
+        # A model with tiling=False starts whole; only running out of memory tiles it.
+        start = self.tile if model.tiling else 0
+        fn = into_out if out is not None else (lambda b, t: self._apply(model, b, t))
+        x, settings = run_with_backoff(fn, x, start)
+        if model.tiling:
+            self.tile = settings.tile
+        self.batch_size = min(self.batch_size, settings.batch_size)
+        return x if out is None else out
+
+    def _apply_masked(self, model: ImageModel, x: torch.Tensor, masks: Sequence[np.ndarray | None] | None) -> torch.Tensor:
+        """A ``needs_mask`` model over a CPU batch: the mask rides along as the last channel."""
+        if masks is None or any(m is None for m in masks):
+            raise ValueError(f"{model.name} needs a mask (input.mask or a mask_uri column) and this image has none")
+        known = torch.from_numpy(np.stack(masks)).float()[:, None]
+        if known.shape[-2:] != x.shape[-2:]:  # an earlier step resized the image
+            known = F.interpolate(known, size=x.shape[-2:], mode="nearest")
+        y = self._run(model, torch.cat([x, known], dim=1))
+        if y.shape[-2:] == x.shape[-2:]:
+            # fp16 and the feathered tile blend can each move a known pixel by a rounding error.
+            y = torch.where(known > 0, x, y.float())
+        return y
 
 
 def _match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:

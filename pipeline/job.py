@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import string
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from models import Registry
 from models.registry import UnknownModelError
 
+GENERATION_TASK = "generation"  # registry task of models that make images instead of transforming them
 SECRET_KEYS = {"key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key", "aws_session_token"}
 
 
@@ -34,11 +37,44 @@ def _no_inline_secrets(options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+MASK_PLACEHOLDERS = ("stem", "name")
+
+
+def _mask_pattern(pattern: str | None) -> str | None:
+    """A mask file pattern: relative to the image's folder, with {stem} and/or {name}."""
+    if pattern is None:
+        return None
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None]
+    except ValueError as exc:
+        raise ValueError(f"not a valid pattern ({exc})") from None
+    unknown = sorted({f for f in fields if f not in MASK_PLACEHOLDERS})
+    if unknown:
+        raise ValueError(f"unknown placeholder(s) {', '.join('{' + f + '}' for f in unknown)}; use {{stem}} or {{name}}")
+    if not fields:
+        raise ValueError("needs {stem} or {name}, e.g. {stem}_mask.png: each image has its own mask")
+    if re.fullmatch(r"\{(stem|name)\}(\.[^./{}]*)?", pattern):
+        raise ValueError("would name the images themselves; add a suffix or a folder, e.g. {stem}_mask.png")
+    parts = pattern.split("/")
+    if "://" in pattern or pattern.startswith("/") or "\\" in pattern or any(p in ("", ".", "..") for p in parts):
+        raise ValueError("must be a path relative to the image's folder, without . or .. segments")
+    return pattern
+
+
 class InputSpec(Strict):
-    uri: str = Field(description="prefix, glob (s3://b/**/*.jpg) or list file (.parquet/.csv/.jsonl with a `uri` column)")
+    uri: str = Field(
+        description="prefix, glob (s3://b/**/*.jpg) or list file (.parquet/.csv/.jsonl with a `uri` column, optional `mask_uri`)"
+    )
+    mask: str | None = Field(
+        None,
+        description="inpainting masks: a file next to each image, e.g. `{stem}_mask.png` ({stem}: the image's name without "
+        "extension, {name}: with it; a subfolder such as `masks/{stem}.png` works too); nonzero pixel = hole. "
+        "Files matching the pattern are never inputs. A list file's `mask_uri` column takes precedence",
+    )
     storage_options: dict[str, Any] = Field(default_factory=dict, description="passed to fsspec")
 
     _check_secrets = field_validator("storage_options")(_no_inline_secrets)
+    _check_mask = field_validator("mask")(_mask_pattern)
 
 
 class OutputSpec(Strict):
@@ -71,6 +107,7 @@ class StepResources(Strict):
     actors: ActorRange | None = Field(None, description="actors for this step: a number, or {min, max}")
     gpus_per_actor: float | None = Field(None, ge=0, description="fractions share a GPU, e.g. 0.25 = 4 actors per GPU")
     cpus_per_actor: float | None = Field(None, gt=0)
+    threads_per_actor: int | None = Field(None, ge=1)
 
     _range = field_validator("actors", mode="before")(_actor_range)
 
@@ -79,6 +116,31 @@ class StepSpec(Strict):
     model: str = Field(description="a registry name (see `darkroom models`)")
     params: dict[str, Any] = Field(default_factory=dict, description="the model's params (see `darkroom models`), e.g. {scale: 2}")
     resources: StepResources | None = Field(None, description="this step's actor pool, if not the job's")
+    outscale: float | None = Field(
+        None,
+        gt=0,
+        le=16,
+        description="resize this step's output to its input size × outscale (Lanczos-3), e.g. 2 after a ×4 model; "
+        "null = the model's own scale",
+    )
+
+
+class GenerateSpec(Strict):
+    """A generation job: ``samples`` images from one generative model, sample ``i`` seeded by (seed, i)."""
+
+    model: str = Field(description="a registry name of task `generation` (see `darkroom models`)")
+    params: dict[str, Any] = Field(default_factory=dict, description="the model's params, e.g. {sampler: ddim, steps: 50}")
+    samples: int = Field(ge=1, description="how many images: sample indices start … start + samples - 1")
+    seed: int = Field(ge=0, le=2**63 - 1, description="the job seed; sample i draws all its noise from a generator seeded by (seed, i)")
+    start: int = Field(0, ge=0, description="first sample index (a later job can extend a range without redoing it)")
+    class_label: int | None = Field(
+        None, ge=0, description="class of every sample, for class-conditional models (refused for unconditional ones)"
+    )
+
+    @property
+    def uri_prefix(self) -> str:
+        """Sample ``i``'s input_uri is ``<uri_prefix><i>``."""
+        return f"generate://{self.model}/{self.seed}/"
 
 
 class Resources(Strict):
@@ -87,7 +149,13 @@ class Resources(Strict):
         description="model actors per step: a number, or {min, max} to grow while shards wait (one per GPU when GPUs exist)",
     )
     gpus_per_actor: float = Field(0, ge=0, description="GPUs each actor reserves; 0 runs on CPU; fractions share a GPU")
-    cpus_per_actor: float = Field(1, gt=0, description="CPUs each actor reserves (torch threads)")
+    cpus_per_actor: float = Field(1, gt=0, description="CPUs each actor reserves in Ray's accounting")
+    threads_per_actor: int | None = Field(
+        None,
+        ge=1,
+        description="torch threads of each actor; default: on a one-node cluster that cannot grow, the node's CPUs "
+        "shared among the CPU actors (at least cpus_per_actor), else cpus_per_actor rounded up",
+    )
     cpus_per_task: float = Field(1, gt=0, description="CPUs each shard task reserves (read, decode, encode, write)")
     batch_size: int = Field(4, ge=1, description="images per forward pass")
     tile: int = Field(512, ge=0, description="tile size in input pixels for the models; 0 = whole images")
@@ -114,20 +182,61 @@ class Job(Strict):
         "incremental",
         description="incremental: skip inputs already done by this pipeline; retry-errors: only inputs that failed; overwrite: all",
     )
-    input: InputSpec = Field(description="what to read")
+    input: InputSpec | None = Field(None, description="what to read (restoration jobs, with `steps`)")
     output: OutputSpec = Field(description="where images, manifest/ and _darkroom/ go")
-    steps: list[StepSpec] = Field(min_length=1, description="models applied in order to each image")
+    steps: list[StepSpec] | None = Field(None, min_length=1, description="models applied in order to each image (restoration jobs)")
+    generate: GenerateSpec | None = Field(None, description="what to generate (generation jobs, instead of `input` + `steps`)")
     resources: Resources = Field(default_factory=Resources, description="actors, GPUs, CPUs, batching, sharding")
     limits: Limits = Field(default_factory=Limits, description="per-input limits, checked before decoding")
 
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Job":
+        """A job restores (``input`` + ``steps``) or generates (``generate``); parse_job reports
+        these problems at the field concerned (see ``_kind_field``)."""
+        if self.generate is not None:
+            if self.input is not None or self.steps is not None:
+                raise ValueError("a job has `generate` (generation) or `input` + `steps` (restoration), not both")
+        elif self.input is None and self.steps is None:
+            raise ValueError("a job needs `input` + `steps` (restoration) or `generate` (generation)")
+        elif self.input is None:
+            raise ValueError("required with `steps` (what to read); a generation job has `generate` instead")
+        elif self.steps is None:
+            raise ValueError("required with `input` (the models to apply); a generation job has `generate` instead")
+        return self
+
+    @property
+    def source_uri(self) -> str:
+        """What a run reads, as run records show it: ``input.uri``, or for a generation job
+        ``generate://<model>/<seed>/<start>-<last index>``."""
+        if self.generate is not None:
+            g = self.generate
+            return f"{g.uri_prefix}{g.start}-{g.start + g.samples - 1}"
+        return self.input.uri
+
     def fingerprint(self, registry: Registry) -> str:
-        """Digest of everything that decides an output's pixels (steps, weights, format)."""
-        steps = []
-        for step in self.steps:
-            weights = registry.get(step.model).weights_sha256(step.params)
-            steps.append({"model": step.model, "params": step.params, "weights_sha256": weights})
-        blob = json.dumps({"steps": steps, "format": self.output.format, "quality": self.output.quality}, sort_keys=True)
+        """Digest of everything that decides an output's pixels (steps or generator, weights,
+        seed, class label, format). The sample range is not part of it: samples that another
+        run of the same generator and seed committed count as done."""
+        if self.generate is not None:
+            g = self.generate
+            weights = registry.get(g.model).weights_sha256(g.params)
+            what: dict = {
+                "generate": {"model": g.model, "params": g.params, "weights_sha256": weights, "seed": g.seed, "class_label": g.class_label}
+            }
+        else:
+            steps = []
+            for step in self.steps:
+                weights = registry.get(step.model).weights_sha256(step.params)
+                outscale = {"outscale": step.outscale} if step.outscale is not None else {}
+                steps.append({"model": step.model, "params": step.params, "weights_sha256": weights} | outscale)
+            what = {"steps": steps} | ({"mask": self.input.mask} if self.input.mask else {})
+        blob = json.dumps(what | {"format": self.output.format, "quality": self.output.quality}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class ResourcesError(ValueError):
+    """The job's resources can never be placed on the cluster it runs on; the message is one
+    line naming the field to change. (Without this check such a run waits forever.)"""
 
 
 class JobError(ValueError):
@@ -171,17 +280,83 @@ def _step_problems(steps: Any, registry: Registry, source: str, root: yaml.Node 
         except UnknownModelError as exc:
             problems.append(f"{_where(source, root, ('steps', i, 'model'))}: {exc}")
             continue
-        params = step.get("params") or {}
-        if not isinstance(params, dict):
+        if entry.task == GENERATION_TASK:
+            problems.append(f"{_where(source, root, ('steps', i, 'model'))}: {entry.name} generates images: use it under `generate:`, not in `steps`")
             continue
-        try:
-            entry.validate_params(params)
-        except ValidationError as exc:
-            for err in exc.errors():
-                loc = ("steps", i, "params", *err["loc"])
-                msg = "unknown param" if err["type"] == "extra_forbidden" else err["msg"]
-                problems.append(f"{_where(source, root, loc)}: {msg}")
+        problems += _param_problems(entry, step.get("params"), ("steps", i, "params"), source, root)
     return problems
+
+
+def _mask_problems(data: dict, registry: Registry, source: str, root: yaml.Node | None) -> list[str]:
+    """A step whose model needs a mask needs a mask source: ``input.mask`` or a list file
+    (whose ``mask_uri`` column is only seen when it is read)."""
+    spec = data.get("input")
+    if not isinstance(spec, dict) or spec.get("mask") or not isinstance(spec.get("uri"), str):
+        return []
+    from pipeline.planning import is_list_file  # planning imports this module
+
+    if is_list_file(spec["uri"]):
+        return []
+    problems = []
+    for i, step in enumerate(data.get("steps") if isinstance(data.get("steps"), list) else []):
+        try:
+            entry = registry.get(step["model"]) if isinstance(step, dict) and isinstance(step.get("model"), str) else None
+        except UnknownModelError:
+            continue
+        if entry is not None and entry.needs_mask:
+            problems.append(
+                f"{_where(source, root, ('steps', i, 'model'))}: {entry.name} fills holes given a mask: set input.mask "
+                "(e.g. \"{stem}_mask.png\") or use a list file with a mask_uri column"
+            )
+    return problems
+
+
+def _param_problems(entry, params: Any, loc: tuple, source: str, root: yaml.Node | None) -> list[str]:
+    if not isinstance(params or {}, dict):
+        return []  # pydantic reports the type
+    try:
+        entry.validate_params(params or {})
+    except ValidationError as exc:
+        return [
+            f"{_where(source, root, (*loc, *err['loc']))}: {'unknown param' if err['type'] == 'extra_forbidden' else err['msg']}"
+            for err in exc.errors()
+        ]
+    return []
+
+
+def _generate_problems(data: dict, registry: Registry, source: str, root: yaml.Node | None) -> list[str]:
+    """The generator's name, task, params and class label, checked against the registry."""
+    spec = data.get("generate")
+    if not isinstance(spec, dict) or not isinstance(spec.get("model"), str):
+        return []
+    where = lambda *loc: _where(source, root, ("generate", *loc))  # noqa: E731
+    try:
+        entry = registry.get(spec["model"])
+    except UnknownModelError as exc:
+        return [f"{where('model')}: {exc}"]
+    if entry.task != GENERATION_TASK:
+        known = ", ".join(e.name for e in registry.entries() if e.task == GENERATION_TASK) or "none registered"
+        return [f"{where('model')}: {entry.name} is a {entry.task} model, not a generation model (generation models: {known})"]
+    problems = _param_problems(entry, spec.get("params"), ("generate", "params"), source, root)
+    label = spec.get("class_label")
+    if isinstance(label, int) and entry.num_classes == 0:
+        problems.append(f"{where('class_label')}: {entry.name} is unconditional: it takes no class_label")
+    elif isinstance(label, int) and entry.num_classes and label >= entry.num_classes:
+        problems.append(f"{where('class_label')}: must be < {entry.num_classes} ({entry.name} has {entry.num_classes} classes)")
+    output = data.get("output")
+    if isinstance(output, dict) and output.get("format") == "same":
+        fmt_loc = _where(source, root, ("output", "format"))
+        problems.append(f"{fmt_loc}: `same` follows an input's format; a generation job has none (use png, jpeg or webp)")
+    return problems
+
+
+def _kind_field(data: dict) -> tuple:
+    """Where a problem found by Job._one_kind is reported: the field that is extra or missing."""
+    if "generate" in data:
+        return ("generate",)
+    if "input" in data or "steps" in data:
+        return ("steps",) if "input" in data else ("input",)
+    return ()
 
 
 def parse_job(data: Any, registry: Registry, source: str = "<job>", root: yaml.Node | None = None) -> Job:
@@ -198,8 +373,12 @@ def parse_job(data: Any, registry: Registry, source: str = "<job>", root: yaml.N
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
+            elif not loc and err["type"] == "value_error":  # Job._one_kind
+                loc = _kind_field(data)
             problems.append(f"{_where(source, root, loc)}: {msg}")
     problems += _step_problems(data.get("steps"), registry, source, root)
+    problems += _mask_problems(data, registry, source, root)
+    problems += _generate_problems(data, registry, source, root)
     if problems or job is None:
         raise JobError(problems)
     return job

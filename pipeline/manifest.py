@@ -27,6 +27,7 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("input_size", pa.int64()),
         pa.field("input_etag", pa.string()),
         pa.field("input_mtime", pa.float64()),
+        pa.field("mask_uri", pa.string()),  # the inpainting mask used; null when no step takes one
         pa.field("output_uri", pa.string()),  # null for error rows
         pa.field("width_in", pa.int32()),
         pa.field("height_in", pa.int32()),
@@ -38,11 +39,17 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("steps", pa.string(), nullable=False),  # JSON: [{"model": …, "params": {…}}, …]
         pa.field("models", pa.list_(pa.string()), nullable=False),
         pa.field("weights_sha256", pa.list_(pa.string()), nullable=False),  # "" for steps without weights
-        pa.field("fingerprint", pa.string(), nullable=False),  # digest of steps + weights + output format
+        pa.field("fingerprint", pa.string(), nullable=False),  # digest of steps (or generator + seed + class) + weights + output format
+        # Generation rows (null on restoration rows); their input_uri is generate://<model>/<seed>/<sample_index>.
+        pa.field("seed", pa.int64()),  # the job seed
+        pa.field("sample_index", pa.int64()),  # the sample's noise comes from (seed, sample_index) alone
+        pa.field("sampler", pa.string()),  # ddpm | ddim | gan | vae
+        pa.field("sampler_steps", pa.int32()),  # network evaluations per sample
+        pa.field("class_label", pa.int32()),  # null for unconditional samples
         pa.field("status", pa.string(), nullable=False),  # ok | error
         pa.field("error_type", pa.string()),
         pa.field("error_message", pa.string()),
-        pa.field("stage", pa.string()),  # where an error happened: read | decode | model | encode | write
+        pa.field("stage", pa.string()),  # where an error happened: read | decode | mask | model | encode | write
         pa.field("t_read", pa.float64()),  # seconds per stage, per image
         pa.field("t_decode", pa.float64()),
         pa.field("t_model", pa.float64()),  # the image's share of its batch's forward time

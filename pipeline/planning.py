@@ -4,6 +4,10 @@ A shard is a contiguous run of ``shard_size`` inputs in listing order (S3 key or
 sorted walk elsewhere) and the unit of commit. The listing is streamed: the driver holds
 at most one shard's worth of entries as Python objects at a time, and each finished shard
 becomes an Arrow table (PLAN_SCHEMA) that is handed on and then dropped.
+
+A generation job's "inputs" are its sample indices ``start … start + samples - 1``, planned the
+same way (GENERATION_PLAN_SCHEMA: PLAN_SCHEMA plus ``sample_index``), so the incremental diff,
+the recorded plan and resume work unchanged.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.images import FORMAT_EXTENSIONS, IMAGE_EXTENSIONS
-from pipeline.job import InputSpec, Job
+from pipeline.job import GenerateSpec, InputSpec, Job
 
 DIFF_ROWS = 262_144  # listed inputs per incremental-diff call
 LIST_FILE_EXTENSIONS = (".parquet", ".csv", ".jsonl", ".ndjson")
@@ -33,9 +37,13 @@ PLAN_SCHEMA = pa.schema(
         pa.field("size", pa.int64()),  # null when a list file did not say
         pa.field("etag", pa.string()),
         pa.field("mtime", pa.float64()),  # seconds since the epoch
+        pa.field("mask_uri", pa.string()),  # the inpainting mask of this input; null without one
     ]
 )
+# Generation: input_uri = generate://<model>/<seed>/<index>, rel_path = <index:08d>; no size, etag or mtime.
+GENERATION_PLAN_SCHEMA = PLAN_SCHEMA.append(pa.field("sample_index", pa.int64(), nullable=False))
 _UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
+_REGEX_SPECIAL = set(".^$*+?()[]{}|-")
 
 
 @dataclass
@@ -53,6 +61,7 @@ class PlanSummary:
     shards: int = 0
     bytes: int = 0
     skipped_not_image: int = 0
+    skipped_masks: int = 0  # files matching input.mask: masks, not inputs
     examples_skipped: list[str] = field(default_factory=list)
     categories: dict[str, int] = field(default_factory=dict)  # new / changed / unchanged / failed
 
@@ -84,6 +93,26 @@ def output_rel_path(rel_path: str, fmt: str) -> str:
     if rel_path.lower().endswith(FORMAT_EXTENSIONS[fmt]):
         return rel_path
     return f"{rel_path}{FORMAT_EXTENSIONS[fmt][0]}"
+
+
+def mask_regex(pattern: str) -> str:
+    """A regex matching the paths (relative, or full URIs) of files that ``input.mask``
+    names: ``{stem}_mask.png`` → ``(^|/)[^/]+_mask\\.png$``."""
+    parts = re.split(r"\{(?:stem|name)\}", pattern)
+    return "(^|/)" + "[^/]+".join(_regex_literal(p) for p in parts) + "$"
+
+
+def _regex_literal(text: str) -> str:
+    # Escaped by hand (not re.escape): the same regex runs in Python's re and in Arrow's RE2.
+    return "".join("\\" + c if c in _REGEX_SPECIAL else c for c in text)
+
+
+def mask_uri_for(uri: str, pattern: str) -> str:
+    """The mask ``input.mask`` names for the image at ``uri``: the pattern, with {stem} (the
+    file name without extension) and {name} (with it) filled in, in the image's folder."""
+    folder, _, name = uri.rpartition("/")
+    stem = posixpath.splitext(name)[0]
+    return f"{folder}/{pattern.format(stem=stem, name=name)}" if folder else pattern.format(stem=stem, name=name)
 
 
 def is_list_file(uri: str) -> bool:
@@ -146,6 +175,10 @@ def _list_file_tables(spec: InputSpec, rows: int, summary: PlanSummary) -> Itera
             ext = pc.utf8_lower(pc.replace_substring_regex(visible, r"^.*?(\.[^./]*)?$", r"\1"))
             image = pc.is_in(ext, value_set=pa.array(sorted(IMAGE_EXTENSIONS)))
             _count_skipped(summary, uris.filter(pc.invert(image)))
+            if spec.mask:
+                is_mask = pc.and_(image, pc.match_substring_regex(visible, mask_regex(spec.mask)))
+                summary.skipped_masks += pc.sum(is_mask.cast(pa.int64())).as_py() or 0
+                image = pc.and_(image, pc.invert(is_mask))
             n = pc.sum(image.cast(pa.int64())).as_py() or 0
             summary.listed += n
             if not n:
@@ -163,11 +196,19 @@ def _list_file_tables(spec: InputSpec, rows: int, summary: PlanSummary) -> Itera
                     column("size", pa.int64()),
                     column("etag", pa.string()),
                     pa.nulls(len(table), pa.float64()),
+                    _mask_uris(column("mask_uri", pa.string()), uris, spec.mask),
                 ],
                 schema=PLAN_SCHEMA,
             ).filter(image)
             for start in range(0, len(plan), rows):
                 yield plan.slice(start, rows)
+
+
+def _mask_uris(given: pa.Array, uris: pa.Array, pattern: str | None) -> pa.Array:
+    """A list file's ``mask_uri`` column, its gaps filled from ``input.mask`` (if set)."""
+    if pattern is None or not given.null_count:
+        return given
+    return pa.array([m if m is not None else mask_uri_for(u, pattern) for m, u in zip(given.to_pylist(), uris.to_pylist())], pa.string())
 
 
 def _count_skipped(summary: PlanSummary, uris: pa.Array) -> None:
@@ -183,11 +224,15 @@ def _listing_tables(spec: InputSpec, rows: int, summary: PlanSummary) -> Iterato
         yield from _list_file_tables(spec, rows, summary)
         return
     buffer: list[tuple] = []
+    is_mask = re.compile(mask_regex(spec.mask)).search if spec.mask else None
     for uri, rel, nbytes, etag, mtime in _listed(spec):
         if not _is_image(uri):
             _count_skipped(summary, pa.array([uri]))
             continue
-        buffer.append((uri, safe_rel_path(rel), nbytes, etag, mtime))
+        if is_mask is not None and is_mask(rel):
+            summary.skipped_masks += 1
+            continue
+        buffer.append((uri, safe_rel_path(rel), nbytes, etag, mtime, mask_uri_for(uri, spec.mask) if spec.mask else None))
         summary.listed += 1
         if len(buffer) == rows:
             yield _table(buffer)
@@ -196,18 +241,34 @@ def _listing_tables(spec: InputSpec, rows: int, summary: PlanSummary) -> Iterato
         yield _table(buffer)
 
 
+def _sample_tables(spec: GenerateSpec, rows: int, summary: PlanSummary) -> Iterator[pa.Table]:
+    """A generation job's sample indices as GENERATION_PLAN_SCHEMA tables of at most ``rows`` rows."""
+    stop = spec.start + spec.samples
+    for first in range(spec.start, stop, rows):
+        index = pa.array(range(first, min(first + rows, stop)), pa.int64())
+        text = pc.cast(index, pa.string())
+        n = len(index)
+        summary.listed += n
+        given = {"input_uri": pc.binary_join_element_wise(spec.uri_prefix, text, ""), "rel_path": pc.utf8_lpad(text, 8, "0"), "sample_index": index}
+        columns = [given.get(f.name, pa.nulls(n, f.type)) for f in GENERATION_PLAN_SCHEMA]  # the rest (size, etag, …) null
+        yield pa.Table.from_arrays(columns, schema=GENERATION_PLAN_SCHEMA)
+
+
 def iter_shards(
     job: Job, summary: PlanSummary | None = None, select: Callable[[pa.Table], pa.Table] | None = None
 ) -> Iterator[Shard]:
-    """Stream the job's inputs as shards of ``shard_size`` rows.
+    """Stream the job's inputs (or sample indices) as shards of ``shard_size`` rows.
 
     ``select`` (e.g. the incremental diff) filters chunks of the listing before sharding;
     ``summary`` (if given) is filled in on the way.
     """
     summary = summary if summary is not None else PlanSummary()
     size = job.resources.shard_size
-    pending = PLAN_SCHEMA.empty_table()
-    for table in _selected(_listing_tables(job.input, size, summary), select):
+    if job.generate is not None:
+        pending, tables = GENERATION_PLAN_SCHEMA.empty_table(), _sample_tables(job.generate, size, summary)
+    else:
+        pending, tables = PLAN_SCHEMA.empty_table(), _listing_tables(job.input, size, summary)
+    for table in _selected(tables, select):
         pending = pa.concat_tables([pending, table])
         while len(pending) >= size:
             yield _shard(summary, pending.slice(0, size))

@@ -7,6 +7,7 @@ A test checks that the committed file matches, so the reference cannot drift fro
 
 from __future__ import annotations
 
+import types
 import typing
 
 from pydantic import BaseModel
@@ -19,6 +20,13 @@ def _models_in(annotation) -> list[type[BaseModel]]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
     return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def _is_list(annotation) -> bool:
+    """``list[X]``, optional or not."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_is_list(arg) for arg in typing.get_args(annotation))
+    return typing.get_origin(annotation) is list
 
 
 def _type_name(annotation) -> str:
@@ -57,7 +65,7 @@ def reference() -> str:
             meaning = (field.description or "").replace("|", "\\|")
             lines.append(f"| `{path}` | {_type_name(field.annotation)} | {_default(field)} | {meaning} |")
             for sub in _models_in(field.annotation):
-                queue.append((f"{path}[]" if typing.get_origin(field.annotation) is list else path, sub))
+                queue.append((f"{path}[]" if _is_list(field.annotation) else path, sub))
         lines.append("")
     return "\n".join(lines)
 

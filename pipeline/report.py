@@ -1,4 +1,5 @@
-"""One self-contained HTML page about an output: before/after pairs, errors, run statistics.
+"""One self-contained HTML page about an output: before/after pairs (a grid of samples for
+generation runs), errors, run statistics.
 
 ``write_report`` reads the committed manifest (``pipeline.manifest.read``) and the run
 records (``pipeline.runs.load_all``), embeds small thumbnails of inputs and outputs as
@@ -185,6 +186,24 @@ def _item_html(row: dict, before: Preview, after: Preview, root: str) -> str:
 </article>"""
 
 
+def _sample_html(row: dict, image: Preview) -> str:
+    """A generated sample's card: the image alone (there is no "before"), its index and how it was made."""
+    status = row["status"]
+    models = row["models"] or []
+    made = [" → ".join(models), f"{row['sampler']} {row['sampler_steps']} step{'' if row['sampler_steps'] == 1 else 's'}" if row["sampler"] else "", f"seed {row['seed']}"]
+    if row["class_label"] is not None:
+        made.append(f"class {row['class_label']}")
+    error = ""
+    if status != "ok":
+        error = f'<p class="err">{_e(row["error_type"])} at {_e(row["stage"])}: {_e(row["error_message"])}</p>'
+    return f"""
+<article class="item sample" data-status="{_e(status)}" data-models="{_e('|'.join(models))}">
+  <header><span class="badge {_e(status)}">{_e(status)}</span> <span class="name" title="{_e(row["input_uri"])}">#{_e(row["sample_index"])}</span></header>
+  <figure class="pane"><div class="frame">{_frame(image, "sample")}</div><figcaption>{_e(_dims(row["width_out"], row["height_out"]) if status == "ok" else "—")}</figcaption></figure>
+  <p class="models">{_e(" · ".join(x for x in made if x))}</p>{error}
+</article>"""
+
+
 def _runs_html(records: list[runs.RunRecord], means: dict[str, dict]) -> str:
     head = "".join(f"<th>{h}</th>" for h in ("run", "job", "status", "started", "finished", "listed", "inputs", "shards", "counts"))
     head += "".join(f"<th>{s} ms</th>" for s in STAGES)
@@ -226,6 +245,7 @@ td.uri, td.msg { word-break: break-all; }
 #grid { display: flex; flex-wrap: wrap; gap: 12px; }
 [hidden] { display: none !important; }
 .item { background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: 8px; width: calc(2 * var(--frame) + 24px); }
+.item.sample { --frame: %(sample_px)dpx; width: calc(var(--frame) + 16px); }
 .item header { display: flex; gap: 6px; align-items: baseline; margin-bottom: 6px; }
 .name { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; font-family: ui-monospace, monospace; font-size: 12px; }
 .badge { border-radius: 3px; padding: 0 5px; font-size: 12px; color: #fff; background: #777; }
@@ -247,7 +267,7 @@ figcaption { font-size: 12px; color: #555; margin-top: 2px; }
 .item.comparing .pane.after { clip-path: inset(0 0 0 var(--split, 50%%)); }
 .item.comparing figcaption { display: none; }
 .more { color: #555; }
-""" % {"px": THUMB_PX}
+""" % {"px": THUMB_PX, "sample_px": THUMB_PX // 2}
 
 JS = """
 (() => {
@@ -288,7 +308,7 @@ def render(output_uri: str, storage_options: dict | None = None, run_id: str | N
         raise LookupError(f"no run {run_id} under {output_uri}" if run_id else f"no runs under {output_uri}")
     means = _stage_means(rows)
     current = _latest_per_input(rows)
-    current = current.sort_by([("input_uri", "ascending")])
+    current = current.sort_by([("seed", "ascending"), ("sample_index", "ascending"), ("input_uri", "ascending")])  # samples in index order
     totals = _counts(current, "status")
 
     errors_table = current.filter(pc.not_equal(current["status"], "ok"))
@@ -299,6 +319,8 @@ def render(output_uri: str, storage_options: dict | None = None, run_id: str | N
     root = _common_dir([r["input_uri"] for r in shown + error_rows])  # names below it are shown
 
     def previews(row: dict) -> tuple[Preview, Preview]:
+        if row["sample_index"] is not None:  # generated: no input to show
+            return Preview(None, "generated"), _preview(row["output_uri"], storage_options, None if row["status"] == "ok" else "no output")
         skip = None
         if row["error_type"] in NO_PREVIEW_ERRORS:
             skip = f"not previewed ({row['error_type']})"
@@ -310,7 +332,9 @@ def render(output_uri: str, storage_options: dict | None = None, run_id: str | N
 
     with ThreadPoolExecutor(READ_THREADS) as pool:
         pairs = list(pool.map(previews, shown))
-    cards = "".join(_item_html(row, b, a, root) for row, (b, a) in zip(shown, pairs))
+    cards = "".join(
+        _sample_html(row, a) if row["sample_index"] is not None else _item_html(row, b, a, root) for row, (b, a) in zip(shown, pairs)
+    )
 
     statuses = sorted({r["status"] for r in shown})
     models = sorted({m for r in shown for m in (r["models"] or [])})

@@ -24,7 +24,7 @@ class RunRecord:
     run_id: str
     job_name: str
     fingerprint: str
-    input_uri: str
+    input_uri: str  # input.uri; for a generation job generate://<model>/<seed>/<start>-<last index>
     output_uri: str
     status: str  # planning | running | committed
     started_at: str

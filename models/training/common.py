@@ -122,12 +122,14 @@ def train(
     seed: int,
     max_cpu_seconds: float,
     log_every: int = 100,
+    on_step: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """Adam with warm-up and cosine decay, over ``steps`` steps or ``max_cpu_seconds`` of CPU time.
 
     The schedule follows whichever budget is further spent, so a run stopped by the CPU budget
     (on a busy machine) still ends with an annealed learning rate; the metadata records the
-    steps actually run.
+    steps actually run. ``on_step(done)`` is called after every optimiser step (e.g. to save
+    sample grids along the way).
     """
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
@@ -148,6 +150,8 @@ def train(
         done = step + 1
         if done % log_every == 0 or done == steps:
             print(f"step {done}/{steps} loss(last100) {sum(recent) / len(recent):.5f} cpu {time.process_time() - t0:.0f}s", flush=True)
+        if on_step is not None:
+            on_step(done)
         if time.process_time() - t0 > max_cpu_seconds:
             print(f"CPU budget of {max_cpu_seconds:.0f}s spent: stopping after {done} steps", flush=True)
             break
@@ -170,10 +174,15 @@ def init_from(net: torch.nn.Module, path: Path | None) -> dict[str, str]:
     return {"steps": meta.get("steps", "0"), "sha256": digest}
 
 
-def save_weights(net: torch.nn.Module, filename: str, seed: int, stats: dict[str, float], extra: dict[str, str]) -> Path:
-    """Write models/weights/<filename> (safetensors + metadata) and print its sha256."""
-    WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = WEIGHTS_DIR / filename
+def save_weights(
+    net: torch.nn.Module, filename: str, seed: int, stats: dict[str, float], extra: dict[str, str], out_dir: Path = WEIGHTS_DIR
+) -> Path:
+    """Write <out_dir>/<filename> (safetensors + metadata) and print its sha256.
+
+    ``extra`` entries override the defaults (``data``, ``held_out`` and ``licence`` describe the
+    scikit-image training set unless a script trained on other data says so)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / filename
     meta = {
         "data": "skimage.data: " + ", ".join(TRAIN_IMAGES) + f"; {SYNTHETIC_IMAGES} synthetic images",
         "held_out": ", ".join(HELD_OUT),

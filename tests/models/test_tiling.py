@@ -96,7 +96,9 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     # inner half for feather.
     [("feather", 2 * RADIUS), ("crop", RADIUS)],
 )
-@pytest.mark.parametrize(("n", "h", "w"), [(2, 37, 29), (3, 12, 50)])  # 16 divides neither; 12 < tile
+# 16 divides neither; 12 < tile; 33 = 16 + 16 + 1: the last row of tiles is shifted back onto the
+# second, so three rows of tiles add to the same output rows.
+@pytest.mark.parametrize(("n", "h", "w"), [(2, 37, 29), (3, 12, 50), (1, 33, 40)])
 def test_matches_untiled(scale, blend, pad, n, h, w):
     net = TinySR(scale)
     x = image(n, h, w)
@@ -105,13 +107,41 @@ def test_matches_untiled(scale, blend, pad, n, h, w):
     assert max_diff(y, untiled(net, x)) <= LEVEL
 
 
-@pytest.mark.parametrize("tile", [0, 64])
-def test_no_tiling_is_one_call_on_the_whole_image(tile):
+# 70×20 at tile 40: longer than a tile, but 1,400 pixels ≤ 40² fit one tile's budget.
+@pytest.mark.parametrize(("tile", "h", "w"), [(0, 37, 29), (64, 37, 29), (40, 70, 20)])
+def test_no_tiling_is_one_call_on_the_whole_image(tile, h, w):
     net = Recorder(TinySR(2))
-    x = image(2, 37, 29)
+    x = image(2, h, w)
     y = tiled_forward(net, x, 2, tile, 8, "cpu")
-    assert [shape for shape, _ in net.seen] == [(2, 3, 37, 29)]
+    assert [shape for shape, _ in net.seen] == [(2, 3, h, w)]
     assert max_diff(y, untiled(net.inner, x)) == 0
+
+
+def to_levels(y: torch.Tensor) -> torch.Tensor:
+    return y.clamp_(0, 1).mul_(255).round_()
+
+
+@pytest.mark.parametrize(("tile", "h"), [(0, 37), (16, 37), (16, 33)])
+def test_out_receives_the_finished_result(tile, h):
+    # Into an 8-bit channels-last buffer, one finished run of rows at a time: the same
+    # pixels as the float result finished afterwards.
+    net = TinySR(2)
+    x = image(2, h, 29)
+    want = to_levels(tiled_forward(net, x, 2, tile, 2 * RADIUS, "cpu")).to(torch.uint8)
+    buf = torch.full((2, 2 * h, 58, 3), 7, dtype=torch.uint8)
+    got = tiled_forward(net, x, 2, tile, 2 * RADIUS, "cpu", out=buf.permute(0, 3, 1, 2), finish=to_levels)
+    assert got.data_ptr() == buf.data_ptr()
+    assert torch.equal(buf.permute(0, 3, 1, 2), want)
+    assert max_diff(want.float() / 255, untiled(net, x).clamp(0, 1)) <= LEVEL
+
+
+@pytest.mark.parametrize("tile", [0, 16])
+def test_integer_levels_are_scaled_tile_by_tile(tile):
+    net = TinySR(2)
+    levels = (image(2, 37, 29) * 255).round().to(torch.uint8)
+    want = tiled_forward(net, levels.float() / 255, 2, tile, 2 * RADIUS, "cpu")
+    got = tiled_forward(net, levels, 2, tile, 2 * RADIUS, "cpu", peak=255)
+    assert got.dtype == torch.float32 and torch.equal(got, want)
 
 
 def test_without_context_the_seams_show():
@@ -257,4 +287,12 @@ def test_real_oom_errors_recognised_and_cache_emptied(monkeypatch):
     [(0, 3000, 512), (0, 300, 256), (100, 3000, 50), (50, 3000, 32), (32, 3000, None), (0, 20, None), (4096, 300, 256)],
 )
 def test_smaller_tile(tile, size, expected):
-    assert tiling._smaller_tile(tile, size, start_tile=512, min_tile=32) == expected
+    assert tiling._smaller_tile(tile, size, size, start_tile=512, min_tile=32) == expected
+
+
+def test_smaller_tile_counts_pixels_not_the_longer_side():
+    # 2000×100 = 200,000 pixels: runs whole at tile 512 (262,144 pixels), so the first tile
+    # that splits it is 256, though 512 is shorter than its longer side.
+    assert tiling.runs_whole(100, 2000, 512) and not tiling.runs_whole(100, 2000, 256)
+    assert tiling._smaller_tile(0, 100, 2000, start_tile=512, min_tile=32) == 256
+    assert tiling._smaller_tile(512, 100, 2000, start_tile=512, min_tile=32) == 256

@@ -80,3 +80,15 @@ def test_out_of_memory_halves_the_batch_and_keeps_going():
     assert [r.error for r in out] == [None] * 4
     assert [int(r.pixels[0, 0, 0]) for r in out] == [0, 1, 2, 3]
     assert chain.batch_size == 1  # later batches start small
+
+
+def test_last_model_writes_levels_straight_into_the_result():
+    # An 8-bit result is written by the last model directly, tile row by tile row; with an
+    # identity after it the same model goes through the float path: the pixels are the same.
+    registry = default_registry()
+    model = registry.build("darkroom-sr-x4")
+    img = np.random.default_rng(2).integers(0, 256, (40, 52, 3), dtype=np.uint8)
+    [direct] = Chain([model], torch.device("cpu"), 1, tile=24, tile_pad=8)([img])
+    [via_float] = Chain([model, registry.build("identity")], torch.device("cpu"), 1, tile=24, tile_pad=8)([img])
+    assert direct.error is None and direct.pixels.shape == (160, 208, 3) and direct.pixels.dtype == np.uint8
+    assert np.array_equal(direct.pixels, via_float.pixels)

@@ -178,6 +178,7 @@ def test_schema_command_prints_job_json_schema():
     result = CliRunner().invoke(main, ["schema"])
     assert result.exit_code == 0, result.output
     schema = json.loads(result.output)
-    assert schema["title"] == "Job" and {"input", "output", "steps"} <= set(schema["required"])
+    assert schema["title"] == "Job" and {"name", "output"} <= set(schema["required"])
+    assert {"input", "steps", "generate"} <= set(schema["properties"])  # restoration or generation
     assert schema["additionalProperties"] is False
     assert "\n  " in result.output  # indented for humans

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from models import default_registry
-from pipeline import api, manifest, runs, storage
-from pipeline.job import parse_job
+from pipeline import api, errors, execute, manifest, runs, storage
+from pipeline.job import Resources, ResourcesError, parse_job
 from tests.corpus import MAX_BYTES, MAX_PIXELS
 
 
@@ -176,3 +176,42 @@ def test_each_step_has_its_own_actor_pool(ray_local, corpus_dir, tmp_path):
     rows = manifest.read(str(tmp_path / "out")).to_pylist()
     assert all(r["width_out"] == round(r["width_in"] * 2 * 1.5) and r["models"] == ["bicubic", "lanczos"] for r in rows)
     assert all(r["t_model"] > 0 for r in rows)
+
+
+def test_actors_that_leave_no_cpu_for_shards_are_refused_in_one_line(ray_local, corpus_dir, tmp_path):
+    # On this 2-CPU cluster an actor holding both CPUs leaves none for the shard tasks: such a
+    # run used to wait forever without a word.
+    job = make_job(str(corpus_dir / "png"), str(tmp_path / "out"), resources={"cpus_per_actor": 2})
+    with pytest.raises(ResourcesError) as caught:
+        api.run(job)
+    message = errors.explain(caught.value)
+    assert message.startswith("resources.cpus_per_actor=2: ") and "need 3 CPUs, the cluster has 2" in message
+    assert "\n" not in message
+    # A step's own override is the field to change, and it is named as such.
+    steps = [{"model": "bicubic", "params": {"scale": 2}, "resources": {"cpus_per_actor": 3}}]
+    with pytest.raises(ResourcesError, match=r"^steps\[0\]\.resources\.cpus_per_actor=3 .* fits on no node"):
+        api.run(make_job(str(corpus_dir / "png"), str(tmp_path / "out"), steps=steps))
+    assert not (tmp_path / "out" / "images").exists()
+    # What fits still runs: the actor's one CPU and a shard task's one.
+    summary = api.run(make_job(str(corpus_dir / "png"), str(tmp_path / "out"), resources={"cpus_per_actor": 1, "shard_size": 4}))
+    assert summary.counts.get("ok") and not summary.error_rows
+
+
+def test_cpu_actors_share_the_node_threads(ray_local):
+    import torch
+
+    one = Resources()  # cpus_per_actor 1 on this one-node, 2-CPU cluster
+    [alone] = execute.with_threads([one])
+    assert alone.threads_per_actor == 2  # its model gets both cores, not just the CPU it reserves
+    assert [r.threads_per_actor for r in execute.with_threads([one, one])] == [1, 1]
+    growing = Resources(actors={"min": 1, "max": 2})
+    assert [r.threads_per_actor for r in execute.with_threads([growing])] == [1]
+    assert [r.threads_per_actor for r in execute.with_threads([Resources(threads_per_actor=3)])] == [3]
+    gpu = Resources(gpus_per_actor=1, cpus_per_actor=1.5)  # feeds a GPU: threads follow its reservation
+    assert [r.threads_per_actor for r in execute.with_threads([gpu, one])] == [2, 2]
+    # The actor really runs with them.
+    actor = execute.ModelActor.options(num_cpus=1).remote(default_registry(), [{"model": "identity", "params": {}}], alone, False)
+    try:
+        assert ray_local.get(actor.__ray_call__.remote(lambda self: torch.get_num_threads())) == 2
+    finally:
+        ray_local.kill(actor)

@@ -1,0 +1,215 @@
+"""Generation jobs on Ray: actors host a generative model, shard tasks turn sample indices into files.
+
+A generation job's plan holds sample indices (pipeline.planning.GENERATION_PLAN_SCHEMA). A shard
+task sends batches of indices to a ``GeneratorActor``, which draws sample ``i`` from
+``models.diffusion.sample_generator(seed, i)`` alone, so an image is the same bytes whatever the
+shard size, the batch size or the actor that made it (on one device type). The task encodes and
+writes ``<output>/images/<index:08d>.<ext>`` and commits the shard's manifest part. Actor pools,
+the driver loop with backpressure, shard retries and actor-crash handling are pipeline.execute's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+
+from models import Registry
+from models.base import GenerativeModel
+from models.diffusion import sample_generator
+from models.weights import WeightsError
+from pipeline import images, runs, storage
+from pipeline.execute import (
+    ShardContext,
+    ShardResult,
+    _fail,
+    _infer,
+    _Pool,
+    _submit,
+    check_resources,
+    commit_shard,
+    gpus_to_request,
+    run_shards,
+    with_threads,
+)
+from pipeline.inference import Result, pick_device
+from pipeline.job import Job, Resources
+from pipeline.planning import output_rel_path
+
+
+@dataclass
+class GenerationContext(ShardContext):
+    """ShardContext plus what the loaded model says about itself (for the manifest)."""
+
+    sampler: str | None = None
+    sampler_steps: int | None = None
+
+
+# Restarted without limit, like ModelActor: the shard task retries the samples of a batch whose
+# actor died one by one (pipeline.execute._infer).
+@ray.remote(max_restarts=-1, max_task_retries=0)
+class GeneratorActor:
+    """Holds one GenerativeModel; ``infer(indices)`` returns one Result per sample index."""
+
+    def __init__(self, registry: Registry, steps: list[dict], resources: Resources, want_gpu: bool):
+        import torch
+
+        torch.set_num_threads(resources.threads_per_actor or max(1, int(resources.cpus_per_actor)))
+        [spec] = steps
+        model = registry.build(spec["model"], spec["params"])
+        if not isinstance(model, GenerativeModel):
+            raise TypeError(f"{spec['model']} builds a {type(model).__name__}, not a GenerativeModel")
+        planned = spec.get("weights_sha256")
+        if planned and model.weights_sha256 and model.weights_sha256 != planned:
+            raise WeightsError(f"{spec['model']}: weights changed since the run was planned (sha256 {planned}, now {model.weights_sha256})")
+        label = spec.get("class_label")
+        if label is not None and not model.num_classes:
+            raise ValueError(f"{spec['model']} is unconditional: generate.class_label must not be set")
+        if label is not None and label >= model.num_classes:
+            raise ValueError(f"generate.class_label must be < {model.num_classes} ({spec['model']} has {model.num_classes} classes)")
+        self.device = pick_device(want_gpu)
+        model.module.to(self.device).eval()
+        self.model, self.seed, self.label = model, spec["seed"], label
+
+    def ready(self) -> str:
+        return str(self.device)
+
+    def describe(self) -> tuple[str, int]:
+        """(sampler, network evaluations per sample), as the manifest records them."""
+        return self.model.sampler, self.model.steps
+
+    def infer(self, indices: list[int]) -> list[Result]:
+        """Sample indices → Results whose pixels are H×W×C uint8 (C = 1 or 3). A batch that fails
+        is retried sample by sample, so one failing sample cannot fail its neighbours."""
+        try:
+            t0 = time.perf_counter()
+            pixels = self._sample(indices)
+            share = (time.perf_counter() - t0) / len(indices)
+            return [Result(p, share) for p in pixels]
+        except Exception as exc:
+            if len(indices) == 1:
+                return [Result(None, 0.0, f"{type(exc).__name__}: {exc}")]
+            return [r for i in indices for r in self.infer([i])]
+
+    def _sample(self, indices: list[int]) -> list[np.ndarray]:
+        import torch
+
+        generators = [sample_generator(self.seed, i) for i in indices]
+        labels = [self.label] * len(indices) if self.label is not None else None
+        with torch.inference_mode():
+            x = self.model.sample(generators, labels, self.device)
+        if tuple(x.shape) != (len(indices), *self.model.shape):
+            raise ValueError(f"{self.model.name} returned {tuple(x.shape)}, expected {(len(indices), *self.model.shape)}")
+        out = (x.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return list(out)
+
+
+def _row(ctx: GenerationContext, item: dict, shard: int, attempt: int) -> dict:
+    spec = ctx.job.generate
+    return {
+        "run_id": ctx.run_id,
+        "shard": shard,
+        "input_uri": item["input_uri"],
+        "steps": ctx.steps_json,
+        "models": ctx.models,
+        "weights_sha256": ctx.weights_sha256,
+        "fingerprint": ctx.fingerprint,
+        "seed": spec.seed,
+        "sample_index": item["sample_index"],
+        "sampler": ctx.sampler,
+        "sampler_steps": ctx.sampler_steps,
+        "class_label": spec.class_label,
+        "attempt": attempt,
+    }
+
+
+def _write(ctx: GenerationContext, row: dict, rel_path: str, result: Result) -> None:
+    """Encode and write one sample; fill in its row (failures are recorded on it)."""
+    out = ctx.job.output
+    row["t_model"] = result.seconds
+    if result.error:
+        _fail(row, "model", result.error_type, result.error)
+        return
+    stage = "encode"
+    try:
+        t0 = time.perf_counter()
+        height, width = result.pixels.shape[:2]
+        fmt = images.choose_format(out.format, "PNG", has_alpha=False)  # `same`: there is no input, so png
+        data = images.encode(result.pixels, None, fmt, out.quality)
+        t1 = time.perf_counter()
+        stage = "write"
+        output_uri = storage.join(out.uri, "images", output_rel_path(rel_path, fmt))
+        storage.write_atomic(output_uri, data, out.storage_options)
+        row.update(
+            status="ok",
+            output_uri=output_uri,
+            width_out=width,
+            height_out=height,
+            format_out=fmt,
+            t_encode=t1 - t0,
+            t_write=time.perf_counter() - t1,
+        )
+    except Exception as exc:
+        _fail(row, stage, type(exc).__name__, str(exc) or repr(exc))
+
+
+@ray.remote
+def generate_shard(ctx: GenerationContext, shard: int, attempt: int, chain: list) -> ShardResult:
+    """chain: [one GeneratorActor handle]. While the actor samples a batch, the previous one is written."""
+    started = time.perf_counter()
+    out = ctx.job.output
+    plan = runs.load_plan_shard(out.uri, ctx.run_id, shard, out.storage_options).to_pylist()
+    batch_size = ctx.job.resources.batch_size
+    rows: list[dict] = []
+
+    def finish(items: list[dict], indices: list[int], ref) -> None:
+        for item, result in zip(items, _infer(chain, indices, ref)):
+            row = _row(ctx, item, shard, attempt)
+            _write(ctx, row, item["rel_path"], result)
+            rows.append(row)
+
+    pending = None
+    for start in range(0, len(plan), batch_size):
+        items = plan[start : start + batch_size]
+        indices = [item["sample_index"] for item in items]
+        ref = _submit(chain, indices)
+        if pending is not None:
+            finish(*pending)
+        pending = (items, indices, ref)
+    if pending is not None:
+        finish(*pending)
+    return commit_shard(ctx, shard, rows, started)
+
+
+def context_for(job: Job, registry: Registry, run_id: str) -> GenerationContext:
+    spec = job.generate
+    weights = registry.get(spec.model).weights_sha256(spec.params)
+    return GenerationContext(
+        run_id=run_id,
+        job=job,
+        fingerprint=job.fingerprint(registry),
+        models=[spec.model],
+        weights_sha256=[weights or ""],
+        steps_json=json.dumps([{"model": spec.model, "params": spec.params}], sort_keys=True),
+    )
+
+
+def execute(ctx: GenerationContext, registry: Registry, shards, on_shard=None, check=None) -> None:
+    """Run the given shards of a planned generation run to commit (see pipeline.execute.execute)."""
+    res = ctx.job.resources
+    actors = res.model_copy(update={"gpus_per_actor": gpus_to_request(res.gpus_per_actor)})
+    check_resources(ctx.job, [actors])
+    [actors] = with_threads([actors])
+    pool = _Pool(registry, ctx.job.generate, ctx.weights_sha256[0], actors, actor_class=GeneratorActor)
+    try:  # a model that cannot load fails the run here, once
+        sampler, steps = ray.get(pool.actors[0].describe.remote())
+    except BaseException:
+        for actor in pool.actors:
+            ray.kill(actor)
+        raise
+    ctx = dataclasses.replace(ctx, sampler=sampler, sampler_steps=steps)
+    run_shards(ctx, [pool], generate_shard.options(num_cpus=res.cpus_per_task), shards, on_shard, check)
