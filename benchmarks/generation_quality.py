@@ -23,7 +23,8 @@ for class i mod 10. The scores:
   distorts it less), torch threads as given, model loading excluded.
 
     .venv/bin/python benchmarks/generation_quality.py     # table; benchmarks/results/generation_quality.json;
-                                                           # the table section of docs/generation.md
+                                                           # the table section of docs/generation.md; grids of
+                                                           # the first 40 samples of each row in docs/images/
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ import typing
 from pathlib import Path
 
 import torch
+from torch.nn import functional as F
+from torchvision.utils import save_image
 
 from models import default_registry, digits_classifier
 from models.diffusion import sample_generator
@@ -49,14 +52,17 @@ COMMAND = ".venv/bin/python benchmarks/generation_quality.py"
 CONFIDENT_P = 0.9
 CONFIDENT_TARGET = 0.90
 CLASS_SHARE_TARGET = 0.05
+GRID_SAMPLES = 40
 BEGIN, END = "<!-- generation-quality:begin -->", "<!-- generation-quality:end -->"
 
 
-def variants(entry, micro_batch: int) -> list[dict]:
+def variants(entry, micro_batch: int, steps: int | None = None) -> list[dict]:
     """Params to benchmark an entry with: one set per ``sampler`` choice (defaults otherwise), and
-    the benchmark's micro-batch where the entry takes one."""
+    the benchmark's micro-batch (and ``steps``, if given) where the entry takes them."""
     fields = entry.params.model_fields
     base = {"micro_batch": micro_batch} if "micro_batch" in fields else {}
+    if steps is not None and "steps" in fields:
+        base["steps"] = steps
     choices = typing.get_args(fields["sampler"].annotation) if "sampler" in fields else ()
     return [{**base, "sampler": s} for s in choices] or [base]
 
@@ -155,10 +161,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--batch", type=int, default=50, help="samples per sample() call (and the DDPM micro-batch)")
     ap.add_argument("--seed", type=int, default=0, help="job seed of sample_generator")
+    ap.add_argument("--steps", type=int, help="override every sampler's default steps (quick checks; the table uses the defaults)")
     ap.add_argument("--models", default="", help="comma-separated entry names (default: every generation entry with weights)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "generation_quality.json")
     ap.add_argument("--doc", type=Path, default=REPO / "docs" / "generation.md", help="page whose table section to rewrite; '-' for none")
+    ap.add_argument("--grids", type=Path, default=REPO / "docs" / "images", help="folder for sample grids; '-' for none")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -172,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
     held_nn = nearest_l2(held_back.coloured(), train.coloured())
     rows = []
     for entry in entries:
-        for params in variants(entry, args.batch):
+        for params in variants(entry, args.batch, args.steps):
             model = reg.build(entry.name, params)
             images, labels, wall, cpu = generate(model, args.samples, args.seed, args.batch)
             assert images.shape == (args.samples, *model.shape), images.shape
@@ -181,6 +189,11 @@ def main(argv: list[str] | None = None) -> dict:
                    **score(images, labels, classifier, train, held_nn),
                    "images_per_s": round(args.samples / wall, 3), "images_per_cpu_s": round(args.samples / cpu, 3)}
             rows.append(row)
+            if str(args.grids) != "-":
+                args.grids.mkdir(parents=True, exist_ok=True)
+                grid = args.grids / f"samples-{entry.name}-{model.sampler}.png"
+                save_image(F.interpolate(images[:GRID_SAMPLES], scale_factor=2, mode="nearest"), grid, nrow=10, padding=2, pad_value=0.25)
+                row["grid"] = str(grid.relative_to(REPO)) if grid.is_relative_to(REPO) else str(grid)
             print(json.dumps({k: row[k] for k in ("model", "sampler", "steps", "confident", "min_class_share", "copies")}), flush=True)
     held = quantiles(held_nn)
     result = {

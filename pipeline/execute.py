@@ -38,6 +38,7 @@ from pipeline import images, manifest, runs, storage
 from pipeline.inference import Chain, Masked, Result, pick_device, resize_plane
 from pipeline.job import Job, Resources, ResourcesError
 from pipeline.planning import output_rel_path
+from pipeline.threads import ThreadTuner
 
 log = logging.getLogger(__name__)
 SHARD_ATTEMPTS = 3
@@ -144,7 +145,11 @@ class ModelActor:
     def __init__(self, registry: Registry, steps: list[dict], resources: Resources, want_gpu: bool):
         import torch
 
-        torch.set_num_threads(resources.threads_per_actor or max(1, int(resources.cpus_per_actor)))
+        threads = resources.threads_per_actor or max(1, int(resources.cpus_per_actor))
+        torch.set_num_threads(threads)
+        # Threads beyond the reserved CPUs are kept only while they measure faster (see pipeline.threads).
+        reserved = max(1, math.ceil(resources.cpus_per_actor))
+        self.threads = ThreadTuner([threads] if want_gpu else [threads, min(threads, reserved)])
         models = [registry.build(s["model"], s["params"]) for s in steps]
         for s, m in zip(steps, models):
             if s.get("weights_sha256") and m.weights_sha256 and m.weights_sha256 != s["weights_sha256"]:
@@ -163,7 +168,10 @@ class ModelActor:
         prior = [it if isinstance(it, Result) else None for it in items]
         todo = [i for i, p in enumerate(prior) if p is None or p.error is None]
         pixels = [items[i] if isinstance(items[i], np.ndarray) else items[i].pixels for i in todo]
+        self.threads.start()
+        started = time.perf_counter()
         outs = self.chain(pixels, [getattr(items[i], "known", None) for i in todo])
+        self.threads.done(time.perf_counter() - started, sum(p.shape[0] * p.shape[1] for p in pixels))
         results = list(prior)
         for i, out in zip(todo, outs):
             out.seconds += prior[i].seconds if prior[i] else 0.0

@@ -154,7 +154,8 @@ class Resources(Strict):
         None,
         ge=1,
         description="torch threads of each actor; default: on a one-node cluster that cannot grow, the node's CPUs "
-        "shared among the CPU actors (at least cpus_per_actor), else cpus_per_actor rounded up",
+        "shared among the CPU actors (at least cpus_per_actor), else cpus_per_actor rounded up. On CPU, threads beyond "
+        "cpus_per_actor are measured against cpus_per_actor as the run goes and kept only while faster",
     )
     cpus_per_task: float = Field(1, gt=0, description="CPUs each shard task reserves (read, decode, encode, write)")
     batch_size: int = Field(4, ge=1, description="images per forward pass")

@@ -1,0 +1,39 @@
+"""The thread tuner of CPU model actors: which thread counts it runs, and which it keeps."""
+
+from __future__ import annotations
+
+from pipeline.threads import ThreadTuner
+
+
+def run(tuner: ThreadTuner, batches: int, seconds_per_pixel: dict[int, float], pixels: int = 1000) -> list[int]:
+    """Thread counts of ``batches`` batches, each taking seconds_per_pixel[threads] × pixels."""
+    used = []
+    for _ in range(batches):
+        threads = tuner.start()
+        used.append(threads)
+        tuner.done(seconds_per_pixel[threads] * pixels, pixels)
+    return used
+
+
+def test_keeps_the_faster_count_and_measures_again_after_hold():
+    applied: list[int] = []
+    tuner = ThreadTuner([2, 1], trial=2, hold=3, set_threads=applied.append)
+    # Idle cores: 2 threads are faster. Warm-up (2), trials 2, 2, 1, 1, then 2 held.
+    assert run(tuner, 8, {2: 1.0, 1: 1.6}) == [2, 2, 2, 1, 1, 2, 2, 2]
+    assert tuner.chosen == 2 and applied == [2, 2, 2, 1, 1, 2, 2, 2]
+    # Other work arrives and 2 threads become slower: the next round picks 1.
+    assert run(tuner, 7, {2: 3.0, 1: 1.7}) == [2, 2, 1, 1, 1, 1, 1]
+    assert tuner.chosen == 1
+
+
+def test_the_warm_up_batch_is_not_counted():
+    tuner = ThreadTuner([2, 1], trial=1, hold=2, set_threads=lambda n: None)
+    tuner.start()
+    tuner.done(100.0, 10)  # a slow first call (model warm-up) with 2 threads
+    assert run(tuner, 4, {2: 1.0, 1: 1.5}) == [2, 1, 2, 2]
+
+
+def test_one_candidate_is_only_applied():
+    applied: list[int] = []
+    tuner = ThreadTuner([1, 1], set_threads=applied.append)
+    assert run(tuner, 5, {1: 1.0}) == [1] * 5 and set(applied) == {1}
