@@ -538,10 +538,18 @@ def run_shards(
     # (and import) at the same time; their first batches wait on the actors.
     starting = [a.ready.remote() for pool in pools for a in pool.actors]
 
+    def started() -> None:
+        """A model that cannot load fails the run here, once. An actor a shard's batch already
+        killed (a poison input) is only restarting: wait for it, the shard task retries."""
+        try:
+            ray.get(starting)
+        except ActorUnavailableError:
+            _when_ready([a for pool in pools for a in pool.actors])
+
     def collect_one() -> None:
         nonlocal starting
         if starting:
-            ray.get(starting)  # a model that cannot load fails the run here, once
+            started()
             starting = []
         [ref], _ = ray.wait(list(inflight), num_returns=1)
         if check:
@@ -566,7 +574,7 @@ def run_shards(
         while inflight:
             collect_one()
         if starting:  # no shard to run: a model that cannot load still fails the run
-            ray.get(starting)
+            started()
     finally:
         for pool in pools:
             for actor in pool.actors:
