@@ -16,6 +16,10 @@ from the job seed and the sample index), the network and the device — not on t
 which other samples share its batch, provided the network itself is batch-invariant: wrap a UNet with
 :func:`unet_eps`, whose fixed micro-batch shape makes it so (tests/models/test_diffusion.py checks
 it on CPU).
+
+As a :class:`models.base.GenerativeModel` (:func:`generative_model`): the registry entries
+``darkroom-ddpm-digits`` (models/ddpm_digits.py) and ``ddpm`` (:func:`build_folder`, any diffusers
+folder a user brings), both sampled as :class:`SamplerParams` say.
 """
 
 from __future__ import annotations

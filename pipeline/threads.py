@@ -9,7 +9,6 @@ layer. Which is better is therefore only known at run time, and it changes with 
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence
 
 import torch
@@ -18,9 +17,11 @@ import torch
 class ThreadTuner:
     """Keeps the fastest of a few torch thread counts, measured in rounds.
 
-    A round runs each candidate for ``trial`` batches (the lowest seconds per input pixel of
-    each counts), then the winner for ``hold`` batches. The very first batch warms the model
-    up (first calls are slow) and is not measured. With one candidate it only sets it.
+    A round runs each candidate for ``trial`` batches, then the one with the lowest mean
+    seconds per input pixel for ``hold`` batches. The mean, not the best batch: other work
+    slows the larger count more often, and a lucky batch would hide that. The very first batch
+    warms the model up (first calls are slow) and is not measured. With one candidate it only
+    sets it.
 
     Call :meth:`start` before each batch and :meth:`done` after it.
     """
@@ -28,7 +29,7 @@ class ThreadTuner:
     def __init__(
         self,
         candidates: Sequence[int],
-        trial: int = 2,
+        trial: int = 3,
         hold: int = 50,
         set_threads: Callable[[int], None] = torch.set_num_threads,
     ):
@@ -36,7 +37,7 @@ class ThreadTuner:
         self.trial, self.hold = trial, hold
         self._set = set_threads
         self._queue: list[tuple[int, bool]] = [(self.candidates[0], False)]  # (threads, measured?)
-        self._best: dict[int, float] = {}  # this round's seconds per pixel, per thread count
+        self._seen: dict[int, list[float]] = {}  # this round's seconds per pixel, per thread count
         self._current: tuple[int, bool] = self._queue[0]
         self.chosen = self.candidates[0]  # the last round's winner
 
@@ -52,14 +53,14 @@ class ThreadTuner:
         """The batch started last took ``seconds`` for ``pixels`` input pixels."""
         threads, measured = self._current
         if measured and pixels > 0:
-            self._best[threads] = min(seconds / pixels, self._best.get(threads, math.inf))
+            self._seen.setdefault(threads, []).append(seconds / pixels)
 
     def _refill(self) -> None:
         if len(self.candidates) == 1:
             self._queue = [(self.candidates[0], False)] * self.hold
-        elif len(self._best) == len(self.candidates):
-            self.chosen = min(self._best, key=self._best.__getitem__)
-            self._best = {}
+        elif len(self._seen) == len(self.candidates):
+            self.chosen = min(self._seen, key=lambda n: sum(self._seen[n]) / len(self._seen[n]))
+            self._seen = {}
             self._queue = [(self.chosen, False)] * self.hold
         else:
             self._queue = [(c, True) for c in self.candidates for _ in range(self.trial)]

@@ -62,3 +62,30 @@ def test_decode_workload_inputs_and_loop(tmp_path):
 
     with Image.open(tmp_path / "out" / "img0000.jpg.png") as im:
         assert im.size == (2304, 1728)
+
+
+def test_darkroom_variants_override_job_resources(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_throughput", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.darkroom_overrides("darkroom") == {}
+    assert bench.darkroom_overrides("darkroom:threads_per_actor=1;cpus_per_task=0.5") == {"threads_per_actor": 1, "cpus_per_task": 0.5}
+    with pytest.raises(ValueError):
+        bench.darkroom_overrides("darkroom:tile")
+    bench.write_job(tmp_path / "job.yaml", "compute", tmp_path / "in", tmp_path / "out", {"tile": 0})
+    from models import default_registry
+    from pipeline.job import load_job
+
+    job = load_job(tmp_path / "job.yaml", default_registry())
+    assert job.resources.tile == 0 and job.resources.batch_size == bench.BATCH
+    assert bench.model_threads("darkroom:threads_per_actor=1", 2, 2) == 1 and bench.model_threads("darkroom", 2, 2) == 2
+
+
+@pytest.mark.timeout(240)
+def test_big_image_reports_peak_memory_against_the_output(tmp_path):
+    """benchmarks/big_image.py end to end on a small photo (the figures are not asserted)."""
+    script = REPO / "benchmarks" / "big_image.py"
+    proc = subprocess.run([sys.executable, str(script), "--width", "96", "--height", "64", "--tile", "32", "--no-save"],
+                          capture_output=True, text=True, cwd=REPO, timeout=230)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "output 384×256" in proc.stdout and "× output" in proc.stdout

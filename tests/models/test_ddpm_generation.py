@@ -108,14 +108,14 @@ def test_a_sample_does_not_depend_on_its_batch(reg, params):
 
 
 def test_shipped_ddpm_draws_recognisable_digits(reg):
-    """A regression floor, not the target (benchmarks/generation_quality.py measures that, and the
-    shipped DDPM is still short of it: 9 of 24 samples confident at 50 DDIM steps when shipped):
-    samples of several classes, a good share of them read confidently by the classifier."""
-    model = reg.build("darkroom-ddpm-digits", {"sampler": "ddim", "steps": 50, "micro_batch": 12})
-    probs = digits_classifier.probabilities(digits_classifier.build(), model.sample(_gens(range(24), seed=0), None, torch.device("cpu")))
+    """A quality floor (benchmarks/generation_quality.py measures quality properly): even 25 strided
+    DDPM steps give samples the classifier reads confidently (15 of 16 when shipped), of several
+    classes. The classifier is confident about none of what an untrained UNet draws (noise)."""
+    model = reg.build("darkroom-ddpm-digits", {"sampler": "ddpm", "steps": 25, "micro_batch": 16})
+    probs = digits_classifier.probabilities(digits_classifier.build(), model.sample(_gens(range(16), seed=0), None, torch.device("cpu")))
     top_p, top = probs.max(1)
-    assert float((top_p > 0.9).float().mean()) >= 0.25, top_p
-    assert len(set(top.tolist())) >= 6, top
+    assert float((top_p > 0.9).float().mean()) >= 0.6, top_p
+    assert len(set(top.tolist())) >= 5, top
 
 
 def test_ddpm_entry_loads_a_local_folder_and_pins_it(reg, tiny_folder):

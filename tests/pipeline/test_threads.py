@@ -37,3 +37,15 @@ def test_one_candidate_is_only_applied():
     applied: list[int] = []
     tuner = ThreadTuner([1, 1], set_threads=applied.append)
     assert run(tuner, 5, {1: 1.0}) == [1] * 5 and set(applied) == {1}
+
+
+def test_the_mean_decides_not_the_luckiest_batch():
+    # Under load 2 threads are usually slow and now and then fast; 1 thread is steady.
+    timings = iter([5.0, 1.0, 5.0, 2.0, 2.0, 2.0])  # trials: 2, 2, 2, then 1, 1, 1
+    tuner = ThreadTuner([2, 1], trial=3, hold=2, set_threads=lambda n: None)
+    tuner.start()
+    tuner.done(1.0, 1)  # warm-up
+    for _ in range(6):
+        tuner.start()
+        tuner.done(next(timings), 1)
+    assert tuner.start() == 1 and tuner.chosen == 1
