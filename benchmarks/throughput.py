@@ -7,7 +7,9 @@ Same inputs, same model (from darkroom's registry), same machine, in one run:
   ray-data   ray.data.read_images → map_batches(callable class, batch_size=4,
              ActorPoolStrategy(size=1), num_cpus=1) → write_images(png)
   darkroom   `darkroom run job.yaml --log-format json` (actors: 1, cpus_per_actor: 1, batch_size: 4,
-             every other resource at its default)
+             shard_size: N / 4, every other resource at its default). Shards of N / 4 inputs make
+             the N and 2N runs 4 and 8 shards, as an archive's run has many shards in flight; at
+             the default 64 a small N would be one shard, one task decoding and encoding alone.
   darkroom:FIELD=VALUE;…  (optional, not in the default list) the same with resources overridden,
              to compare settings side by side, e.g. `darkroom:threads_per_actor=1` (the model
              actor's torch threads before they were decoupled from its CPU reservation) or
@@ -75,6 +77,7 @@ WORKLOADS = {
         "scale": 4,
         "n": 64,
         "quick_n": 2,
+        "shard_size": 16,  # N / 4
     },
     "decode": {
         "model": "bicubic",
@@ -82,8 +85,9 @@ WORKLOADS = {
         "size": (1152, 864),
         "ext": "jpg",
         "scale": 2,
-        "n": 8,
+        "n": 16,
         "quick_n": 1,
+        "shard_size": 4,  # N / 4
     },
 }
 VARIANTS = ["raw", "one-image", "ray-data", "darkroom", "pillow"]
@@ -371,7 +375,7 @@ def write_job(path: Path, workload: str, input_dir: Path, output_dir: Path, over
         "input": {"uri": str(input_dir) + "/"},
         "output": {"uri": str(output_dir) + "/", "format": "png"},
         "steps": [{"model": spec["model"], "params": spec["params"]}],
-        "resources": {"actors": 1, "cpus_per_actor": 1, "batch_size": BATCH} | (overrides or {}),
+        "resources": {"actors": 1, "cpus_per_actor": 1, "batch_size": BATCH, "shard_size": spec["shard_size"]} | (overrides or {}),
     }
     path.write_text(yaml.safe_dump(job, sort_keys=False))
 

@@ -157,7 +157,12 @@ class Resources(Strict):
         "shared among the CPU actors (at least cpus_per_actor), else cpus_per_actor rounded up. On CPU, threads beyond "
         "cpus_per_actor are measured against cpus_per_actor as the run goes and kept only while faster",
     )
-    cpus_per_task: float = Field(1, gt=0, description="CPUs each shard task reserves (read, decode, encode, write)")
+    cpus_per_task: float = Field(
+        0.5,
+        gt=0,
+        description="CPUs each shard task reserves (read, decode, encode, write); a task waits for the model between its "
+        "decoding and encoding, so two per core keep an actor fed (docs/benchmarks.md)",
+    )
     batch_size: int = Field(4, ge=1, description="images per forward pass")
     tile: int = Field(512, ge=0, description="tile size in input pixels for the models; 0 = whole images")
     tile_pad: int = Field(16, ge=0, description="context pixels around each tile (seams are feathered)")

@@ -185,7 +185,7 @@ def test_actors_that_leave_no_cpu_for_shards_are_refused_in_one_line(ray_local, 
     with pytest.raises(ResourcesError) as caught:
         api.run(job)
     message = errors.explain(caught.value)
-    assert message.startswith("resources.cpus_per_actor=2: ") and "need 3 CPUs, the cluster has 2" in message
+    assert message.startswith("resources.cpus_per_actor=2: ") and "need 2.5 CPUs, the cluster has 2" in message
     assert "\n" not in message
     # A step's own override is the field to change, and it is named as such.
     steps = [{"model": "bicubic", "params": {"scale": 2}, "resources": {"cpus_per_actor": 3}}]
