@@ -17,7 +17,6 @@ in ``models/weights/``. Sampling: :func:`models.latent.latent_sample`.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -25,8 +24,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from models.base import GenerativeModel, WeightsSpec
-from models.latent import latent_sample
-from models.weights import fetch, load_state_dict
+from models.latent import doublings_from_4x4, latent_model, latent_sampler, load_pinned
 
 NAME = "darkroom-gan-digits"
 LICENCE = "MIT (trained by darkroom on scikit-learn's digits)"
@@ -58,10 +56,7 @@ class GANConfig:
 
     @property
     def doublings(self) -> int:
-        k = int(math.log2(self.image_size // 4))
-        if 4 * 2**k != self.image_size or k < 1:
-            raise ValueError(f"image_size must be 4·2^k with k ≥ 1, got {self.image_size}")
-        return k
+        return doublings_from_4x4(self.image_size)
 
     def as_metadata(self) -> dict[str, str]:
         return {f"config.{k}": str(v) for k, v in asdict(self).items()}
@@ -118,36 +113,17 @@ class Discriminator(nn.Module):
 
 def sampler(net: Generator, micro_batch: int = 16):
     """The GenerativeModel ``sample`` function of ``net`` (see models.latent.latent_sample)."""
-
-    def sample(generators, labels, device):
-        dtype = next(net.parameters()).dtype
-        return latent_sample(
-            net, generators, labels, device,
-            latent_dim=net.cfg.latent_dim, num_classes=net.cfg.num_classes, dtype=dtype, micro_batch=micro_batch,
-        )  # fmt: skip
-
-    return sample
+    return latent_sampler(net, decode=net, micro_batch=micro_batch)
 
 
 def load(spec: WeightsSpec = WEIGHTS, cfg: GANConfig = GANConfig()) -> Generator:
     """The shipped generator (sha256-checked), in eval mode on the CPU."""
-    net = Generator(cfg)
-    net.load_state_dict(load_state_dict(fetch(spec.uri, spec.sha256)))
-    return net.eval()
+    return load_pinned(Generator(cfg), spec)
 
 
 def build(spec: WeightsSpec = WEIGHTS, micro_batch: int = 16) -> GenerativeModel:
     net = load(spec)
-    return GenerativeModel(
-        name=NAME,
-        module=net,
-        sample=sampler(net, micro_batch),
-        shape=(net.cfg.channels, net.cfg.image_size, net.cfg.image_size),
-        sampler="gan",
-        steps=1,
-        weights_sha256=spec.sha256,
-        num_classes=net.cfg.num_classes,
-    )
+    return latent_model(NAME, net, decode=net, sampler="gan", spec=spec, micro_batch=micro_batch)
 
 
 __all__ = ["GANConfig", "Generator", "Discriminator", "build", "load", "sampler", "NAME", "WEIGHTS", "LICENCE"]

@@ -12,15 +12,42 @@ Determinism contract (models/base.py GenerativeModel): sample ``i`` draws its la
 that a sample whose class was drawn equals the sample asked for with that class. The network runs
 on chunks of exactly ``micro_batch`` rows (the last one padded), so a row's output does not
 depend on the batch size or its neighbours (see :func:`models.diffusion.unet_eps` for why).
+
+:func:`latent_model` wraps such a network (models.gan, models.vae) as a GenerativeModel.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import math
+from typing import Callable, Protocol, Sequence, TypeVar
 
 import torch
+from torch import nn
+
+from models.base import GenerativeModel, SampleFn, WeightsSpec
+from models.weights import fetch, load_state_dict
 
 Decoder = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Net = TypeVar("Net", bound=nn.Module)
+
+
+class LatentConfig(Protocol):
+    """What :func:`latent_sampler` and :func:`latent_model` read of a network's ``cfg``
+    (models.gan.GANConfig, models.vae.VAEConfig)."""
+
+    image_size: int
+    channels: int
+    latent_dim: int
+    num_classes: int
+
+
+def doublings_from_4x4(image_size: int) -> int:
+    """k ≥ 1 with image_size = 4·2^k: how many times a decoder doubles its 4×4 map to reach
+    the image side (an encoder halves as often); ValueError for any other size."""
+    k = int(math.log2(image_size // 4))
+    if 4 * 2**k != image_size or k < 1:
+        raise ValueError(f"image_size must be 4·2^k with k ≥ 1, got {image_size}")
+    return k
 
 
 def draw_latents(
@@ -85,3 +112,44 @@ def latent_sample(
     device = torch.device(device)
     out = decode_fixed_batch(decode, z.to(device=device, dtype=dtype), y.to(device), micro_batch)
     return out.to(torch.float32).clamp(0, 1)
+
+
+def latent_sampler(net: nn.Module, decode: Decoder, micro_batch: int = 16) -> SampleFn:
+    """The GenerativeModel ``sample`` function of ``decode``, a method of ``net`` (or ``net``
+    itself): :func:`latent_sample` with ``net.cfg``'s latent_dim and num_classes (a
+    :class:`LatentConfig`) and ``net``'s parameter dtype, read at each call (so it follows
+    ``net.to(dtype)``)."""
+
+    def sample(generators, labels, device):
+        cfg: LatentConfig = net.cfg
+        dtype = next(net.parameters()).dtype
+        return latent_sample(
+            decode, generators, labels, device,
+            latent_dim=cfg.latent_dim, num_classes=cfg.num_classes, dtype=dtype, micro_batch=micro_batch,
+        )  # fmt: skip
+
+    return sample
+
+
+def load_pinned(net: Net, spec: WeightsSpec) -> Net:
+    """``net`` with the weights of ``spec`` (safetensors, sha256-checked; never unpickled),
+    in eval mode; returns ``net``."""
+    net.load_state_dict(load_state_dict(fetch(spec.uri, spec.sha256)))
+    return net.eval()
+
+
+def latent_model(name: str, net: nn.Module, decode: Decoder, sampler: str, spec: WeightsSpec, micro_batch: int = 16) -> GenerativeModel:
+    """The GenerativeModel of a latent-code generator (one network evaluation per sample):
+    images ``net.cfg.channels``×``image_size``×``image_size`` from :func:`latent_sampler`;
+    ``sampler`` ("gan" | "vae") and ``spec.sha256`` go into the manifest."""
+    cfg: LatentConfig = net.cfg
+    return GenerativeModel(
+        name=name,
+        module=net,
+        sample=latent_sampler(net, decode, micro_batch),
+        shape=(cfg.channels, cfg.image_size, cfg.image_size),
+        sampler=sampler,
+        steps=1,
+        weights_sha256=spec.sha256,
+        num_classes=cfg.num_classes,
+    )

@@ -18,7 +18,6 @@ safetensors in ``models/weights/``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -26,8 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from models.base import GenerativeModel, WeightsSpec
-from models.latent import latent_sample
-from models.weights import fetch, load_state_dict
+from models.latent import doublings_from_4x4, latent_model, latent_sampler, load_pinned
 
 NAME = "darkroom-vae-digits"
 LICENCE = "MIT (trained by darkroom on scikit-learn's digits)"
@@ -55,10 +53,7 @@ class VAEConfig:
 
     @property
     def halvings(self) -> int:
-        k = int(math.log2(self.image_size // 4))
-        if 4 * 2**k != self.image_size or k < 1:
-            raise ValueError(f"image_size must be 4·2^k with k ≥ 1, got {self.image_size}")
-        return k
+        return doublings_from_4x4(self.image_size)
 
     def as_metadata(self) -> dict[str, str]:
         return {f"config.{k}": str(v) for k, v in asdict(self).items()}
@@ -113,36 +108,17 @@ def negative_elbo(logits: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor
 
 def sampler(net: VAE, micro_batch: int = 16):
     """The GenerativeModel ``sample`` function of ``net``: the decoder on z ~ N(0, I) (models.latent)."""
-
-    def sample(generators, labels, device):
-        dtype = next(net.parameters()).dtype
-        return latent_sample(
-            net.decode, generators, labels, device,
-            latent_dim=net.cfg.latent_dim, num_classes=net.cfg.num_classes, dtype=dtype, micro_batch=micro_batch,
-        )  # fmt: skip
-
-    return sample
+    return latent_sampler(net, decode=net.decode, micro_batch=micro_batch)
 
 
 def load(spec: WeightsSpec = WEIGHTS, cfg: VAEConfig = VAEConfig()) -> VAE:
     """The shipped VAE (sha256-checked), in eval mode on the CPU."""
-    net = VAE(cfg)
-    net.load_state_dict(load_state_dict(fetch(spec.uri, spec.sha256)))
-    return net.eval()
+    return load_pinned(VAE(cfg), spec)
 
 
 def build(spec: WeightsSpec = WEIGHTS, micro_batch: int = 16) -> GenerativeModel:
     net = load(spec)
-    return GenerativeModel(
-        name=NAME,
-        module=net,
-        sample=sampler(net, micro_batch),
-        shape=(net.cfg.channels, net.cfg.image_size, net.cfg.image_size),
-        sampler="vae",
-        steps=1,
-        weights_sha256=spec.sha256,
-        num_classes=net.cfg.num_classes,
-    )
+    return latent_model(NAME, net, decode=net.decode, sampler="vae", spec=spec, micro_batch=micro_batch)
 
 
 __all__ = ["VAEConfig", "VAE", "build", "load", "negative_elbo", "sampler", "NAME", "WEIGHTS", "LICENCE"]

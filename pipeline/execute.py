@@ -287,39 +287,50 @@ def _load_mask(uri: str | None, image: images.Decoded, storage_options: dict, ma
     return ~decoded.pixels.any(axis=2)
 
 
+def write_output(ctx: ShardContext, row: dict, rel_path: str, result: Result, source_format: str, alpha: np.ndarray | None = None) -> None:
+    """Encode one model output and write it to ``<output>/images/<rel_path>.<ext>``; fill in ``row``.
+
+    ``result.pixels``: H×W×C uint8 (or uint16). ``alpha``: the input's H'×W' uint8/uint16 alpha
+    plane (resized here to the output's H×W), or None. ``source_format``: the input's format,
+    what ``output.format`` `same` resolves to. A model error, or a failure to encode or write,
+    is recorded on the row (stage model / encode / write) instead of raised.
+    """
+    out = ctx.job.output
+    row["t_model"] = result.seconds
+    if result.error:
+        _fail(row, "model", result.error_type, result.error)
+        return
+    stage = "encode"
+    try:
+        t0 = time.perf_counter()
+        height, width = result.pixels.shape[:2]
+        alpha = resize_plane(alpha, height, width) if alpha is not None else None
+        fmt = images.choose_format(out.format, source_format, alpha is not None)
+        data = images.encode(result.pixels, alpha, fmt, out.quality)
+        t1 = time.perf_counter()
+        stage = "write"
+        output_uri = storage.join(out.uri, "images", output_rel_path(rel_path, fmt))
+        storage.write_atomic(output_uri, data, out.storage_options)
+        row.update(
+            status="ok",
+            output_uri=output_uri,
+            width_out=width,
+            height_out=height,
+            format_out=fmt,
+            t_encode=t1 - t0,
+            t_write=time.perf_counter() - t1,
+        )
+    except Exception as exc:
+        _fail(row, stage, type(exc).__name__, str(exc) or repr(exc))
+
+
 def _finish(ctx: ShardContext, works: list[_Work], results: list) -> None:
     """Encode and write each model output; fill in the rows."""
-    out = ctx.job.output
     for work, result in zip(works, results):
-        row, decoded = work.row, work.decoded
+        decoded = work.decoded
         assert decoded is not None
-        row["t_model"] = result.seconds
-        if result.error:
-            _fail(row, "model", result.error_type, result.error)
-            continue
-        stage = "encode"
-        try:
-            t0 = time.perf_counter()
-            height, width = result.pixels.shape[:2]
-            alpha = resize_plane(decoded.alpha, height, width) if decoded.alpha is not None else None
-            fmt = images.choose_format(out.format, decoded.format, alpha is not None)
-            data = images.encode(result.pixels, alpha, fmt, out.quality)
-            t1 = time.perf_counter()
-            stage = "write"
-            output_uri = storage.join(out.uri, "images", output_rel_path(work.rel_path, fmt))
-            storage.write_atomic(output_uri, data, out.storage_options)
-            row.update(
-                status="ok",
-                output_uri=output_uri,
-                width_out=width,
-                height_out=height,
-                format_out=fmt,
-                t_encode=t1 - t0,
-                t_write=time.perf_counter() - t1,
-            )
-        except Exception as exc:
-            _fail(row, stage, type(exc).__name__, str(exc) or repr(exc))
-        work.decoded = None  # free the pixels as soon as they are written
+        write_output(ctx, work.row, work.rel_path, result, decoded.format, decoded.alpha)
+        work.decoded = None  # free the pixels as soon as they are written (or failed)
 
 
 def _when_ready(actors: list, timeout: float = 300.0) -> None:

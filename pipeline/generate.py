@@ -22,11 +22,10 @@ from models import Registry
 from models.base import GenerativeModel
 from models.diffusion import sample_generator
 from models.weights import WeightsError
-from pipeline import images, runs, storage
+from pipeline import runs
 from pipeline.execute import (
     ShardContext,
     ShardResult,
-    _fail,
     _infer,
     _Pool,
     _submit,
@@ -35,10 +34,10 @@ from pipeline.execute import (
     gpus_to_request,
     run_shards,
     with_threads,
+    write_output,
 )
 from pipeline.inference import Result, pick_device
 from pipeline.job import Job, Resources
-from pipeline.planning import output_rel_path
 
 
 @dataclass
@@ -127,36 +126,6 @@ def _row(ctx: GenerationContext, item: dict, shard: int, attempt: int) -> dict:
     }
 
 
-def _write(ctx: GenerationContext, row: dict, rel_path: str, result: Result) -> None:
-    """Encode and write one sample; fill in its row (failures are recorded on it)."""
-    out = ctx.job.output
-    row["t_model"] = result.seconds
-    if result.error:
-        _fail(row, "model", result.error_type, result.error)
-        return
-    stage = "encode"
-    try:
-        t0 = time.perf_counter()
-        height, width = result.pixels.shape[:2]
-        fmt = images.choose_format(out.format, "PNG", has_alpha=False)  # `same`: there is no input, so png
-        data = images.encode(result.pixels, None, fmt, out.quality)
-        t1 = time.perf_counter()
-        stage = "write"
-        output_uri = storage.join(out.uri, "images", output_rel_path(rel_path, fmt))
-        storage.write_atomic(output_uri, data, out.storage_options)
-        row.update(
-            status="ok",
-            output_uri=output_uri,
-            width_out=width,
-            height_out=height,
-            format_out=fmt,
-            t_encode=t1 - t0,
-            t_write=time.perf_counter() - t1,
-        )
-    except Exception as exc:
-        _fail(row, stage, type(exc).__name__, str(exc) or repr(exc))
-
-
 @ray.remote
 def generate_shard(ctx: GenerationContext, shard: int, attempt: int, chain: list) -> ShardResult:
     """chain: [one GeneratorActor handle]. While the actor samples a batch, the previous one is written."""
@@ -169,7 +138,7 @@ def generate_shard(ctx: GenerationContext, shard: int, attempt: int, chain: list
     def finish(items: list[dict], indices: list[int], ref) -> None:
         for item, result in zip(items, _infer(chain, indices, ref)):
             row = _row(ctx, item, shard, attempt)
-            _write(ctx, row, item["rel_path"], result)
+            write_output(ctx, row, item["rel_path"], result, "PNG")  # `same`: there is no input, so png
             rows.append(row)
 
     pending = None

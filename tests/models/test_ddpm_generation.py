@@ -22,22 +22,17 @@ from models.diffusion import (
     DDPMConfig,
     build_unet,
     load_schedule,
-    sample_generator,
     save_pipeline_folder,
 )
 from models.weights import WeightsError, file_sha256, package_file
+from tests.models.generation_checks import gens
 
 TINY = DDPMConfig(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
                   norm_num_groups=4, num_train_timesteps=50)
 FAST = {"sampler": "ddim", "steps": 3, "micro_batch": 2}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +41,9 @@ def reg():
 
 
 @pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory, _one_thread):
+def tiny_folder(tmp_path_factory, one_torch_thread):
     torch.manual_seed(0)
     return save_pipeline_folder(build_unet(TINY).eval(), TINY, tmp_path_factory.mktemp("tiny-ddpm"))
-
-
-def _gens(indices, seed=7):
-    return [sample_generator(seed, i) for i in indices]
 
 
 def test_shipped_folder_is_pinned_and_documented():
@@ -77,12 +68,12 @@ def test_digits_entry_builds_and_samples(reg):
     assert isinstance(model, GenerativeModel)
     assert (model.shape, model.sampler, model.steps, model.num_classes) == ((3, 32, 32), "ddim", 3, 0)
     assert model.weights_sha256 == ddpm_digits.WEIGHTS.sha256
-    out = model.sample(_gens(range(3)), None, torch.device("cpu"))
+    out = model.sample(gens(range(3)), None, torch.device("cpu"))
     assert out.shape == (3, 3, 32, 32) and out.dtype == torch.float32
     assert 0 <= float(out.min()) and float(out.max()) <= 1
     assert not torch.equal(out[0], out[1])  # different generators, different samples
     with pytest.raises(ValueError, match="unconditional"):
-        model.sample(_gens(range(1)), [3], torch.device("cpu"))
+        model.sample(gens(range(1)), [3], torch.device("cpu"))
 
 
 def test_default_steps_and_param_validation(reg):
@@ -101,10 +92,10 @@ def test_default_steps_and_param_validation(reg):
 def test_a_sample_does_not_depend_on_its_batch(reg, params):
     """Index 5 alone, and in the middle of a batch of 3 (so in another micro-batch position): same bits."""
     model = reg.build("darkroom-ddpm-digits", params)
-    alone = model.sample(_gens([5]), None, torch.device("cpu"))
-    batch = model.sample(_gens([4, 5, 6]), None, torch.device("cpu"))
+    alone = model.sample(gens([5]), None, torch.device("cpu"))
+    batch = model.sample(gens([4, 5, 6]), None, torch.device("cpu"))
     assert torch.equal(alone[0], batch[1])
-    assert torch.equal(model.sample(_gens([5]), None, torch.device("cpu")), alone)  # and again
+    assert torch.equal(model.sample(gens([5]), None, torch.device("cpu")), alone)  # and again
 
 
 def test_shipped_ddpm_draws_recognisable_digits(reg):
@@ -112,7 +103,7 @@ def test_shipped_ddpm_draws_recognisable_digits(reg):
     DDPM steps give samples the classifier reads confidently (15 of 16 when shipped), of several
     classes. The classifier is confident about none of what an untrained UNet draws (noise)."""
     model = reg.build("darkroom-ddpm-digits", {"sampler": "ddpm", "steps": 25, "micro_batch": 16})
-    probs = digits_classifier.probabilities(digits_classifier.build(), model.sample(_gens(range(16), seed=0), None, torch.device("cpu")))
+    probs = digits_classifier.probabilities(digits_classifier.build(), model.sample(gens(range(16), seed=0), None, torch.device("cpu")))
     top_p, top = probs.max(1)
     assert float((top_p > 0.9).float().mean()) >= 0.6, top_p
     assert len(set(top.tolist())) >= 5, top
@@ -125,7 +116,7 @@ def test_ddpm_entry_loads_a_local_folder_and_pins_it(reg, tiny_folder):
     assert entry.weights_sha256(params) == digest  # the manifest's digest, without a pin
     model = reg.build("ddpm", params)
     assert (model.shape, model.steps, model.weights_sha256) == ((3, 8, 8), 2, digest)
-    out = model.sample(_gens(range(3)), None, torch.device("cpu"))
+    out = model.sample(gens(range(3)), None, torch.device("cpu"))
     assert out.shape == (3, 3, 8, 8) and 0 <= float(out.min()) and float(out.max()) <= 1
     assert reg.build("ddpm", {"uri": str(tiny_folder), "sampler": "ddpm"}).steps == TINY.num_train_timesteps  # T from its scheduler_config.json
     assert reg.build("ddpm", {**params, "sha256": digest.upper()}).weights_sha256 == digest
@@ -148,7 +139,7 @@ def test_ddpm_entry_reads_a_pipeline_folder_on_s3(reg, tiny_folder, s3_bucket, s
     remote = reg.build("ddpm", params)
     local = reg.build("ddpm", {**params, "uri": str(tiny_folder), "storage_options": {}})
     assert remote.weights_sha256 == digest
-    assert torch.equal(remote.sample(_gens([0, 1]), None, torch.device("cpu")), local.sample(_gens([0, 1]), None, torch.device("cpu")))
+    assert torch.equal(remote.sample(gens([0, 1]), None, torch.device("cpu")), local.sample(gens([0, 1]), None, torch.device("cpu")))
 
 
 def test_unsupported_folders_are_refused(reg, tiny_folder, tmp_path):

@@ -37,17 +37,11 @@ SHAPE = (3, 3, 8, 8)
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest and immune to a busy machine's contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def unet(_one_thread):
+def unet(one_torch_thread):
     torch.manual_seed(0)
     return build_unet(CFG).eval()
 

@@ -5,25 +5,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors import safe_open
 
 from models import digits_classifier
 from models.training import digits
-from models.weights import WeightsError, fetch, file_sha256, package_file
+from tests.models.generation_checks import pinned_weights_metadata
 
 HELD_BACK_ACCURACY_FLOOR = 0.95  # measured when trained: see the weights' metadata (held_back_accuracy)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def net(_one_thread):
+def net(one_torch_thread):
     return digits_classifier.build()
 
 
@@ -33,13 +27,7 @@ def held_back():
 
 
 def test_shipped_weights_match_their_pin_and_name_their_data():
-    spec = digits_classifier.WEIGHTS
-    path = package_file(spec.uri)
-    assert file_sha256(path) == spec.sha256 and path.stat().st_size < 1e6
-    with pytest.raises(WeightsError, match="sha256 mismatch"):
-        fetch(spec.uri, "0" * 64)
-    with safe_open(str(path), "pt") as fh:
-        meta = fh.metadata()
+    meta = pinned_weights_metadata(digits_classifier.WEIGHTS, max_bytes=1e6)
     assert meta["model"] == digits_classifier.NAME and int(meta["steps"]) > 0
     assert "training digits" in meta["data"] and "held-back" in meta["held_out"]
 

@@ -9,20 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors import safe_open
 
-from models import default_registry, digits_classifier, gan
-from models.base import WeightsSpec
-from models.weights import WeightsError, fetch, file_sha256, package_file
+from models import default_registry, gan
 from tests.models import generation_checks as checks
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -31,18 +22,7 @@ def model():
 
 
 def test_registry_entry_and_shipped_weights():
-    entry = default_registry().get(gan.NAME)
-    assert entry.task == "generation" and entry.num_classes == 10 and entry.weights == gan.WEIGHTS
-    spec = entry.weights
-    assert spec.uri == "package://models/weights/darkroom-gan-digits.safetensors" and spec.format == "safetensors"
-    path = package_file(spec.uri)
-    assert file_sha256(path) == spec.sha256 and path.stat().st_size < 3e6
-    with pytest.raises(WeightsError, match="sha256 mismatch"):
-        fetch(spec.uri, "0" * 64)
-    with safe_open(str(path), "pt") as fh:
-        meta = fh.metadata()
-    assert meta["model"] == gan.NAME and int(meta["steps"]) > 0 and "load_digits" in meta["data"]
-    assert {k: v for k, v in meta.items() if k.startswith("config.")} == gan.GANConfig().as_metadata()
+    checks.check_registry_entry_and_shipped_weights(gan, gan.GANConfig(), "package://models/weights/darkroom-gan-digits.safetensors")
 
 
 def test_built_model(model):
@@ -67,29 +47,18 @@ def test_bad_labels_refused(model):
 
 
 def test_labels_honoured_by_hue(model):
-    images, labels = checks.class_samples(model, per_class=10)
-    assert (checks.hue_classes(images) == labels).float().mean() >= 0.95
-    untrained = gan.Generator().eval()
-    random_images = gan.sampler(untrained)(checks.gens(range(100), 11), labels.tolist(), torch.device("cpu"))
-    assert (checks.hue_classes(random_images) == labels).float().mean() < 0.5
+    checks.check_labels_honoured_by_hue(model, untrained=gan.sampler(gan.Generator().eval()))
 
 
 def test_labels_honoured_by_the_digits_classifier(model):
-    classifier = digits_classifier.build()
-    images, labels = checks.class_samples(model, per_class=20)
-    probs = digits_classifier.probabilities(classifier, images)
-    assert (probs.argmax(dim=1) == labels).float().mean() >= 0.8
+    checks.check_labels_honoured_by_the_digits_classifier(model)
 
 
 def test_training_script_writes_loadable_weights(tmp_path):
     from models.training import train_gan_digits
 
     train_gan_digits.main(["--steps", "2", "--batch", "4", "--recalibrate", "1", "--out", str(tmp_path)])
-    path = tmp_path / f"{gan.NAME}.safetensors"
-    assert {p.name for p in tmp_path.glob("*.png")} == {f"{gan.NAME}-step1.png", f"{gan.NAME}-step2.png"}
-    assert (tmp_path / "loss.csv").is_file() and (tmp_path / "train.json").is_file()
-    built = gan.build(WeightsSpec(uri=str(path), sha256=file_sha256(path), format="safetensors", scale=1, licence=gan.LICENCE))
-    assert built.sample(checks.gens([0, 1]), [0, 9], torch.device("cpu")).shape == (2, 3, 32, 32)
+    checks.check_training_output(gan, tmp_path)
 
 
 @pytest.mark.parametrize("minibatch_std", [False, True])

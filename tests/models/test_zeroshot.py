@@ -28,12 +28,7 @@ TOL = 1 / 255
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "weights" / "ddpm-digits"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _write_prior(folder: Path, cfg: DDPMConfig, seed: int = 0) -> str:
