@@ -13,6 +13,7 @@ exactly the committed rows of every run: a shard either has its whole part or no
 from __future__ import annotations
 
 import io
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -109,8 +110,14 @@ def read(
     retried rather than mistaken for missing files.
     """
     schema = MANIFEST_SCHEMA if columns is None else pa.schema([MANIFEST_SCHEMA.field(c) for c in columns])
-    tables = [
-        pq.read_table(io.BytesIO(storage.read_bytes(uri, storage_options)), columns=columns, schema=MANIFEST_SCHEMA).select(schema.names)
-        for uri in part_uris(output_uri, storage_options, run_id)
-    ]
+    tables = list(iter_tables(output_uri, storage_options, run_id, columns))
     return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def iter_tables(
+    output_uri: str, storage_options: dict | None = None, run_id: str | None = None, columns: list[str] | None = None
+) -> Iterator[pa.Table]:
+    """``read``, one committed part at a time (for callers that reduce each part as it comes)."""
+    names = MANIFEST_SCHEMA.names if columns is None else columns
+    for uri in part_uris(output_uri, storage_options, run_id):
+        yield pq.read_table(io.BytesIO(storage.read_bytes(uri, storage_options)), columns=columns, schema=MANIFEST_SCHEMA).select(names)

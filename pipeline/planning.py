@@ -29,6 +29,7 @@ from pipeline.images import FORMAT_EXTENSIONS, IMAGE_EXTENSIONS
 from pipeline.job import GenerateSpec, InputSpec, Job
 
 DIFF_ROWS = 262_144  # listed inputs per incremental-diff call
+LIST_FILE_BATCH_ROWS = 65_536  # list-file rows per Arrow pass (the per-pass overhead dwarfs 1,000 rows' work)
 LIST_FILE_EXTENSIONS = (".parquet", ".csv", ".jsonl", ".ndjson")
 PLAN_SCHEMA = pa.schema(
     [
@@ -42,6 +43,7 @@ PLAN_SCHEMA = pa.schema(
 )
 # Generation: input_uri = generate://<model>/<seed>/<index>, rel_path = <index:08d>; no size, etag or mtime.
 GENERATION_PLAN_SCHEMA = PLAN_SCHEMA.append(pa.field("sample_index", pa.int64(), nullable=False))
+_EXT_CHARS = max(len(e) for e in IMAGE_EXTENSIONS)  # code points; lowercasing maps one to one
 _UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
 _REGEX_SPECIAL = set(".^$*+?()[]{}|-")
 
@@ -115,6 +117,9 @@ def mask_uri_for(uri: str, pattern: str) -> str:
     return f"{folder}/{pattern.format(stem=stem, name=name)}" if folder else pattern.format(stem=stem, name=name)
 
 
+_IMAGE_SUFFIX = "(" + "|".join(_regex_literal(e) for e in sorted(IMAGE_EXTENSIONS)) + ")$"
+
+
 def is_list_file(uri: str) -> bool:
     return uri.lower().endswith(LIST_FILE_EXTENSIONS)
 
@@ -160,11 +165,11 @@ def _list_file_tables(spec: InputSpec, rows: int, summary: PlanSummary) -> Itera
     with fs.open(path, "rb") as fh:
         lower = spec.uri.lower()
         if lower.endswith(".parquet"):
-            batches = pq.ParquetFile(fh).iter_batches(batch_size=rows)
+            batches = pq.ParquetFile(fh).iter_batches(batch_size=max(rows, LIST_FILE_BATCH_ROWS))
         elif lower.endswith(".csv"):
             batches = pacsv.open_csv(fh)
         else:
-            batches = pajson.read_json(fh).to_batches(max_chunksize=rows)
+            batches = pajson.read_json(fh).to_batches(max_chunksize=max(rows, LIST_FILE_BATCH_ROWS))
         for batch in batches:
             if "uri" not in batch.schema.names:
                 raise ValueError(f"{spec.uri}: list file has no `uri` column (columns: {', '.join(batch.schema.names)})")
@@ -172,8 +177,11 @@ def _list_file_tables(spec: InputSpec, rows: int, summary: PlanSummary) -> Itera
             table = table.filter(pc.is_valid(table["uri"]))
             uris = table["uri"].combine_chunks().cast(pa.string())
             visible = storage.redact_array(uris)  # a signed URL's extension is before its query string
-            ext = pc.utf8_lower(pc.replace_substring_regex(visible, r"^.*?(\.[^./]*)?$", r"\1"))
-            image = pc.is_in(ext, value_set=pa.array(sorted(IMAGE_EXTENSIONS)))
+            # An image's extension (from the last dot, if no slash follows) ends the URI: an image
+            # extension has no other dot or slash, so "ends with one" is the same test. Only the
+            # last few characters are lowercased and matched.
+            tail = pc.utf8_lower(pc.utf8_slice_codeunits(visible, -_EXT_CHARS))
+            image = pc.match_substring_regex(tail, _IMAGE_SUFFIX)
             _count_skipped(summary, uris.filter(pc.invert(image)))
             if spec.mask:
                 is_mask = pc.and_(image, pc.match_substring_regex(visible, mask_regex(spec.mask)))

@@ -1,14 +1,16 @@
 """Incremental runs: unchanged inputs do no work, touched ones are redone, param changes redo all."""
 
 import os
+import random
 
 import boto3
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pytest
 
 from models import default_registry
-from pipeline import api, incremental
+from pipeline import api, incremental, storage
 from pipeline.job import parse_job
 from tests.corpus import MAX_BYTES, MAX_PIXELS
 
@@ -83,23 +85,104 @@ def test_s3_etag_decides_changed(ray_local, s3_bucket, corpus):
     assert plan.categories == {"unchanged": 1, "changed": 1}
 
 
-def test_classify_is_columnar_and_handles_unknown_versions():
-    history = incremental.History(
-        ok_keys=incremental.version_keys(pa.array(["a", "b"]), pa.array(["e1", None]), pa.array([1, 5]), pa.array([1.0, 2.0])),
-        ok_uris=pa.array(["a", "b", "list"]),
-        error_keys=pa.array(["c\x00e3"]),
-        seen_uris=pa.array(["a", "b", "c", "d", "list"]),
+def manifest_rows(rows: list[tuple]) -> pa.Table:
+    """(uri, etag, size, mtime, fingerprint, status) tuples → a table of incremental.HISTORY_COLUMNS."""
+    columns = list(zip(*rows)) if rows else [[]] * 6
+    types = [pa.string(), pa.string(), pa.int64(), pa.float64(), pa.string(), pa.string()]
+    return pa.table([pa.array(c, t) for c, t in zip(columns, types)], names=incremental.HISTORY_COLUMNS)
+
+
+def plan_rows(rows: list[tuple]) -> pa.Table:
+    """(uri, etag, size, mtime) tuples → the key columns of a plan table."""
+    uris, etags, sizes, mtimes = (list(c) for c in zip(*rows))
+    return pa.table(
+        {"input_uri": uris, "rel_path": uris, "size": pa.array(sizes, pa.int64()), "etag": pa.array(etags, pa.string()),
+         "mtime": pa.array(mtimes, pa.float64())}
     )
-    plan = pa.table(
-        {
-            "input_uri": ["a", "b", "c", "d", "e", "list"],
-            "rel_path": ["a", "b", "c", "d", "e", "list"],
-            "size": pa.array([1, 5, 1, 1, 1, None], pa.int64()),
-            "etag": ["e1", None, "e3", "x", "y", None],
-            "mtime": pa.array([1.0, 2.0, 1.0, 1.0, 1.0, None]),
-        }
+
+
+def test_classify_is_columnar_and_handles_unknown_versions():
+    history = incremental.History.from_tables(
+        [
+            manifest_rows([("a", "e1", 1, 1.0, "f", "ok"), ("b", None, 5, 2.0, "f", "ok")]),
+            manifest_rows([("list", None, None, None, "f", "ok"), ("c", "e3", 1, 1.0, "f", "error")]),
+            manifest_rows([("d", "x", 1, 1.0, "other steps", "ok")]),  # another fingerprint: only "seen"
+        ],
+        "f",
+    )
+    plan = plan_rows(
+        [("a", "e1", 1, 1.0), ("b", None, 5, 2.0), ("c", "e3", 1, 1.0), ("d", "x", 1, 1.0), ("e", "y", 1, 1.0), ("list", None, None, None)]
     )
     assert incremental.classify(plan, history).to_pylist() == ["unchanged", "unchanged", "failed", "changed", "new", "unchanged"]
+    assert incremental.classify(plan, incremental.History.empty()).to_pylist() == ["new"] * 6
+
+
+def reference_categories(manifest: list[tuple], plan: list[tuple], fingerprint: str) -> list[str]:
+    """The module docstring's rules, one Python object per row."""
+
+    def key(uri, etag, size, mtime):
+        if etag is None and (size is None or mtime is None):
+            return None
+        version = etag if etag is not None else f"{size}:{pa.scalar(mtime, pa.float64()).cast(pa.string()).as_py()}"
+        return f"{uri}\0{version}"
+
+    same = [r for r in manifest if r[4] == fingerprint]
+    ok_keys = {key(*r[:4]) for r in same if r[5] == "ok"} - {None}
+    error_keys = {key(*r[:4]) for r in same if r[5] != "ok"} - {None}
+    ok_uris, error_uris = {r[0] for r in same if r[5] == "ok"}, {r[0] for r in same if r[5] != "ok"}
+    out = []
+    for row in plan:
+        uri = storage.redact(row[0])  # as the manifest records it
+        k = key(uri, *row[1:])
+        if (k in ok_keys) if k is not None else (uri in ok_uris):
+            out.append("unchanged")
+        elif (k in error_keys) if k is not None else (uri in error_uris):
+            out.append("failed")
+        else:
+            out.append("changed" if uri in {r[0] for r in manifest} else "new")
+    return out
+
+
+def test_classify_matches_the_rules_on_awkward_keys():
+    # Empty, NUL-bearing, long and non-ASCII URIs and versions; keys that differ only past
+    # the first 8 bytes; signed URLs (matched redacted); rows of another fingerprint.
+    rng = random.Random(7)
+    uris = ["", "a", "a\0b", "é" * 9, "x" * 63, "x" * 64, "x" * 300, "s3://b/p/1.jpg", "s3://b/p/2.jpg", "https://h/s.jpg"]
+    etags = [None, "", "e1", "e1\0", "b\0e1"]
+
+    def row(uri_choices):
+        return (rng.choice(uri_choices), rng.choice(etags), rng.choice([None, 1, 10]), rng.choice([None, 1.0, 2.5]))
+
+    manifest = [(*row(uris), rng.choice(["f", "g"]), rng.choice(["ok", "error"])) for _ in range(400)]
+    plan = [row(uris + ["https://h/s.jpg?X-Amz-Signature=1", "s3://b/new.jpg"]) for _ in range(3000)]
+    parts = [manifest_rows(manifest[i : i + 150]) for i in range(0, len(manifest), 150)]
+    got = incremental.classify(plan_rows(plan), incremental.History.from_tables(parts, "f")).to_pylist()
+    assert got == reference_categories(manifest, plan, "f")
+    assert set(got) == set(incremental.CATEGORIES)
+
+
+def test_a_hash_collision_never_counts_as_a_match():
+    # Four different strings filed under one hash (that of "q"): only "q" itself is found,
+    # wherever it sits among them.
+    strings = pa.array(["a", "b", "c", "q"], pa.large_string())
+    same_hash = incremental.string_hashes(pa.array(["q"]))[0]
+    for order in ([0, 1, 2, 3], [3, 2, 1, 0], [1, 3, 0, 2]):
+        lookup = incremental._Lookup(np.full(4, same_hash, np.uint64), np.array(order), strings.take)
+        assert lookup.contains(pa.array(["q", "a", "zz", "c"])).tolist() == [True, False, False, False]
+    without_q = incremental._Lookup(np.full(3, same_hash, np.uint64), np.array([0, 1, 2]), strings.take)
+    assert not without_q.contains(pa.array(["q"])).any()
+
+
+def test_string_hashes_depend_on_the_string_alone():
+    strings = pa.array(["", "a", "a\0", "abcdefgh", "abcdefghi", "é" * 20, "x" * 100, "abcdefgh", None])
+    hashes = incremental.string_hashes(strings)
+    assert hashes.dtype == np.uint64 and hashes[3] == hashes[7] and len(set(hashes[:7].tolist())) == 7
+    for start in range(len(strings)):  # slices, neighbours and offsets do not matter
+        assert (incremental.string_hashes(strings.slice(start)) == hashes[start:]).all()
+    assert (incremental.string_hashes(strings.cast(pa.large_string())) == hashes).all()
+    assert (incremental.string_hashes(pa.chunked_array([strings.slice(0, 3), strings.slice(3)])) == hashes).all()
+    lone = incremental.string_hashes(pa.array(["x" * 100] + ["ab"] * 20))[0]  # one long string among short ones
+    assert lone == hashes[6]
 
 
 def test_lease_refuses_a_concurrent_run(ray_local, corpus_dir, tmp_path):

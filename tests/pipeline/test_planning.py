@@ -106,3 +106,20 @@ def test_output_rel_path_never_collides_on_extension():
     assert planning.output_rel_path("a.JPG", "jpeg") == "a.JPG"
     assert planning.output_rel_path("a.jpg", "png") == "a.jpg.png"
     assert planning.output_rel_path("a.webp", "png") != planning.output_rel_path("a.png", "png")
+
+
+def test_list_file_image_test_is_the_extension_after_the_last_dot(tmp_path):
+    # The list-file path matches image extensions at the end of the (redacted) URI: the same
+    # test as "the extension from the last dot, if no slash follows", because no image
+    # extension holds another dot or a slash.
+    from pipeline.images import IMAGE_EXTENSIONS
+
+    assert all(e.startswith(".") and "." not in e[1:] and "/" not in e for e in IMAGE_EXTENSIONS)
+    uris = {
+        "s3://b/A.JPG": True, "s3://b/x.tİf": True, "https://h/x.png?sig=a.txt": True, "s3://b/.jpeg": True,
+        "s3://b/x.jpg/": False, "s3://b/x.jpg.txt": False, "s3://b/dir.png/file": False, "s3://b/xjpg": False,
+        "s3://b/x.jpgs": False, "s3://b/x": False,
+    }
+    path = tmp_path / "l.parquet"
+    pq.write_table(pa.table({"uri": list(uris)}), path)
+    assert [r["input_uri"] for r in all_rows(job_for(str(path)))] == [u for u, image in uris.items() if image]
