@@ -297,6 +297,9 @@ def training(result: dict) -> str:
             meta, params = fh.metadata(), sum(fh.get_tensor(k).numel() for k in fh.keys())
         closed_form = meta["batch"] == "all pixels"
         steps = "closed form, all pixels" if closed_form else f"{meta['steps']} ({meta['batch']} × {meta['patch']}²)"
+        if "steps_this_run" in meta and "batch_before" in meta:  # continued from earlier weights: both stages
+            steps = (f"{meta['steps']} = {meta['steps_before']} ({meta['batch_before']} × {meta['patch_before']}²) "
+                     f"+ {meta['steps_this_run']} ({meta['batch']} × {meta['patch']}²)")
         lines.append(f"| {name} | {params:,} | {steps} | {meta['cpu_seconds']} s, 1 thread "
                      f"| {meta['final_loss']} ({meta['loss']}) | {meta['date'][:16]} |")
         data.setdefault(meta["data"], []).append(name)

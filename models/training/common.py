@@ -123,21 +123,28 @@ def train(
     max_cpu_seconds: float,
     log_every: int = 100,
     on_step: Callable[[int], None] | None = None,
+    max_wall_seconds: float | None = None,
 ) -> dict[str, float]:
     """Adam with warm-up and cosine decay, over ``steps`` steps or ``max_cpu_seconds`` of CPU time.
 
     The schedule follows whichever budget is further spent, so a run stopped by the CPU budget
     (on a busy machine) still ends with an annealed learning rate; the metadata records the
-    steps actually run. ``on_step(done)`` is called after every optimiser step (e.g. to save
-    sample grids along the way).
+    steps actually run. ``max_wall_seconds`` (optional) is a third such budget, in wall-clock
+    time, for runs that must end by a deadline on a shared machine. ``on_step(done)`` is called
+    after every optimiser step (e.g. to save sample grids along the way).
     """
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     warm = min(100, steps // 10)
     net.train()
     t0, recent, done = time.process_time(), [], 0
+    wall0 = time.monotonic()
+
+    def wall_spent() -> float:
+        return 0.0 if max_wall_seconds is None else (time.monotonic() - wall0) / max_wall_seconds
+
     for step in range(steps):
-        progress = max(step / steps, (time.process_time() - t0) / max_cpu_seconds)
+        progress = max(step / steps, (time.process_time() - t0) / max_cpu_seconds, wall_spent())
         factor = (step + 1) / warm if step < warm else 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
         for group in opt.param_groups:
             group["lr"] = lr * factor
@@ -154,6 +161,9 @@ def train(
             on_step(done)
         if time.process_time() - t0 > max_cpu_seconds:
             print(f"CPU budget of {max_cpu_seconds:.0f}s spent: stopping after {done} steps", flush=True)
+            break
+        if wall_spent() > 1:
+            print(f"wall-clock budget of {max_wall_seconds:.0f}s spent: stopping after {done} steps", flush=True)
             break
     net.eval()
     return {"steps": done, "final_loss": sum(recent) / len(recent), "cpu_seconds": time.process_time() - t0}
