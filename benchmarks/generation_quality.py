@@ -64,7 +64,16 @@ def variants(entry, micro_batch: int, steps: int | None = None) -> list[dict]:
     if steps is not None and "steps" in fields:
         base["steps"] = steps
     choices = typing.get_args(fields["sampler"].annotation) if "sampler" in fields else ()
-    return [{**base, "sampler": s} for s in choices] or [base]
+    out = [{**base, "sampler": s} for s in choices] or [base]
+    if "temperature" in fields:  # the trained distribution (1.0) next to the default temperature
+        out += [{**v, "temperature": 1.0} for v in out]
+    return out
+
+
+def sampler_label(row: dict) -> str:
+    """The sampler, with the latent temperature for generators that take one."""
+    t = row.get("temperature")
+    return row["sampler"] if t is None else f"{row['sampler']}, temperature {t:g}"
 
 
 def generate(model, n: int, seed: int, batch: int) -> tuple[torch.Tensor, list[int] | None, float, float]:
@@ -133,7 +142,7 @@ def table(rows: list[dict], held: dict[str, float]) -> str:
     for r in rows:
         nn = r["nearest_train_l2"]
         lines.append(
-            f"| {r['model']} | {r['sampler']} | {r['steps']} | **{pct(r['confident'])}** | {pct(r['min_class_share'])} "
+            f"| {r['model']} | {sampler_label(r)} | {r['steps']} | **{pct(r['confident'])}** | {pct(r['min_class_share'])} "
             f"| {pct(r['label_agrees'])} | {pct(r['colour_agrees'])} | {nn['median']:.2f} ({nn['p5']:.2f}) | {pct(r['copies'])} "
             f"| {r['images_per_s']:.2f} | {r['images_per_cpu_s']:.2f} |"
         )
@@ -144,7 +153,7 @@ def table(rows: list[dict], held: dict[str, float]) -> str:
 def histogram(rows: list[dict]) -> str:
     lines = ["| model | sampler | " + " | ".join(str(c) for c in range(10)) + " |", "|---|---|" + "---|" * 10]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['sampler']} | " + " | ".join(f"{100 * s:.1f}" for s in r["class_share"]) + " |")
+        lines.append(f"| {r['model']} | {sampler_label(r)} | " + " | ".join(f"{100 * s:.1f}" for s in r["class_share"]) + " |")
     return "\n".join(lines)
 
 
@@ -185,13 +194,15 @@ def main(argv: list[str] | None = None) -> dict:
             images, labels, wall, cpu = generate(model, args.samples, args.seed, args.batch)
             assert images.shape == (args.samples, *model.shape), images.shape
             row = {"model": entry.name, "sampler": model.sampler, "steps": model.steps, "params": params,
+                   "temperature": getattr(entry.validate_params(params), "temperature", None),
                    "weights_sha256": model.weights_sha256, "samples": args.samples,
                    **score(images, labels, classifier, train, held_nn),
                    "images_per_s": round(args.samples / wall, 3), "images_per_cpu_s": round(args.samples / cpu, 3)}
             rows.append(row)
             if str(args.grids) != "-":
                 args.grids.mkdir(parents=True, exist_ok=True)
-                grid = args.grids / f"samples-{entry.name}-{model.sampler}.png"
+                suffix = "" if row["temperature"] is None else f"-t{row['temperature']:g}"
+                grid = args.grids / f"samples-{entry.name}-{model.sampler}{suffix}.png"
                 save_image(F.interpolate(images[:GRID_SAMPLES], scale_factor=2, mode="nearest"), grid, nrow=10, padding=2, pad_value=0.25)
                 row["grid"] = str(grid.relative_to(REPO)) if grid.is_relative_to(REPO) else str(grid)
             print(json.dumps({k: row[k] for k in ("model", "sampler", "steps", "confident", "min_class_share", "copies")}), flush=True)

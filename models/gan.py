@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from models.base import GenerativeModel, WeightsSpec
-from models.latent import doublings_from_4x4, latent_model, latent_sampler, load_pinned
+from models.latent import LatentParams, doublings_from_4x4, latent_model, latent_sampler, load_pinned
 
 NAME = "darkroom-gan-digits"
 LICENCE = "MIT (trained by darkroom on scikit-learn's digits)"
@@ -121,9 +121,11 @@ def load(spec: WeightsSpec = WEIGHTS, cfg: GANConfig = GANConfig()) -> Generator
     return load_pinned(Generator(cfg), spec)
 
 
-def build(spec: WeightsSpec = WEIGHTS, micro_batch: int = 16) -> GenerativeModel:
+def build(p: LatentParams | None = None, spec: WeightsSpec = WEIGHTS, micro_batch: int = 16) -> GenerativeModel:
+    """The shipped weights as a GenerativeModel sampling at ``p.temperature`` (models.latent)."""
     net = load(spec)
-    return latent_model(NAME, net, decode=net, sampler="gan", spec=spec, micro_batch=micro_batch)
+    temperature = (p or LatentParams()).temperature
+    return latent_model(NAME, net, decode=net, sampler="gan", spec=spec, micro_batch=micro_batch, temperature=temperature)
 
 
-__all__ = ["GANConfig", "Generator", "Discriminator", "build", "load", "sampler", "NAME", "WEIGHTS", "LICENCE"]
+__all__ = ["GANConfig", "Generator", "Discriminator", "LatentParams", "build", "load", "sampler", "NAME", "WEIGHTS", "LICENCE"]

@@ -8,7 +8,10 @@ A latent generator is a callable ``decode(z, y) -> images``:
 
 Determinism contract (models/base.py GenerativeModel): sample ``i`` draws its latent code
 (``latent_dim`` N(0, 1) float32 values) and then, only when no label is given, its class
-(uniform in 0 … num_classes-1) from ``generators[i]`` and nothing else. Drawing ``z`` first means
+(uniform in 0 … num_classes-1) from ``generators[i]`` and nothing else. The code is then scaled
+by the ``temperature`` (:class:`LatentParams`): below 1 the samples stay nearer the typical
+images of their class ("truncation", Brock et al. 2019; reduced-temperature sampling, Kingma &
+Dhariwal 2018) — more of them legible, less varied; docs/generation.md measures both. Drawing ``z`` first means
 that a sample whose class was drawn equals the sample asked for with that class. The network runs
 on chunks of exactly ``micro_batch`` rows (the last one padded), so a row's output does not
 depend on the batch size or its neighbours (see :func:`models.diffusion.unet_eps` for why).
@@ -22,6 +25,7 @@ import math
 from typing import Callable, Protocol, Sequence, TypeVar
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from models.base import GenerativeModel, SampleFn, WeightsSpec
@@ -39,6 +43,16 @@ class LatentConfig(Protocol):
     channels: int
     latent_dim: int
     num_classes: int
+
+
+class LatentParams(BaseModel):
+    """Job params of a latent-code generator (darkroom-gan-digits, darkroom-vae-digits)."""
+
+    model_config = ConfigDict(extra="forbid")
+    temperature: float = Field(
+        0.6, gt=0, le=2, description="scale of the latent code z ~ N(0, I); 1 samples the trained distribution, "
+        "lower values give more legible, less varied samples (docs/generation.md)"
+    )
 
 
 def doublings_from_4x4(image_size: int) -> int:
@@ -100,21 +114,22 @@ def latent_sample(
     num_classes: int,
     dtype: torch.dtype = torch.float32,
     micro_batch: int = 16,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     """Images from a latent generator: float32 N×C×H×W in [0, 1] on ``device``, N = len(generators).
 
     ``dtype`` is the network's parameter dtype (``z`` is cast to it); ``micro_batch`` as in
-    :func:`decode_fixed_batch`. An empty ``generators`` is refused.
+    :func:`decode_fixed_batch`; ``z`` is scaled by ``temperature``. An empty ``generators`` is refused.
     """
     if not generators:
         raise ValueError("no generators: nothing to sample")
     z, y = draw_latents(generators, labels, latent_dim, num_classes)
     device = torch.device(device)
-    out = decode_fixed_batch(decode, z.to(device=device, dtype=dtype), y.to(device), micro_batch)
+    out = decode_fixed_batch(decode, (z * temperature).to(device=device, dtype=dtype), y.to(device), micro_batch)
     return out.to(torch.float32).clamp(0, 1)
 
 
-def latent_sampler(net: nn.Module, decode: Decoder, micro_batch: int = 16) -> SampleFn:
+def latent_sampler(net: nn.Module, decode: Decoder, micro_batch: int = 16, temperature: float = 1.0) -> SampleFn:
     """The GenerativeModel ``sample`` function of ``decode``, a method of ``net`` (or ``net``
     itself): :func:`latent_sample` with ``net.cfg``'s latent_dim and num_classes (a
     :class:`LatentConfig`) and ``net``'s parameter dtype, read at each call (so it follows
@@ -126,6 +141,7 @@ def latent_sampler(net: nn.Module, decode: Decoder, micro_batch: int = 16) -> Sa
         return latent_sample(
             decode, generators, labels, device,
             latent_dim=cfg.latent_dim, num_classes=cfg.num_classes, dtype=dtype, micro_batch=micro_batch,
+            temperature=temperature,
         )  # fmt: skip
 
     return sample
@@ -138,7 +154,9 @@ def load_pinned(net: Net, spec: WeightsSpec) -> Net:
     return net.eval()
 
 
-def latent_model(name: str, net: nn.Module, decode: Decoder, sampler: str, spec: WeightsSpec, micro_batch: int = 16) -> GenerativeModel:
+def latent_model(
+    name: str, net: nn.Module, decode: Decoder, sampler: str, spec: WeightsSpec, micro_batch: int = 16, temperature: float = 1.0
+) -> GenerativeModel:
     """The GenerativeModel of a latent-code generator (one network evaluation per sample):
     images ``net.cfg.channels``×``image_size``×``image_size`` from :func:`latent_sampler`;
     ``sampler`` ("gan" | "vae") and ``spec.sha256`` go into the manifest."""
@@ -146,7 +164,7 @@ def latent_model(name: str, net: nn.Module, decode: Decoder, sampler: str, spec:
     return GenerativeModel(
         name=name,
         module=net,
-        sample=latent_sampler(net, decode, micro_batch),
+        sample=latent_sampler(net, decode, micro_batch, temperature),
         shape=(cfg.channels, cfg.image_size, cfg.image_size),
         sampler=sampler,
         steps=1,

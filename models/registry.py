@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models import checkpoint, darkroom_colorize, darkroom_denoise, darkroom_inpaint, darkroom_sr, ddpm_digits, diffusion, gan, realesrgan, vae, zeroshot
 from models.base import ImageModel, WeightsSpec
+from models.latent import LatentParams
 from models.resample import Identity, Resample
 
 
@@ -197,8 +198,8 @@ def default_registry() -> Registry:
                 name=module.NAME,
                 task="generation",
                 description=description,
-                params=NoParams,
-                build=lambda _, module=module: module.build(),
+                params=LatentParams,
+                build=module.build,
                 weights=module.WEIGHTS,
                 licence=module.LICENCE,
                 num_classes=10,

@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from models.base import GenerativeModel, WeightsSpec
-from models.latent import doublings_from_4x4, latent_model, latent_sampler, load_pinned
+from models.latent import LatentParams, doublings_from_4x4, latent_model, latent_sampler, load_pinned
 
 NAME = "darkroom-vae-digits"
 LICENCE = "MIT (trained by darkroom on scikit-learn's digits)"
@@ -116,9 +116,11 @@ def load(spec: WeightsSpec = WEIGHTS, cfg: VAEConfig = VAEConfig()) -> VAE:
     return load_pinned(VAE(cfg), spec)
 
 
-def build(spec: WeightsSpec = WEIGHTS, micro_batch: int = 16) -> GenerativeModel:
+def build(p: LatentParams | None = None, spec: WeightsSpec = WEIGHTS, micro_batch: int = 16) -> GenerativeModel:
+    """The shipped weights as a GenerativeModel sampling at ``p.temperature`` (models.latent)."""
     net = load(spec)
-    return latent_model(NAME, net, decode=net.decode, sampler="vae", spec=spec, micro_batch=micro_batch)
+    temperature = (p or LatentParams()).temperature
+    return latent_model(NAME, net, decode=net.decode, sampler="vae", spec=spec, micro_batch=micro_batch, temperature=temperature)
 
 
-__all__ = ["VAEConfig", "VAE", "build", "load", "negative_elbo", "sampler", "NAME", "WEIGHTS", "LICENCE"]
+__all__ = ["VAEConfig", "VAE", "LatentParams", "build", "load", "negative_elbo", "sampler", "NAME", "WEIGHTS", "LICENCE"]

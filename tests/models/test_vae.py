@@ -39,11 +39,15 @@ def test_class_drawn_from_the_samples_generator(model):
     checks.check_drawn_class_is_the_asked_class(model)
 
 
-def test_generation_is_the_decoder_on_the_samples_latent(model):
-    gen = checks.gens([3])[0]
+def test_generation_is_the_decoder_on_the_samples_latent_at_the_temperature(model):
     z = torch.randn(model.module.cfg.latent_dim, generator=checks.gens([3])[0])
-    expected = model.module.decode(z[None], torch.tensor([7]))
-    assert torch.allclose(model.sample([gen], [7], torch.device("cpu")), expected, atol=1e-6)
+    for temperature in (None, 1.0, 0.3):
+        built = model if temperature is None else default_registry().build(vae.NAME, {"temperature": temperature})
+        t = vae.LatentParams().temperature if temperature is None else temperature
+        expected = model.module.decode(t * z[None], torch.tensor([7]))
+        assert torch.allclose(built.sample(checks.gens([3]), [7], torch.device("cpu")), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="temperature"):
+        default_registry().get(vae.NAME).validate_params({"temperature": 0})
 
 
 def test_labels_honoured_by_hue(model):
