@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections import Counter
+from typing import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
@@ -103,17 +104,24 @@ def _new_run(job: Job, fingerprint: str, run_id: str) -> runs.RunRecord:
     return record
 
 
-def _error_summary(table: pa.Table) -> list[dict]:
-    """Error types of a run, most frequent first: count, stage and one example input each."""
-    errors = table.filter(pc.equal(table["status"], "error"))
-    if not errors.num_rows:
-        return []
-    grouped = errors.group_by(["error_type", "stage"]).aggregate([("input_uri", "count"), ("input_uri", "min")])
-    rows = [
-        {"error_type": r["error_type"], "stage": r["stage"], "count": r["input_uri_count"], "example": r["input_uri_min"]}
-        for r in grouped.to_pylist()
-    ]
-    return sorted(rows, key=lambda r: (-r["count"], r["error_type"] or ""))
+def _outcome(parts: Iterable[pa.Table]) -> tuple[dict[str, int], list[dict]]:
+    """A run's row counts by status, and its error types, most frequent first (count, stage and
+    the smallest input URI as an example), reduced one manifest part at a time, so the driver
+    never holds a run's rows at once (a million-row run is a thousand parts)."""
+    counts: Counter = Counter()
+    errors: dict[tuple, dict] = {}
+    for part in parts:
+        counts.update({d["values"]: d["counts"] for d in pc.value_counts(part["status"]).to_pylist()})
+        failed = part.filter(pc.equal(part["status"], "error"))
+        if not failed.num_rows:
+            continue
+        grouped = failed.group_by(["error_type", "stage"]).aggregate([("input_uri", "count"), ("input_uri", "min")])
+        for r in grouped.to_pylist():
+            key = (r["error_type"], r["stage"])
+            e = errors.setdefault(key, {"error_type": key[0], "stage": key[1], "count": 0, "example": r["input_uri_min"]})
+            e["count"] += r["input_uri_count"]
+            e["example"] = min(e["example"], r["input_uri_min"])
+    return dict(counts), sorted(errors.values(), key=lambda r: (-r["count"], r["error_type"] or ""))
 
 
 def run(
@@ -165,8 +173,8 @@ def run(
             ctx = engine.context_for(job, registry, record.run_id)
             engine.execute(ctx, registry, todo, lambda r: emit({"event": "shard", **r.as_event()}), check=lease.check)
 
-        table = manifest.read(out.uri, out.storage_options, record.run_id, columns=["status", "error_type", "stage", "input_uri"])
-        counts = {d["values"]: d["counts"] for d in pc.value_counts(table["status"]).to_pylist()}
+        parts = manifest.iter_tables(out.uri, out.storage_options, record.run_id, columns=["status", "error_type", "stage", "input_uri"])
+        counts, errors = _outcome(parts)
         record.status, record.finished_at, record.counts = "committed", runs.now(), counts
         runs.save(record, out.storage_options)
     summary = RunSummary(
@@ -179,7 +187,7 @@ def run(
         shards_run=len(todo),
         counts=counts,
         categories=record.categories,
-        errors=_error_summary(table),
+        errors=errors,
         wall_seconds=time.perf_counter() - started,
     )
     emit({"event": "finished", **asdict(summary)})
