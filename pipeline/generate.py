@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass
 
@@ -38,6 +39,7 @@ from pipeline.execute import (
 )
 from pipeline.inference import Result, pick_device
 from pipeline.job import Job, Resources
+from pipeline.threads import ThreadTuner
 
 
 @dataclass
@@ -57,7 +59,11 @@ class GeneratorActor:
     def __init__(self, registry: Registry, steps: list[dict], resources: Resources, want_gpu: bool):
         import torch
 
-        torch.set_num_threads(resources.threads_per_actor or max(1, int(resources.cpus_per_actor)))
+        threads = resources.threads_per_actor or max(1, int(resources.cpus_per_actor))
+        torch.set_num_threads(threads)
+        # As in ModelActor: threads beyond the reserved CPUs are kept only while they measure faster.
+        reserved = max(1, math.ceil(resources.cpus_per_actor))
+        self.threads = ThreadTuner([threads] if want_gpu else [threads, min(threads, reserved)])
         [spec] = steps
         model = registry.build(spec["model"], spec["params"])
         if not isinstance(model, GenerativeModel):
@@ -85,9 +91,12 @@ class GeneratorActor:
         """Sample indices → Results whose pixels are H×W×C uint8 (C = 1 or 3). A batch that fails
         is retried sample by sample, so one failing sample cannot fail its neighbours."""
         try:
+            self.threads.start()
             t0 = time.perf_counter()
             pixels = self._sample(indices)
-            share = (time.perf_counter() - t0) / len(indices)
+            seconds = time.perf_counter() - t0
+            self.threads.done(seconds, len(indices))
+            share = seconds / len(indices)
             return [Result(p, share) for p in pixels]
         except Exception as exc:
             if len(indices) == 1:
