@@ -38,7 +38,7 @@ from pipeline import images, manifest, runs, storage
 from pipeline.inference import Chain, Masked, Result, pick_device, resize_plane
 from pipeline.job import Job, Resources, ResourcesError
 from pipeline.planning import output_rel_path
-from pipeline.threads import ThreadTuner
+from pipeline.threads import actor_threads
 
 log = logging.getLogger(__name__)
 SHARD_ATTEMPTS = 3
@@ -143,13 +143,7 @@ def with_threads(steps: list[Resources]) -> list[Resources]:
 @ray.remote(max_restarts=-1, max_task_retries=0)
 class ModelActor:
     def __init__(self, registry: Registry, steps: list[dict], resources: Resources, want_gpu: bool):
-        import torch
-
-        threads = resources.threads_per_actor or max(1, int(resources.cpus_per_actor))
-        torch.set_num_threads(threads)
-        # Threads beyond the reserved CPUs are kept only while they measure faster (see pipeline.threads).
-        reserved = max(1, math.ceil(resources.cpus_per_actor))
-        self.threads = ThreadTuner([threads] if want_gpu else [threads, min(threads, reserved)])
+        self.threads = actor_threads(resources.threads_per_actor, resources.cpus_per_actor, want_gpu)
         models = [registry.build(s["model"], s["params"]) for s in steps]
         for s, m in zip(steps, models):
             if s.get("weights_sha256") and m.weights_sha256 and m.weights_sha256 != s["weights_sha256"]:

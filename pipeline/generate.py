@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from dataclasses import dataclass
 
@@ -39,7 +38,7 @@ from pipeline.execute import (
 )
 from pipeline.inference import Result, pick_device
 from pipeline.job import Job, Resources
-from pipeline.threads import ThreadTuner
+from pipeline.threads import actor_threads
 
 
 @dataclass
@@ -57,13 +56,7 @@ class GeneratorActor:
     """Holds one GenerativeModel; ``infer(indices)`` returns one Result per sample index."""
 
     def __init__(self, registry: Registry, steps: list[dict], resources: Resources, want_gpu: bool):
-        import torch
-
-        threads = resources.threads_per_actor or max(1, int(resources.cpus_per_actor))
-        torch.set_num_threads(threads)
-        # As in ModelActor: threads beyond the reserved CPUs are kept only while they measure faster.
-        reserved = max(1, math.ceil(resources.cpus_per_actor))
-        self.threads = ThreadTuner([threads] if want_gpu else [threads, min(threads, reserved)])
+        self.threads = actor_threads(resources.threads_per_actor, resources.cpus_per_actor, want_gpu)
         [spec] = steps
         model = registry.build(spec["model"], spec["params"])
         if not isinstance(model, GenerativeModel):

@@ -9,6 +9,7 @@ layer. Which is better is therefore only known at run time, and it changes with 
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
@@ -64,3 +65,13 @@ class ThreadTuner:
             self._queue = [(self.chosen, False)] * self.hold
         else:
             self._queue = [(c, True) for c in self.candidates for _ in range(self.trial)]
+
+
+def actor_threads(threads_per_actor: int | None, cpus_per_actor: float, want_gpu: bool) -> ThreadTuner:
+    """Set a model actor's torch threads (``threads_per_actor``, default ``cpus_per_actor``) and
+    return its tuner: on CPU, threads beyond the reserved CPUs (``cpus_per_actor`` rounded up) are
+    kept only while they measure faster; a GPU actor keeps its count."""
+    threads = threads_per_actor or max(1, int(cpus_per_actor))
+    torch.set_num_threads(threads)
+    reserved = max(1, math.ceil(cpus_per_actor))
+    return ThreadTuner([threads] if want_gpu else [threads, min(threads, reserved)])

@@ -49,3 +49,17 @@ def test_the_mean_decides_not_the_luckiest_batch():
         tuner.start()
         tuner.done(next(timings), 1)
     assert tuner.start() == 1 and tuner.chosen == 1
+
+
+def test_actor_threads_sets_the_count_and_measures_it_against_the_reservation():
+    import torch
+
+    from pipeline.threads import actor_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert actor_threads(2, 1, want_gpu=False).candidates == [2, 1] and torch.get_num_threads() == 2
+        assert actor_threads(3, 1, want_gpu=True).candidates == [3] and torch.get_num_threads() == 3
+        assert actor_threads(None, 1, want_gpu=False).candidates == [1] and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
