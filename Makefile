@@ -36,11 +36,11 @@ gen-quality: $(STAMP)
 zeroshot-quality: $(STAMP)
 	$(PY) benchmarks/zeroshot_quality.py
 
-# Throughput of darkroom vs a raw loop, a one-image loop and naive Ray Data (~10 min on 2 cores);
+# Throughput of darkroom vs a raw loop, a one-image loop and naive Ray Data, 3 rounds (~25 min on 2 cores);
 # prints a table, writes benchmarks/results/throughput-<date>.json. See docs/benchmarks.md.
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[test,bench]'
-	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/throughput.py --repeat 3
 
 clean:
 	rm -rf out .pytest_cache

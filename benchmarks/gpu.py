@@ -11,8 +11,10 @@ q 90, ``--size``² pixels) and the same model from darkroom's registry:
              (fp16 is darkroom's default on a GPU for models that support it), shard tasks on the
              CPUs decoding and encoding in parallel
 
-Each variant runs in a fresh process at N and 2N inputs; steady img/s = N / (wall(2N) − wall(N)),
-as in benchmarks/throughput.py. ``nvidia-smi`` is sampled every 200 ms during every run; **GPU
+Each variant runs in a fresh process at N and 2N inputs; steady img/s is the 2N run's in-run rate
+(outputs after its first quarter over their time span, ``throughput.span_rate``), with the
+marginal N / (wall(2N) − wall(N)) beside it, as in benchmarks/throughput.py. The raw loop
+encodes PNG with darkroom's encoder (``pipeline.images.encode_png``). ``nvidia-smi`` is sampled every 200 ms during every run; **GPU
 busy %** is the mean ``utilization.gpu`` (the share of time a kernel was running) over the
 samples between the 2N run's first and last output file (its steady phase, start-up and
 tear-down excluded).
@@ -44,7 +46,6 @@ REPO = HERE.parent
 _spec = importlib.util.spec_from_file_location("darkroom_bench_throughput", HERE / "throughput.py")
 throughput = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(throughput)
-PNG_LEVEL = throughput.PNG_LEVEL
 
 
 def make_photos(root: Path, size: int, counts: list[int]) -> dict[int, Path]:
@@ -123,6 +124,7 @@ def child_raw(args) -> dict:
     from PIL import Image
 
     from models import default_registry
+    from pipeline.images import encode_png
 
     t_start = time.perf_counter()
     model = default_registry().build(args.model)
@@ -143,9 +145,7 @@ def child_raw(args) -> dict:
             y = module(x).float().clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         t2 = time.perf_counter()
         for path, pixels in zip(files[start : start + args.batch], y):
-            buf = io.BytesIO()
-            Image.fromarray(pixels).save(buf, format="PNG", compress_level=PNG_LEVEL)
-            (out / (path.name + ".png")).write_bytes(buf.getvalue())
+            (out / (path.name + ".png")).write_bytes(encode_png(pixels))
         stages["decode"] += t1 - t0
         stages["model"] += t2 - t1
         stages["encode"] += time.perf_counter() - t2
@@ -192,11 +192,12 @@ def run_variant(variant: str, args, input_dir: Path, work: Path, n: int) -> dict
     if len(outputs) != n:
         raise RuntimeError(f"{variant}/{n}: {len(outputs)} outputs, expected {n}")
     mtimes = sorted(p.stat().st_mtime for p in outputs)
+    in_run = throughput.span_rate(out)
     detail = {}
     if variant == "raw":
         detail = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
     shutil.rmtree(out, ignore_errors=True)
-    return {"n": n, "wall_s": wall, "first_output": mtimes[0], "last_output": mtimes[-1], "detail": detail,
+    return {"n": n, "wall_s": wall, "in_run_img_s": in_run, "first_output": mtimes[0], "last_output": mtimes[-1], "detail": detail,
             **busy_between(smi.samples(), mtimes[0], mtimes[-1])}
 
 
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {r['wall_s']:.2f} s, GPU busy {throughput._fmt(r['gpu_busy_pct'], '.0f')} % over {r['samples']} samples", flush=True)
             delta = runs[1]["wall_s"] - runs[0]["wall_s"]
             row = {"variant": variant, "n": args.n, "wall_s_n": runs[0]["wall_s"], "wall_s_2n": runs[1]["wall_s"],
-                   "steady_img_s": args.n / delta if delta > 0 else None, "gpu_busy_pct": runs[1]["gpu_busy_pct"],
+                   "steady_img_s": runs[1]["in_run_img_s"], "marginal_img_s": args.n / delta if delta > 0 else None, "gpu_busy_pct": runs[1]["gpu_busy_pct"],
                    "gpu_mem_mib_max": runs[1]["gpu_mem_mib_max"], "runs": runs}
             if variant == "raw":
                 model_s = runs[1]["detail"]["stage_s"]["model"]

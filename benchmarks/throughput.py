@@ -22,27 +22,34 @@ PNGs → 512×512 PNGs; ``decode`` = bicubic scale 2 on 1152×864 JPEGs → 2304
 are generated deterministically (smooth noise + grain) in a temporary directory.
 
 Every variant runs in a fresh process (Ray variants start their own local Ray), timed from
-launch to exit by this script, at N and 2N inputs. Steady-state throughput is the marginal
-rate N / (wall(2N) − wall(N)); start-up and tear-down cancel out. Start-up is reported apart:
-wall(N) − N / steady, and the time from launching `darkroom run` on a 10-image job to its
-first output file.
+launch to exit by this script, at N and 2N inputs. Steady-state throughput is measured inside
+the 2N run, from its output files' modification times: the outputs after the first quarter
+(start-up, warm-up) over the time they took (``span_rate``); launch jitter cannot move it. The
+marginal rate N / (wall(2N) − wall(N)), where start-up and tear-down cancel out, is a
+cross-check (it was the headline figure until 2026-11-30: a second of launch jitter in either
+process moved it by 20 % here). Start-up is reported apart: wall(N) − N / steady, and the time
+from launching `darkroom run` on a 10-image job to its first output file.
 
 Threads: the machine's cores (``os.cpu_count()``) are the budget of every variant. The raw
 and one-image loops give torch all of them; the Ray variants run on a local Ray with that
 many CPUs and one model actor reserving one CPU. Ray Data's actor runs 1 torch thread (Ray
 sets a worker's threads to its CPUs); darkroom's runs as many as the node has CPUs (its
 default on a one-node cluster with one CPU actor: threads_per_actor), next to the shard tasks
-that read, decode and encode. The loops encode PNG at darkroom's level 1; Ray Data's
-write_images uses Pillow's default (level 6) and has no option to change it.
+that read, decode and encode. The loops encode PNG with darkroom's encoder (libpng through
+imagecodecs, level 1); Ray Data's write_images uses Pillow's default (level 6) and has no
+option to change it; the Pillow limit is Pillow's level 1, and also reported with darkroom's
+encoder.
 
 Shared machines: before each run the CPU other processes use is sampled (/proc/stat), and
 during it the CPU time of other people's processes is counted (/proc/<pid>/stat); both are
 in the JSON and the table's ``others`` column, so a disturbed row can be recognised. The
-children's own clocks give a second steady-state estimate (``inner_steady_img_s``: loop time,
-Ray Data pipeline time, darkroom planned → finished) that excludes process start-up noise.
-``--repeat R`` runs each size R times and keeps the fastest.
+children's own clocks give a third estimate (``inner_steady_img_s``: the marginal rate of loop
+time, Ray Data pipeline time, darkroom planned → finished) that excludes process start-up.
+``--repeat R`` runs R rounds, every variant once per round (alternating, so a slow spell of the
+machine hits all variants of a round alike); rates are medians over the rounds, and ratios are
+the medians of ratios taken within each round. ``make bench`` runs 3 rounds.
 
-    .venv/bin/python benchmarks/throughput.py                 # full run (make bench), ~10 min on 2 cores
+    .venv/bin/python benchmarks/throughput.py --repeat 3      # full run (make bench), ~25 min on 2 cores
     .venv/bin/python benchmarks/throughput.py --quick         # smoke run, small N
     .venv/bin/python benchmarks/throughput.py --quick --variants raw,one-image --workloads compute --no-save
     .venv/bin/python benchmarks/throughput.py --variants 'darkroom,darkroom:threads_per_actor=1' --workloads compute --no-startup
@@ -93,7 +100,7 @@ WORKLOADS = {
 VARIANTS = ["raw", "one-image", "ray-data", "darkroom", "pillow"]
 OPTIONAL_VARIANTS = ["darkroom:FIELD=VALUE;…"]
 STARTUP_IMAGES = 10
-PNG_LEVEL = 1  # darkroom's PNG compress_level; the loops and the Pillow limit use the same
+PNG_LEVEL = 1  # the Pillow limit's compress_level (darkroom and the loops use pipeline.images.encode_png)
 
 
 # ---------------------------------------------------------------------------------------
@@ -204,6 +211,18 @@ def count_outputs(out: Path) -> int:
     return sum(1 for p in out.rglob("*.png") if not p.name.startswith("."))
 
 
+def span_rate(out: Path) -> float | None:
+    """Steady img/s inside one run, from its output files' modification times: the outputs after
+    the first quarter (start-up and warm-up) over the time from the quarter's last to the last
+    output. Unlike the marginal rate it needs no second process, so launch jitter cannot move it;
+    it includes the run's tail (a pipeline draining its last batches)."""
+    times = sorted(p.stat().st_mtime for p in out.rglob("*.png") if not p.name.startswith("."))
+    first = len(times) // 4
+    if len(times) < 8 or times[-1] <= times[first]:
+        return None
+    return (len(times) - 1 - first) / (times[-1] - times[first])
+
+
 # ---------------------------------------------------------------------------------------
 # Children (each variant runs in its own process: `throughput.py --child VARIANT ...`)
 
@@ -233,6 +252,8 @@ def child_loop(args) -> dict:
     import torch
     from PIL import Image
 
+    from pipeline.images import encode_png
+
     t_start = time.perf_counter()
     torch.set_num_threads(args.threads)
     module = _build_module(args.workload)
@@ -257,10 +278,9 @@ def child_loop(args) -> dict:
         stages["model"] += time.perf_counter() - t0
         for path, pixels in zip(files[start : start + batch], outputs):
             t0 = time.perf_counter()
-            buf = io.BytesIO()
-            Image.fromarray(pixels).save(buf, format="PNG", compress_level=PNG_LEVEL)
+            data = encode_png(pixels)
             t1 = time.perf_counter()
-            (out / (path.name + ".png")).write_bytes(buf.getvalue())
+            (out / (path.name + ".png")).write_bytes(data)
             stages["encode"] += t1 - t0
             stages["write"] += time.perf_counter() - t1
     t_end = time.perf_counter()
@@ -311,20 +331,24 @@ def child_ray_data(args) -> dict:
 
 
 def child_pillow(args) -> dict:
-    """Pillow decode + PNG encode (darkroom's level) of each input, no model: the per-core limit.
+    """Pillow decode + PNG encode (level 1) of each input, no model: the per-core limit.
 
     The encoded image is the input resized ×scale with Pillow's bicubic (done outside the
-    timed region), so the encoder sees an image of the output's size and kind.
+    timed region), so the encoder sees an image of the output's size and kind. Each image is
+    also encoded with darkroom's PNG encoder (libpng, ``pipeline.images.encode_png``), timed
+    apart: the limit with the encoder darkroom and the loops use.
     """
     import numpy as np
     from PIL import Image
+
+    from pipeline.images import encode_png
 
     spec = WORKLOADS[args.workload]
     files = sorted(p for p in Path(args.input).iterdir() if p.is_file())
     if args.part is not None:
         index, parts = args.part
         files = files[index::parts]
-    t_decode = t_encode = 0.0
+    t_decode = t_encode = t_encode_darkroom = 0.0
     for path in files:
         data = path.read_bytes()
         t0 = time.perf_counter()
@@ -336,7 +360,11 @@ def child_pillow(args) -> dict:
         buf = io.BytesIO()
         big.save(buf, format="PNG", compress_level=PNG_LEVEL)
         t_encode += time.perf_counter() - t0
-    return {"images": len(files), "decode_s": t_decode, "encode_s": t_encode}
+        planes = np.asarray(big)
+        t0 = time.perf_counter()
+        encode_png(planes)
+        t_encode_darkroom += time.perf_counter() - t0
+    return {"images": len(files), "decode_s": t_decode, "encode_s": t_encode, "encode_darkroom_s": t_encode_darkroom}
 
 
 # ---------------------------------------------------------------------------------------
@@ -432,6 +460,7 @@ def run_variant(variant: str, workload: str, input_dir: Path, work: Path, n: int
     if proc.returncode != 0:
         raise RuntimeError(f"{variant}/{workload}/{n} exited {proc.returncode}; see {log}:\n{proc.stderr[-3000:]}")
     produced = count_outputs(out)
+    span = span_rate(out)
     if produced != n:
         raise RuntimeError(f"{variant}/{workload}/{n}: {produced} outputs, expected {n}; see {log}")
     detail: dict = {}
@@ -452,7 +481,7 @@ def run_variant(variant: str, workload: str, input_dir: Path, work: Path, n: int
         lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
         detail = json.loads(lines[-1]) if lines else {}
     shutil.rmtree(out, ignore_errors=True)
-    return {"n": n, "wall_s": wall, "load_before": load_before, "busy_cores_before": busy_before, "load_after": os.getloadavg()[0],
+    return {"n": n, "wall_s": wall, "span_img_s": span, "load_before": load_before, "busy_cores_before": busy_before, "load_after": os.getloadavg()[0],
             "others_cores_during": others / wall, "detail": detail}
 
 
@@ -511,6 +540,9 @@ def measure_pillow(input_dir: Path, workload: str, cores: int, timeout: float) -
         "measured_parallel_img_s": parallel,
         "decode_ms_per_image": 1000 * single["decode_s"] / single["images"],
         "encode_ms_per_image": 1000 * single["encode_s"] / single["images"],
+        # The same limit with darkroom's encoder (libpng) in place of Pillow's, per core × cores.
+        "darkroom_encoder_limit_img_s": cores * single["images"] / (single["decode_s"] + single["encode_darkroom_s"]),
+        "darkroom_encoder_ms_per_image": 1000 * single["encode_darkroom_s"] / single["images"],
     }
 
 
@@ -552,6 +584,57 @@ def _fmt(x, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
+def summarise(variant: str, workload: str, n: int, runs: list[dict], threads: int) -> dict:
+    """One table row: per round, the steady rate (the 2N run's in-run rate, ``span_rate``), the
+    marginal rate N / (wall(2N) − wall(N)) and the inner rate; the row shows each one's median
+    over rounds."""
+    spec = WORKLOADS[workload]
+    rounds = sorted({r["round"] for r in runs})
+    per_round = []
+    for k in rounds:
+        pair = {r["n"]: r for r in runs if r["round"] == k}
+        delta = pair[2 * n]["wall_s"] - pair[n]["wall_s"]
+        per_round.append({"wall_n": pair[n]["wall_s"], "wall_2n": pair[2 * n]["wall_s"], "steady": pair[2 * n]["span_img_s"],
+                          "marginal": n / delta if delta > 0 else None, "inner": _inner_steady(variant, n, [pair[n], pair[2 * n]])})
+    med = {key: _median([p[key] for p in per_round]) for key in ("wall_n", "wall_2n", "steady", "marginal", "inner")}
+    steady = med["steady"]
+    return {
+        "variant": variant,
+        "workload": workload,
+        "model": spec["model"],
+        "params": spec["params"],
+        "input_size": list(spec["size"]),
+        "model_threads": threads,
+        "n": n,
+        "rounds": len(rounds),
+        "wall_s_n": med["wall_n"],
+        "wall_s_2n": med["wall_2n"],
+        "steady_img_s": steady,
+        "startup_s": med["wall_n"] - n / steady if steady else None,
+        "marginal_img_s": med["marginal"],
+        "inner_steady_img_s": med["inner"],
+        "per_round": per_round,
+        "runs": runs,
+    }
+
+
+def _median(values: list) -> float | None:
+    values = sorted(v for v in values if v is not None and v == v)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def _ratios(row: dict, base: dict | None, key: str) -> tuple[float | None, list]:
+    """Median and list of the per-round ratios row / base of a per-round rate (same round)."""
+    if base is None:
+        return None, []
+    ratios = [None if a[key] is None or b[key] is None or not b[key] else a[key] / b[key]
+              for a, b in zip(row["per_round"], base["per_round"])]
+    return _median(ratios), ratios
+
+
 def _inner_steady(variant: str, n: int, runs: list[dict]) -> float | None:
     """Cross-check of the steady rate from the children's own clocks (process start-up and
     imports excluded): N / (inner(2N) - inner(N)), the fastest run of each size."""
@@ -565,33 +648,36 @@ def _inner_steady(variant: str, n: int, runs: list[dict]) -> float | None:
             return d["finished_event_s"] - d["planned_event_s"]  # ray.init + actor start + shards
         return None
 
-    try:
-        t_n = min(inner(r["detail"]) for r in runs if r["n"] == n)
-        t_2n = min(inner(r["detail"]) for r in runs if r["n"] == 2 * n)
-    except (TypeError, ValueError):
+    t_n = [inner(r["detail"]) for r in runs if r["n"] == n]
+    t_2n = [inner(r["detail"]) for r in runs if r["n"] == 2 * n]
+    if not t_n or not t_2n or None in t_n + t_2n:
         return None
-    return n / (t_2n - t_n) if t_2n > t_n else None
+    return n / (min(t_2n) - min(t_n)) if min(t_2n) > min(t_n) else None
 
 
 def print_table(rows: list[dict], pillow: dict | None, startup: dict | None) -> None:
     width = max([11] + [len(r["variant"]) for r in rows])
     head = (f"{'variant':<{width}} {'workload':<8} {'threads':>7} {'wall s N':>9} {'wall s 2N':>9} {'N':>4} {'steady img/s':>12} "
-            f"{'startup s':>9} {'vs raw':>7} {'vs RayData':>10} {'inner img/s':>11} {'others':>6}")
+            f"{'startup s':>9} {'vs raw':>7} {'vs RayData':>10} {'marginal img/s':>14} {'marginal vs raw':>15} {'inner img/s':>11} {'others':>6}")
     print(head)
     print("-" * len(head))
     for r in rows:
         print(
             f"{r['variant']:<{width}} {r['workload']:<8} {r['model_threads']:>7} {r['wall_s_n']:>9.2f} {r['wall_s_2n']:>9.2f} {r['n']:>4} "
-            f"{r['steady_img_s']:>12.3f} {_fmt(r['startup_s'], '.2f'):>9} {_fmt(r['ratio_vs_raw'], '.2f'):>7} {_fmt(r['ratio_vs_ray_data'], '.2f'):>10} "
-            f"{_fmt(r['inner_steady_img_s'], '.3f'):>11} {max(x['others_cores_during'] for x in r['runs']):>6.2f}"
+            f"{_fmt(r['steady_img_s'], '.3f'):>12} {_fmt(r['startup_s'], '.2f'):>9} {_fmt(r['ratio_vs_raw'], '.2f'):>7} {_fmt(r['ratio_vs_ray_data'], '.2f'):>10} "
+            f"{_fmt(r['marginal_img_s'], '.3f'):>14} {_fmt(r['marginal_ratio_vs_raw'], '.2f'):>15} {_fmt(r['inner_steady_img_s'], '.3f'):>11} "
+            f"{max(x['others_cores_during'] for x in r['runs']):>6.2f}"
         )
-    print("(threads: torch threads of the model; inner: steady rate from the children's own clocks, start-up excluded;\n"
-          " others: most CPU cores other people's processes used during one of the row's runs)")
+    print("(threads: torch threads of the model; steady: the 2N run's outputs after its first quarter over their time span;\n"
+          " marginal: N / (wall(2N) - wall(N)); inner: the marginal rate from the children's own clocks; with rounds > 1\n"
+          " every figure is the median over rounds and each ratio the median of per-round ratios; others: most CPU cores\n"
+          " other people's processes used during one of the row's runs)")
     if pillow:
         print(
             f"pillow     decode   decode+encode {pillow['per_core_img_s']:.3f} img/s per core × {pillow['cores']} = {pillow['limit_img_s']:.3f} img/s "
             f"(measured with {pillow['cores']} processes: {pillow['measured_parallel_img_s']:.3f}); "
-            f"decode {pillow['decode_ms_per_image']:.0f} ms + encode {pillow['encode_ms_per_image']:.0f} ms per image"
+            f"decode {pillow['decode_ms_per_image']:.0f} ms + encode {pillow['encode_ms_per_image']:.0f} ms per image; "
+            f"with darkroom's encoder ({pillow['darkroom_encoder_ms_per_image']:.0f} ms) {pillow['darkroom_encoder_limit_img_s']:.3f} img/s"
         )
     if startup:
         print(f"start-up   darkroom run, {startup['images']} images: first output after {_fmt(startup['first_output_s'], '.2f')} s, done after {startup['wall_s']:.2f} s")
@@ -610,10 +696,13 @@ def evaluate_targets(rows: list[dict], pillow: dict | None, startup: dict | None
     dr = by.get(("darkroom", "compute"))
     if dr:
         add("compute: darkroom steady / raw steady", dr["ratio_vs_raw"], 0.90, "×")
+        add("compute: darkroom marginal / raw marginal (cross-check)", dr["marginal_ratio_vs_raw"], 0.90, "×")
         add("compute: darkroom steady / Ray Data steady", dr["ratio_vs_ray_data"], 1.2, "×")
     dd = by.get(("darkroom", "decode"))
     if dd and pillow:
-        add("decode: darkroom steady / Pillow decode+encode limit", dd["steady_img_s"] / pillow["limit_img_s"], 0.5, "×")
+        steady = dd["steady_img_s"] or float("nan")
+        add("decode: darkroom steady / Pillow decode+encode limit", steady / pillow["limit_img_s"], 0.5, "×")
+        add("decode: darkroom steady / the same limit with darkroom's encoder", steady / pillow["darkroom_encoder_limit_img_s"], 0.5, "×")
     if startup:
         add(f"first output of a {startup['images']}-image job", startup["first_output_s"], 15.0, "s", higher_is_better=False)
     return targets
@@ -625,7 +714,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS + OPTIONAL_VARIANTS)}")
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma-separated subset of {','.join(WORKLOADS)}")
     ap.add_argument("--n", type=int, help="override N for every workload (runs at N and 2N)")
-    ap.add_argument("--repeat", type=int, default=1, help="run each N/2N pair this many times; the fastest run of each size counts")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds: every variant's N/2N pair once per round; medians over rounds")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads of the raw/one-image loops (default: all cores)")
     ap.add_argument("--no-startup", action="store_true", help="skip the first-output start-up measurement")
     ap.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/throughput-<date>.json")
@@ -673,43 +762,22 @@ def main(argv: list[str] | None = None) -> int:
             n = args.n or (spec["quick_n"] if args.quick else spec["n"])
             counts = [n, 2 * n] + ([STARTUP_IMAGES] if workload == "compute" and "darkroom" in variants and not args.no_startup else [])
             dirs = make_inputs(work / "inputs", workload, counts)
-            for variant in variants:
-                if variant == "pillow":
-                    if workload == "decode":
-                        print(f"[{time.time() - started:6.1f}s] pillow limit / {workload} (N={2 * n})", flush=True)
-                        pillow = measure_pillow(dirs[2 * n], workload, cores, args.timeout)
-                    continue
-                runs: list[dict] = []
-                for _ in range(args.repeat):
+            if "pillow" in variants and workload == "decode":
+                print(f"[{time.time() - started:6.1f}s] pillow limit / {workload} (N={2 * n})", flush=True)
+                pillow = measure_pillow(dirs[2 * n], workload, cores, args.timeout)
+            timed = [v for v in variants if v != "pillow"]
+            runs: dict[str, list[dict]] = {v: [] for v in timed}
+            # Rounds: every variant once per round, so a slow spell of the machine hits every
+            # variant of a round alike and the per-round ratios compare like with like.
+            for round_ in range(args.repeat):
+                for variant in timed:
                     for k in (n, 2 * n):
-                        print(f"[{time.time() - started:6.1f}s] {variant} / {workload} / N={k} (load {os.getloadavg()[0]:.2f})", flush=True)
-                        runs.append(run_variant(variant, workload, dirs[k], work, k, args.threads, args.timeout))
-                        r = runs[-1]
-                        print(f"          {r['wall_s']:.2f} s (other processes: {_fmt(r['busy_cores_before'], '.2f')} cores just before, "
-                              f"{r['others_cores_during']:.2f} cores during)", flush=True)
-                # With --repeat, the fastest run of each size: interference only ever slows a run down.
-                inner = _inner_steady(variant, n, runs)
-                wall_n = min(r["wall_s"] for r in runs if r["n"] == n)
-                wall_2n = min(r["wall_s"] for r in runs if r["n"] == 2 * n)
-                delta = wall_2n - wall_n
-                steady = n / delta if delta > 0 else float("nan")
-                rows.append(
-                    {
-                        "variant": variant,
-                        "workload": workload,
-                        "model": spec["model"],
-                        "params": spec["params"],
-                        "input_size": list(spec["size"]),
-                        "model_threads": model_threads(variant, args.threads, cores),
-                        "n": n,
-                        "wall_s_n": wall_n,
-                        "wall_s_2n": wall_2n,
-                        "steady_img_s": steady,
-                        "startup_s": wall_n - n / steady if steady == steady else None,
-                        "inner_steady_img_s": inner,
-                        "runs": runs,
-                    }
-                )
+                        print(f"[{time.time() - started:6.1f}s] {variant} / {workload} / N={k} round {round_ + 1} (load {os.getloadavg()[0]:.2f})", flush=True)
+                        r = run_variant(variant, workload, dirs[k], work, k, args.threads, args.timeout) | {"round": round_}
+                        runs[variant].append(r)
+                        print(f"          {r['wall_s']:.2f} s, in-run {_fmt(r['span_img_s'], '.2f')} img/s (other processes: "
+                              f"{_fmt(r['busy_cores_before'], '.2f')} cores just before, {r['others_cores_during']:.2f} cores during)", flush=True)
+            rows += [summarise(variant, workload, n, runs[variant], model_threads(variant, args.threads, cores)) for variant in timed]
             if workload == "compute" and "darkroom" in variants and not args.no_startup:
                 print(f"[{time.time() - started:6.1f}s] darkroom start-up ({STARTUP_IMAGES} images)", flush=True)
                 startup = measure_startup(dirs[STARTUP_IMAGES], work, args.timeout)
@@ -722,8 +790,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         raw = next((x for x in rows if x["variant"] == "raw" and x["workload"] == r["workload"]), None)
         rd = next((x for x in rows if x["variant"] == "ray-data" and x["workload"] == r["workload"]), None)
-        r["ratio_vs_raw"] = r["steady_img_s"] / raw["steady_img_s"] if raw else None
-        r["ratio_vs_ray_data"] = r["steady_img_s"] / rd["steady_img_s"] if rd else None
+        r["ratio_vs_raw"], r["ratios_vs_raw"] = _ratios(r, raw, "steady")
+        r["ratio_vs_ray_data"], r["ratios_vs_ray_data"] = _ratios(r, rd, "steady")
+        r["marginal_ratio_vs_raw"], r["marginal_ratios_vs_raw"] = _ratios(r, raw, "marginal")
     targets = evaluate_targets(rows, pillow, startup)
     load_end = os.getloadavg()
 
@@ -748,7 +817,9 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(args.threads),
         "load_average": {"start": load_start, "end": load_end, "per_run_1min": loads, "per_run_busy_cores_before": busy,
                          "per_run_others_cores_during": during},
-        "method": "steady img/s = N / (wall(2N) - wall(N)); wall = launch to exit of a fresh process; startup_s = wall(N) - N / steady",
+        "method": "steady img/s = outputs after the 2N run's first quarter / their time span (output files' mtimes); "
+                  "marginal img/s = N / (wall(2N) - wall(N)), wall = launch to exit of a fresh process; startup_s = wall(N) - N / steady; "
+                  "with --repeat R: medians over R alternating rounds, ratios taken per round",
         "rows": rows,
         "pillow_limit": pillow,
         "darkroom_startup": startup,

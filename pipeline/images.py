@@ -28,6 +28,7 @@ import io
 import warnings
 from dataclasses import dataclass
 
+import imagecodecs
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -129,20 +130,27 @@ def encode(pixels: np.ndarray, alpha: np.ndarray | None, fmt: str, quality: int)
     if pixels.dtype == np.uint16 and not keep16:
         pixels = _to_8bit(pixels)
         alpha = _to_8bit(alpha) if alpha is not None else None
-    if keep16:
-        im = Image.fromarray(pixels[..., 0])  # mode I;16
-    else:
-        planes = pixels if alpha is None else np.concatenate([pixels, alpha[..., None]], axis=2)
-        # Pillow infers L / LA / RGB / RGBA from the plane count.
-        im = Image.fromarray(np.ascontiguousarray(planes[..., 0] if planes.shape[2] == 1 else planes))
-    out = io.BytesIO()
-    options: dict = {}
-    if fmt in ("jpeg", "webp"):
-        options["quality"] = quality
+    planes = pixels if alpha is None else np.concatenate([pixels, alpha[..., None]], axis=2)
+    # H×W for one plane, else H×W×C; Pillow and libpng infer L / LA / RGB / RGBA (I;16 for uint16 gray).
+    planes = np.ascontiguousarray(planes[..., 0] if planes.shape[2] == 1 else planes)
     if fmt == "png":
-        options["compress_level"] = 1  # PNG is lossless at every level; level 1 is ~5× faster than 6
-    im.save(out, format=PIL_FORMAT[fmt], **options)
+        return encode_png(planes)
+    options: dict = {"quality": quality} if fmt in ("jpeg", "webp") else {}
+    out = io.BytesIO()
+    Image.fromarray(planes).save(out, format=PIL_FORMAT[fmt], **options)
     return out.getvalue()
+
+
+def encode_png(planes: np.ndarray) -> bytes:
+    """PNG of H×W (gray) or H×W×2/3/4 (gray+alpha, RGB, RGBA) uint8, or H×W uint16 (a view is copied).
+
+    libpng (through imagecodecs) reads the array in place, where Pillow first copies it into a
+    buffer of 4 bytes a pixel: for a 24000×16000 ×4 output that copy alone was 1.43 GiB. zlib level 1
+    with the Paeth filter and run-length matching measured ~2× faster than Pillow's level 1 and
+    12–20 % smaller on photos (docs/benchmarks.md); PNG is lossless at every setting.
+    """
+    planes = np.ascontiguousarray(planes)  # libpng reads rows in place, so they must be contiguous
+    return imagecodecs.png_encode(planes, level=1, filter=imagecodecs.PNG.FILTER.PAETH, strategy=imagecodecs.PNG.STRATEGY.RLE)
 
 
 def _to_8bit(arr: np.ndarray) -> np.ndarray:

@@ -97,3 +97,25 @@ def test_encode_keeps_gray_and_alpha(fmt):
     im = Image.open(io.BytesIO(images.encode(gray, alpha, fmt, 100)))
     assert im.size == (6, 5)
     assert "A" in im.mode
+
+
+@pytest.mark.parametrize(
+    "shape, dtype, alpha, mode",
+    [((7, 9, 1), np.uint8, False, "L"), ((7, 9, 1), np.uint16, False, "I;16"), ((7, 9, 1), np.uint8, True, "LA"),
+     ((7, 9, 3), np.uint8, False, "RGB"), ((7, 9, 3), np.uint8, True, "RGBA")],
+)
+def test_png_is_lossless_for_every_written_mode(shape, dtype, alpha, mode):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, np.iinfo(dtype).max, shape, dtype=dtype, endpoint=True)
+    a = rng.integers(0, 255, shape[:2], dtype=np.uint8, endpoint=True) if alpha else None
+    im = Image.open(io.BytesIO(images.encode(pixels, a, "png", 95)))
+    assert im.format == "PNG" and im.mode == mode
+    expected = pixels if a is None else np.concatenate([pixels, a[..., None]], axis=2)
+    np.testing.assert_array_equal(np.asarray(im).reshape(expected.shape), expected)
+
+
+def test_png_encodes_a_strided_view():
+    # Chain outputs and alpha crops can be views; the encoder is given a contiguous copy.
+    rgb = np.arange(10 * 12 * 3, dtype=np.uint8).reshape(10, 12, 3)[::2, 1:]
+    back = np.asarray(Image.open(io.BytesIO(images.encode(rgb, None, "png", 95))))
+    np.testing.assert_array_equal(back, rgb)

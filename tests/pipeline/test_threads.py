@@ -63,3 +63,35 @@ def test_actor_threads_sets_the_count_and_measures_it_against_the_reservation():
         assert actor_threads(None, 1, want_gpu=False).candidates == [1] and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_hold_doubles_while_the_same_count_wins():
+    tuner = ThreadTuner([2, 1], trial=1, hold=2, max_hold=8, set_threads=lambda n: None)
+    used = run(tuner, 1 + 2 + 2 + 2 + 4 + 2 + 8 + 2 + 8, {2: 1.0, 1: 1.5})
+    trials = [i for i, n in enumerate(used) if n == 1]
+    # warm-up, then rounds (2, 1) separated by holds of 2, 4, 8, 8 batches at 2 threads
+    assert [b - a for a, b in zip(trials, trials[1:])] == [2 + 2, 4 + 2, 8 + 2]
+    assert tuner.holding == 8
+
+
+def test_a_load_change_during_the_hold_starts_a_round_at_once():
+    tuner = ThreadTuner([2, 1], trial=3, hold=50, set_threads=lambda n: None)
+    assert run(tuner, 11, {2: 1.0, 1: 1.6}) == [2, 2, 2, 2, 1, 1, 1] + [2] * 4
+    # Other work arrives: the held 2-thread batches take 3× as long. Two of them show it (the
+    # median of the last three); a round follows at once instead of after the hold's other 44.
+    assert run(tuner, 10, {2: 3.0, 1: 1.7}) == [2, 2, 2, 2, 2, 1, 1, 1, 1, 1]
+    assert tuner.chosen == 1 and tuner.holding == 50
+
+
+def test_one_odd_batch_does_not_end_the_hold():
+    tuner = ThreadTuner([2, 1], trial=3, hold=50, set_threads=lambda n: None)
+    run(tuner, 11, {2: 1.0, 1: 1.6})
+    assert run(tuner, 1, {2: 4.0}) == [2]  # a pause, say
+    assert run(tuner, 20, {2: 1.0, 1: 1.6}) == [2] * 20
+
+
+def test_a_steady_hold_is_not_cut_short():
+    tuner = ThreadTuner([2, 1], trial=2, hold=20, set_threads=lambda n: None)
+    timings = {2: 1.0, 1: 1.6}
+    used = run(tuner, 5 + 20, timings)
+    assert used[5:] == [2] * 20  # ±10 % jitter would stay under the 30 % drift; none here
