@@ -47,28 +47,16 @@ SCHEDULER_CONFIG_NAME = "scheduler_config.json"
 
 
 @dataclass(frozen=True)
-class DDPMConfig:
-    """A pixel-space DDPM: the UNet's shape and the training noise schedule.
+class NoiseSchedule:
+    """What sampling needs from a DDPM's training, apart from the network; :func:`load_schedule`
+    reads it from a diffusers folder.
 
-    sample_size: height = width of generated images, in pixels.
-    in_channels / out_channels: image channels (out = in for an ε-predicting model).
-    block_out_channels: channels of each UNet resolution level (one down/up block per level).
-    layers_per_block: ResNet layers per down block (up blocks get one more, as in diffusers).
-    attention_levels: indices of levels whose blocks carry self-attention (none by default).
-    norm_num_groups: GroupNorm groups; must divide every entry of ``block_out_channels``.
     num_train_timesteps: T, the length of the forward (noising) chain.
     beta_schedule: ``linear`` (betas evenly spaced from ``beta_start`` to ``beta_end``, as in
         Ho et al. 2020) or ``scaled_linear`` (evenly spaced in sqrt).
     clip_sample: clamp the predicted x_0 to [-1, 1] at every sampling step (diffusers' default).
     """
 
-    sample_size: int = 32
-    in_channels: int = 3
-    out_channels: int = 3
-    block_out_channels: tuple[int, ...] = (64, 128, 128)
-    layers_per_block: int = 2
-    attention_levels: tuple[int, ...] = ()
-    norm_num_groups: int = 8
     num_train_timesteps: int = 1000
     beta_schedule: str = "linear"
     beta_start: float = 1e-4
@@ -83,24 +71,31 @@ class DDPMConfig:
         """float32 (T,) tensor ᾱ_t = ∏_{s≤t} (1 - β_s)."""
         return alphas_cumprod(self.betas())
 
-    def schedule(self) -> NoiseSchedule:
-        return NoiseSchedule(self.num_train_timesteps, self.beta_schedule, self.beta_start, self.beta_end, self.clip_sample)
-
 
 @dataclass(frozen=True)
-class NoiseSchedule:
-    """What sampling needs from a DDPM's training, apart from the network (see :class:`DDPMConfig`
-    for the fields); :func:`load_schedule` reads it from a diffusers folder."""
+class DDPMConfig(NoiseSchedule):
+    """A pixel-space DDPM: the training noise schedule (the fields of :class:`NoiseSchedule`)
+    and the UNet's shape.
 
-    num_train_timesteps: int = 1000
-    beta_schedule: str = "linear"
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    clip_sample: bool = True
+    sample_size: height = width of generated images, in pixels.
+    in_channels / out_channels: image channels (out = in for an ε-predicting model).
+    block_out_channels: channels of each UNet resolution level (one down/up block per level).
+    layers_per_block: ResNet layers per down block (up blocks get one more, as in diffusers).
+    attention_levels: indices of levels whose blocks carry self-attention (none by default).
+    norm_num_groups: GroupNorm groups; must divide every entry of ``block_out_channels``.
+    """
 
-    def betas(self) -> torch.Tensor:
-        """float32 (T,) β_t, t = 0 … T-1."""
-        return make_betas(self.num_train_timesteps, self.beta_schedule, self.beta_start, self.beta_end)
+    sample_size: int = 32
+    in_channels: int = 3
+    out_channels: int = 3
+    block_out_channels: tuple[int, ...] = (64, 128, 128)
+    layers_per_block: int = 2
+    attention_levels: tuple[int, ...] = ()
+    norm_num_groups: int = 8
+
+    def schedule(self) -> NoiseSchedule:
+        """The schedule alone, as :func:`load_schedule` reads it back from a saved folder."""
+        return NoiseSchedule(self.num_train_timesteps, self.beta_schedule, self.beta_start, self.beta_end, self.clip_sample)
 
 
 def make_betas(num_train_timesteps: int, schedule: str = "linear", beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
