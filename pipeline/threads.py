@@ -26,10 +26,9 @@ class ThreadTuner:
 
     Trials cost throughput (a slower count runs ``trial`` batches), so the hold starts at
     ``hold`` batches and doubles, up to ``max_hold``, each time a round keeps the same count.
-    Held batches are timed too: when the median of the last ``trial`` of them (one odd batch
-    does not count) moves more than
-    ``drift`` (a fraction) from the winner's trial mean, the machine's load has changed, and a
-    new round starts at once with the hold back at ``hold``.
+    Held batches are timed too: when the median of the last ``trial`` of them (so one odd batch
+    does not count) moves more than ``drift`` (a fraction) from the winner's trial mean, the
+    machine's load has changed, and a new round starts at once with the hold back at ``hold``.
 
     Call :meth:`start` before each batch and :meth:`done` after it.
     """
