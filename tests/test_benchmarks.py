@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -13,8 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.scripts import load_benchmark
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "throughput.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_benchmark("throughput")
 
 
 @pytest.mark.timeout(120)
@@ -45,11 +51,8 @@ def test_quick_run_of_raw_and_one_image(tmp_path):
     assert "steady img/s" in proc.stdout
 
 
-def test_decode_workload_inputs_and_loop(tmp_path):
+def test_decode_workload_inputs_and_loop(tmp_path, bench):
     """The decode workload's JPEG inputs and the raw loop over them, in this process (no start-up to pay)."""
-    spec = importlib.util.spec_from_file_location("bench_throughput", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     dirs = bench.make_inputs(tmp_path / "in", "decode", [1, 2])
     assert sorted(p.name for p in dirs[2].iterdir()) == ["img0000.jpg", "img0001.jpg"]
     args = Namespace(child="raw", workload="decode", input=str(dirs[1]), output=str(tmp_path / "out"), threads=1)
@@ -67,15 +70,7 @@ def test_decode_workload_inputs_and_loop(tmp_path):
         assert im.size == (2304, 1728)
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_throughput", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
-
-
-def test_in_run_rate_skips_the_first_quarter_of_outputs(tmp_path):
-    bench = _bench()
+def test_in_run_rate_skips_the_first_quarter_of_outputs(tmp_path, bench):
     # 12 outputs: 3 during a slow start (10 s apart), then one every 0.5 s.
     times = [0, 10, 20] + [20 + 0.5 * k for k in range(1, 10)]
     for i, t in enumerate(times):
@@ -87,9 +82,7 @@ def test_in_run_rate_skips_the_first_quarter_of_outputs(tmp_path):
     assert bench.span_rate(tmp_path / "missing") is None
 
 
-def test_rounds_give_medians_and_per_round_ratios():
-    bench = _bench()
-
+def test_rounds_give_medians_and_per_round_ratios(bench):
     def runs(spans: list[float], walls: list[tuple[float, float]]) -> list[dict]:
         return [{"round": k, "n": n, "wall_s": w, "span_img_s": span, "detail": {}}
                 for k, (span, pair) in enumerate(zip(spans, walls)) for n, w in zip((10, 20), pair)]
@@ -105,10 +98,7 @@ def test_rounds_give_medians_and_per_round_ratios():
     assert bench._ratios(dark, None, "steady") == (None, [])
 
 
-def test_darkroom_variants_override_job_resources(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_throughput", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_darkroom_variants_override_job_resources(tmp_path, bench):
     assert bench.darkroom_overrides("darkroom") == {}
     assert bench.darkroom_overrides("darkroom:threads_per_actor=1;cpus_per_task=0.5") == {"threads_per_actor": 1, "cpus_per_task": 0.5}
     with pytest.raises(ValueError):

@@ -3,24 +3,18 @@ run (4 samples, 2 sampler steps) writes the table, the JSON and the grids."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from models import default_registry
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "generation_quality.py"
+from tests.scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("generation_quality", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("generation_quality")
 
 
 def test_variants_follow_the_params_of_each_entry(bench):

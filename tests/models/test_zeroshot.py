@@ -291,14 +291,12 @@ def test_engine_chain_runs_them_on_8_bit_images(prior):
 
 def test_benchmark_script_runs(tmp_path):
     """benchmarks/zeroshot_quality.py end to end on a random 32×32 prior, 4 digits, 2 steps."""
-    import importlib.util
     import json
 
+    from tests.scripts import load_benchmark
+
     prior = _write_prior(tmp_path / "prior32", DDPMConfig(**{**CFG.__dict__, "sample_size": 32}))
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "zeroshot_quality.py"
-    spec = importlib.util.spec_from_file_location("zeroshot_quality", script)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("zeroshot_quality")
     out = tmp_path / "r.json"
     result = bench.main(["--prior", prior, "--n", "4", "--batch", "3", "--steps", "2", "--json", str(out), "--doc", "-"])
     assert json.loads(out.read_text())["rows"] == result["rows"]
