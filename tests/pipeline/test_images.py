@@ -119,3 +119,14 @@ def test_png_encodes_a_strided_view():
     rgb = np.arange(10 * 12 * 3, dtype=np.uint8).reshape(10, 12, 3)[::2, 1:]
     back = np.asarray(Image.open(io.BytesIO(images.encode(rgb, None, "png", 95))))
     np.testing.assert_array_equal(back, rgb)
+
+
+@pytest.mark.parametrize("shape, mode", [((24, 40, 1), "L"), ((24, 40, 3), "RGB")])
+def test_jpeg_decodes_to_what_pillows_own_encoder_gives(shape, mode):
+    rng = np.random.default_rng(1)
+    pixels = np.repeat(np.repeat(rng.integers(0, 256, (6, 10, shape[2]), dtype=np.uint8), 4, 0), 4, 1)
+    ours = Image.open(io.BytesIO(images.encode(pixels, None, "jpeg", 85)))
+    theirs = io.BytesIO()
+    Image.fromarray(pixels[..., 0] if shape[2] == 1 else pixels).save(theirs, format="JPEG", quality=85)
+    assert ours.format == "JPEG" and ours.mode == mode
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(Image.open(theirs)))
