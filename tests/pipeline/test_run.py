@@ -94,6 +94,25 @@ def test_local_job_and_gray_alpha_sixteen_bit_outputs(ray_local, corpus_dir, tmp
     assert modes["jpeg/rgb.jpg"].endswith("/images/jpeg/rgb.jpg.png")
 
 
+def test_same_format_writes_each_kind_with_its_own_encoder(ray_local, corpus_dir, tmp_path, corpus):
+    out = tmp_path / "out"
+    job = make_job(str(corpus_dir), str(out), output={"uri": str(out), "format": "same", "quality": 90})
+    api.run(job)
+    con = rows_of(str(out))
+    check_manifest(con, corpus)
+    written = {name: (fmt, uri) for name, fmt, uri in con.execute(
+        "SELECT regexp_extract(input_uri, '[^/]+/[^/]+$'), format_out, output_uri FROM m WHERE status = 'ok'").fetchall()}
+    expect = {  # input → (format written, Pillow format and mode read back)
+        "jpeg/rgb.jpg": ("jpeg", "JPEG", "RGB"), "jpeg/gray.jpg": ("jpeg", "JPEG", "L"), "jpeg/cmyk.jpg": ("jpeg", "JPEG", "RGB"),
+        "png/rgba.png": ("png", "PNG", "RGBA"), "png/gray16.png": ("png", "PNG", "I;16"), "webp/rgba.webp": ("webp", "WEBP", "RGBA"),
+        "tiff/gray16.tiff": ("tiff", "TIFF", "I;16"), "bmp/rgb.bmp": ("png", "PNG", "RGB"),
+    }
+    for name, (fmt, pil_format, mode) in expect.items():
+        assert written[name][0] == fmt, name
+        with Image.open(written[name][1]) as im:
+            assert (im.format, im.mode) == (pil_format, mode), name
+
+
 def test_learned_model_on_s3(ray_local, s3_bucket, corpus):
     small = {k: v for k, v in corpus.items() if k in ("jpeg/rgb.jpg", "png/la.png", "broken/zero-byte.png")}
     upload(s3_bucket, "in", small)
