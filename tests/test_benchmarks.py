@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from argparse import Namespace
 from pathlib import Path
 
@@ -120,3 +121,19 @@ def test_big_image_reports_peak_memory_against_the_output(tmp_path):
                           capture_output=True, text=True, cwd=REPO, timeout=230)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "output 384×256" in proc.stdout and "× output" in proc.stdout
+
+
+def test_process_memory_is_read_for_a_whole_process_tree():
+    big_image = load_benchmark("big_image")
+    child = subprocess.Popen([sys.executable, "-c", "import time; x = bytearray(64 << 20); time.sleep(30)"])
+    try:
+        deadline = time.time() + 20
+        while (m := big_image.memory_of(child.pid)) is None or m["hwm"] < 64 << 20:
+            assert time.time() < deadline, m
+            time.sleep(0.1)
+        assert child.pid in big_image.process_tree(os.getpid())
+        assert m["pss"] >= 64 << 20 and m["title"].startswith("python")
+    finally:
+        child.kill()
+        child.wait()
+    assert big_image.memory_of(child.pid) is None
