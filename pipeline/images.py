@@ -149,7 +149,7 @@ def encode_png(planes: np.ndarray) -> bytes:
     libpng (through imagecodecs) reads the array in place, where Pillow first copies it into a
     buffer of 4 bytes a pixel: for a 24000×16000 ×4 output that copy alone was 1.43 GiB. zlib level 1
     with the Paeth filter and run-length matching measured ~2× faster than Pillow's level 1 and
-    12–20 % smaller on photos (docs/benchmarks.md); PNG is lossless at every setting.
+    11–20 % smaller on photos (docs/benchmarks.md); PNG is lossless at every setting.
     """
     planes = np.ascontiguousarray(planes)  # libpng reads rows in place, so they must be contiguous
     return imagecodecs.png_encode(planes, level=1, filter=imagecodecs.PNG.FILTER.PAETH, strategy=imagecodecs.PNG.STRATEGY.RLE)
