@@ -223,7 +223,7 @@ def table(rows: list[dict]) -> str:
 
 def side_table(rows: list[dict], key: str, what: str) -> str:
     """Per-image values of a second metric (``key``) with their mean."""
-    lines = [f"| task | method | " + " | ".join(EVAL_IMAGES) + f" | mean {what} |", "|" + "---|" * (len(EVAL_IMAGES) + 3)]
+    lines = ["| task | method | " + " | ".join(EVAL_IMAGES) + f" | mean {what} |", "|" + "---|" * (len(EVAL_IMAGES) + 3)]
     for r in rows:
         per = r[key]
         mean = float(np.mean(list(per.values())))
