@@ -5,6 +5,8 @@
 - ``process_shard`` is a CPU task: for each batch of its shard it reads and decodes,
   sends pixels to an actor, and while the actor works decodes the next batch; then it
   encodes and writes outputs and finally commits the shard's manifest part atomically.
+  Outputs larger than ``resources.encode_in_actor_above`` are encoded by the last actor
+  instead (``Encoding``), which sends back the file rather than the pixels.
   Per-image failures become error rows; only infrastructure failures fail the task.
 - ``execute`` keeps at most ``max_inflight_shards`` shard tasks running (backpressure).
 """
@@ -138,6 +140,44 @@ def with_threads(steps: list[Resources]) -> list[Resources]:
     return out
 
 
+@dataclass
+class Encoding:
+    """What the last step's actor needs to encode one output itself. An output whose pixels take
+    more than ``above`` bytes comes back as its file (Result.encoded) instead of its pixels:
+    Ray copies a returned array into the object store while the actor still holds it, so
+    returning pixels costs the actor the output twice (2.64 × the output for a 6000×4000 photo
+    through ×4; docs/benchmarks.md), and the file is a fraction of that.
+
+    ``requested``: output.format; ``source_format``: the input's format (what `same` follows);
+    ``alpha``: the input's H×W alpha plane (uint8/uint16) or None."""
+
+    requested: str
+    quality: int
+    above: int
+    source_format: str
+    alpha: np.ndarray | None = None
+
+
+def encode_output(pixels: np.ndarray, alpha: np.ndarray | None, requested: str, source_format: str, quality: int) -> images.Encoded:
+    """H×W×C uint8/uint16 model output (+ the input's alpha plane, resized here to H×W) as the
+    file ``output.format`` asks for (``requested``; `same` follows ``source_format``)."""
+    t0 = time.perf_counter()
+    height, width = pixels.shape[:2]
+    alpha = resize_plane(alpha, height, width) if alpha is not None else None
+    fmt = images.choose_format(requested, source_format, alpha is not None)
+    data = images.encode(pixels, alpha, fmt, quality)
+    return images.Encoded(data, fmt, width, height, time.perf_counter() - t0)
+
+
+def _encode_here(result: Result, encoding: Encoding) -> None:
+    """Replace ``result``'s pixels by their file, or by an encode error."""
+    try:
+        result.encoded = encode_output(result.pixels, encoding.alpha, encoding.requested, encoding.source_format, encoding.quality)
+    except Exception as exc:
+        result.error, result.error_type, result.stage = str(exc) or repr(exc), type(exc).__name__, "encode"
+    result.pixels = None  # freed before Ray copies the result into the object store
+
+
 # Restarted without limit: a dead actor (OOM, segfault, a node lost) comes back with its
 # models; the calls it was running fail and are retried by the shard task (see _infer).
 @ray.remote(max_restarts=-1, max_task_retries=0)
@@ -156,9 +196,10 @@ class ModelActor:
     def ready(self) -> str:
         return str(self.chain.device)
 
-    def infer(self, items: list) -> list[Result]:
+    def infer(self, items: list, encodings: list[Encoding | None] | None = None) -> list[Result]:
         """items: H×W×C arrays, Masked images, or the previous step's Results (errors pass
-        through; a Result carries its image's mask on)."""
+        through; a Result carries its image's mask on). ``encodings`` (last step only): one per
+        item, or None; outputs larger than their ``above`` come back encoded."""
         prior = [it if isinstance(it, Result) else None for it in items]
         todo = [i for i, p in enumerate(prior) if p is None or p.error is None]
         pixels = [items[i] if isinstance(items[i], np.ndarray) else items[i].pixels for i in todo]
@@ -170,6 +211,9 @@ class ModelActor:
         for i, out in zip(todo, outs):
             out.seconds += prior[i].seconds if prior[i] else 0.0
             results[i] = out
+        for result, encoding in zip(results, encodings or []):
+            if encoding is not None and result.pixels is not None and result.pixels.nbytes > encoding.above:
+                _encode_here(result, encoding)
         return results
 
 
@@ -196,6 +240,13 @@ class _Work:
     def model_input(self):
         """What the first actor gets for this input: its pixels, with their mask if any."""
         return self.decoded.pixels if self.known is None else Masked(self.decoded.pixels, self.known)
+
+    def encoding(self, job: Job) -> Encoding | None:
+        """How the last actor encodes this input's output if it is large (None: never)."""
+        above = job.resources.encode_in_actor_above
+        if above is None:
+            return None
+        return Encoding(job.output.format, job.output.quality, above, self.decoded.format, self.decoded.alpha)
 
 
 @dataclass
@@ -284,34 +335,31 @@ def _load_mask(uri: str | None, image: images.Decoded, storage_options: dict, ma
 def write_output(ctx: ShardContext, row: dict, rel_path: str, result: Result, source_format: str, alpha: np.ndarray | None = None) -> None:
     """Encode one model output and write it to ``<output>/images/<rel_path>.<ext>``; fill in ``row``.
 
-    ``result.pixels``: H×W×C uint8 (or uint16). ``alpha``: the input's H'×W' uint8/uint16 alpha
-    plane (resized here to the output's H×W), or None. ``source_format``: the input's format,
-    what ``output.format`` `same` resolves to. A model error, or a failure to encode or write,
-    is recorded on the row (stage model / encode / write) instead of raised.
+    ``result.pixels``: H×W×C uint8 (or uint16), or ``result.encoded``: the file the actor made.
+    ``alpha``: the input's H'×W' uint8/uint16 alpha plane (resized here to the output's H×W), or
+    None. ``source_format``: the input's format, what ``output.format`` `same` resolves to. A
+    model error, or a failure to encode or write, is recorded on the row (stage model / encode /
+    write) instead of raised.
     """
     out = ctx.job.output
     row["t_model"] = result.seconds
     if result.error:
-        _fail(row, "model", result.error_type, result.error)
+        _fail(row, result.stage, result.error_type, result.error)
         return
     stage = "encode"
     try:
-        t0 = time.perf_counter()
-        height, width = result.pixels.shape[:2]
-        alpha = resize_plane(alpha, height, width) if alpha is not None else None
-        fmt = images.choose_format(out.format, source_format, alpha is not None)
-        data = images.encode(result.pixels, alpha, fmt, out.quality)
+        encoded = result.encoded or encode_output(result.pixels, alpha, out.format, source_format, out.quality)
         t1 = time.perf_counter()
         stage = "write"
-        output_uri = storage.join(out.uri, "images", output_rel_path(rel_path, fmt))
-        storage.write_atomic(output_uri, data, out.storage_options)
+        output_uri = storage.join(out.uri, "images", output_rel_path(rel_path, encoded.format))
+        storage.write_atomic(output_uri, encoded.data, out.storage_options)
         row.update(
             status="ok",
             output_uri=output_uri,
-            width_out=width,
-            height_out=height,
-            format_out=fmt,
-            t_encode=t1 - t0,
+            width_out=encoded.width,
+            height_out=encoded.height,
+            format_out=encoded.format,
+            t_encode=encoded.seconds,
             t_write=time.perf_counter() - t1,
         )
     except Exception as exc:
@@ -340,18 +388,19 @@ def _when_ready(actors: list, timeout: float = 300.0) -> None:
             time.sleep(0.5)
 
 
-def _submit(chain: list, pixels: list):
-    """Send pixels through one actor per step; each step's result goes straight to the next
-    actor (an ObjectRef argument), never back through this task."""
-    ref = chain[0].infer.remote(pixels)
-    for actor in chain[1:]:
-        ref = actor.infer.remote(ref)
+def _submit(chain: list, items: list, encodings: list[Encoding | None] | None = None):
+    """Send items through one actor per step; each step's result goes straight to the next
+    actor (an ObjectRef argument), never back through this task. ``encodings`` go to the last."""
+    ref = items
+    for step, actor in enumerate(chain):
+        last = step == len(chain) - 1
+        ref = actor.infer.remote(ref, encodings) if last and encodings is not None else actor.infer.remote(ref)
     return ref
 
 
-def _infer(chain: list, items: list, ref) -> list[Result]:
+def _infer(chain: list, items: list, ref, encodings: list[Encoding | None] | None = None) -> list[Result]:
     """The last step's results for ``items`` (what ``ref``'s call was given, one entry per image
-    or sample), surviving actor deaths.
+    or sample, with ``encodings`` if it had them), surviving actor deaths.
 
     Ray restarts a dead actor but does not retry the calls it was running. A batch whose
     actor died is retried image by image; an image on which an actor dies
@@ -363,12 +412,12 @@ def _infer(chain: list, items: list, ref) -> list[Result]:
     except RayActorError:
         log.warning("a model actor died during a batch of %d; retrying image by image", len(items))
     results = []
-    for item in items:
+    for i, item in enumerate(items):
         deaths = 0
         while deaths < CRASH_ATTEMPTS:
             _when_ready(chain)
             try:
-                results.append(ray.get(_submit(chain, [item]))[0])
+                results.append(ray.get(_submit(chain, [item], encodings and [encodings[i]]))[0])
                 break
             except RayActorError:  # includes ActorUnavailableError: it was alive when we called
                 deaths += 1
@@ -399,6 +448,29 @@ def _load_all(ctx: ShardContext, items: list[dict], shard: int, attempt: int) ->
     return works
 
 
+@dataclass
+class _Batch:
+    """A batch of decoded inputs on its way through the actors."""
+
+    works: list[_Work]
+    inputs: list  # what the first actor was given, one per work
+    encodings: list[Encoding | None]
+    ref: object  # the last actor's call
+
+    @classmethod
+    def submit(cls, chain: list, job: Job, works: list[_Work]) -> "_Batch | None":
+        """Send the decoded ones of ``works`` to the actors (None if none decoded)."""
+        ready = [w for w in works if w.decoded is not None]
+        if not ready:
+            return None
+        inputs, encodings = [w.model_input() for w in ready], [w.encoding(job) for w in ready]
+        return cls(ready, inputs, encodings, _submit(chain, inputs, encodings))
+
+    def finish(self, ctx: ShardContext, chain: list) -> None:
+        """Wait for the results; encode and write them."""
+        _finish(ctx, self.works, _infer(chain, self.inputs, self.ref, self.encodings))
+
+
 @ray.remote
 def process_shard(ctx: ShardContext, shard: int, attempt: int, chain: list) -> ShardResult:
     """chain: one ModelActor handle per step."""
@@ -407,17 +479,16 @@ def process_shard(ctx: ShardContext, shard: int, attempt: int, chain: list) -> S
     plan = runs.load_plan_shard(out.uri, ctx.run_id, shard, out.storage_options).to_pylist()
     batch_size = ctx.job.resources.batch_size
     done: list[_Work] = []
-    pending: tuple[list[_Work], object] | None = None
+    pending: _Batch | None = None
     for start in range(0, len(plan), batch_size):
         works = _load_all(ctx, plan[start : start + batch_size], shard, attempt)
-        ready = [w for w in works if w.decoded is not None]
-        ref = _submit(chain, [w.model_input() for w in ready]) if ready else None
+        batch = _Batch.submit(chain, ctx.job, works)
         if pending is not None:  # the previous batch finished on the actors while we decoded this one
-            _finish(ctx, pending[0], _infer(chain, [w.model_input() for w in pending[0]], pending[1]))
+            pending.finish(ctx, chain)
         done.extend(works)
-        pending = (ready, ref) if ready else None
+        pending = batch
     if pending is not None:
-        _finish(ctx, pending[0], _infer(chain, [w.model_input() for w in pending[0]], pending[1]))
+        pending.finish(ctx, chain)
 
     return commit_shard(ctx, shard, sorted((w.row for w in done), key=lambda r: r["input_uri"]), started)
 

@@ -65,6 +65,18 @@ class Decoded:
         return self.pixels.shape[1]
 
 
+@dataclass
+class Encoded:
+    """An output file: ``data`` in ``format`` (png, jpeg, webp, tiff), width×height pixels,
+    encoded in ``seconds``."""
+
+    data: bytes
+    format: str
+    width: int
+    height: int
+    seconds: float
+
+
 def decode(data: bytes, max_pixels: int) -> Decoded:
     """Decode one file. The pixel limit is checked from the header, before any pixel is allocated."""
     if not data:

@@ -27,19 +27,23 @@ from torch.nn import functional as F
 from models import ImageModel
 from models.resample import resize
 from models.tiling import run_with_backoff, tiled_forward
+from pipeline.images import Encoded
 
 
 @dataclass
 class Result:
     """pixels: H'×W'×C, same dtype and C as the input (C = 3 for a gray input after a
-    ``colour_out`` model); or error set (pixels None). ``known``: the image's mask, if it had
-    one, carried on for later steps (at the input's size)."""
+    ``colour_out`` model); or error set (pixels None), failed at ``stage``; or, for an output the
+    actor encoded itself (pipeline.execute.Encoding), ``encoded`` set and pixels None.
+    ``known``: the image's mask, if it had one, carried on for later steps (at the input's size)."""
 
     pixels: np.ndarray | None
     seconds: float
     error: str | None = None
     error_type: str = "model_error"
     known: np.ndarray | None = None
+    stage: str = "model"
+    encoded: Encoded | None = None
 
 
 @dataclass

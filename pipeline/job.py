@@ -168,6 +168,13 @@ class Resources(Strict):
     tile_pad: int = Field(16, ge=0, description="context pixels around each tile (seams are feathered)")
     shard_size: int = Field(64, ge=1, description="inputs per shard (the unit of commit)")
     max_inflight_shards: int | None = Field(None, ge=1, description="shards in flight at once; default 2 × max actors")
+    encode_in_actor_above: int | None = Field(
+        256 * 2**20,
+        ge=0,
+        description="outputs whose pixels take more bytes than this are encoded by the last step's actor, which sends the "
+        "file back instead of the pixels: one copy of a big image less in the actor's and the object store's memory, while "
+        "the actor's device waits for the encoder; null = never",
+    )
 
     _range = field_validator("actors", mode="before")(_actor_range)
 

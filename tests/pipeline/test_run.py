@@ -6,6 +6,7 @@ import io
 
 import boto3
 import duckdb
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -111,6 +112,25 @@ def test_same_format_writes_each_kind_with_its_own_encoder(ray_local, corpus_dir
         assert written[name][0] == fmt, name
         with Image.open(written[name][1]) as im:
             assert (im.format, im.mode) == (pil_format, mode), name
+
+
+def test_outputs_encoded_by_the_actor_are_the_same_files(ray_local, corpus_dir, tmp_path, corpus):
+    """encode_in_actor_above: 0 has the model actor encode every output (alpha re-attached, 16-bit
+    kept, `same` followed) instead of the shard tasks: the same rows and byte-identical files."""
+    Image.fromarray(np.zeros((1, 8200, 3), np.uint8)).save(corpus_dir / "wide.webp", lossless=True)  # ×2: over WebP's width limit
+    seen = {}
+    for above in (0, None):
+        out = tmp_path / f"out-{above}"
+        resources = {"actors": 1, "batch_size": 3, "shard_size": 5, "encode_in_actor_above": above}
+        api.run(make_job(str(corpus_dir), str(out), output={"uri": str(out), "format": "same", "quality": 90}, resources=resources))
+        rows = rows_of(str(out)).execute(
+            "SELECT input_uri, status, stage, error_type, format_out, width_out, height_out, output_uri FROM m ORDER BY input_uri"
+        ).fetchall()
+        seen[above] = [(*row[:-1], open(row[-1], "rb").read() if row[-1] else None) for row in rows]
+    assert seen[0] == seen[None]
+    assert sum(1 for row in seen[0] if row[1] == "ok") == sum(1 for _, status in corpus.values() if status == "ok")
+    [wide] = [row for row in seen[0] if row[0].endswith("/wide.webp")]
+    assert wide[1:4] == ("error", "encode", "ValueError")
 
 
 def test_learned_model_on_s3(ray_local, s3_bucket, corpus):
