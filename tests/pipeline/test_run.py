@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import boto3
 import duckdb
@@ -126,7 +127,7 @@ def test_outputs_encoded_by_the_actor_are_the_same_files(ray_local, corpus_dir, 
         rows = rows_of(str(out)).execute(
             "SELECT input_uri, status, stage, error_type, format_out, width_out, height_out, output_uri FROM m ORDER BY input_uri"
         ).fetchall()
-        seen[above] = [(*row[:-1], open(row[-1], "rb").read() if row[-1] else None) for row in rows]
+        seen[above] = [(*row[:-1], Path(row[-1]).read_bytes() if row[-1] else None) for row in rows]
     assert seen[0] == seen[None]
     assert sum(1 for row in seen[0] if row[1] == "ok") == sum(1 for _, status in corpus.values() if status == "ok")
     [wide] = [row for row in seen[0] if row[0].endswith("/wide.webp")]
