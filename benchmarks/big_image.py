@@ -93,7 +93,9 @@ def memory_of(pid: int) -> dict | None:
         argv = (Path(f"/proc/{pid}") / "cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return None
-    kib = lambda text, key: int(next((line.split()[1] for line in text.splitlines() if line.startswith(key + ":")), 0)) * 1024
+    kib = lambda text, key: (
+        int(next((line.split()[1] for line in text.splitlines() if line.startswith(key + ":")), 0)) * 1024
+    )
     return {"pss": kib(rollup, "Pss"), "hwm": kib(status, "VmHWM"), "title": " ".join(Path(a).name for a in argv[:2])}
 
 
@@ -102,13 +104,20 @@ def measure_darkroom_run(throughput, photo: Path, work: Path, model: str, tile: 
     import yaml
 
     out = work / "out"
-    job = {"name": "big-image", "input": {"uri": str(photo.parent) + "/"}, "output": {"uri": str(out) + "/", "format": "png"},
-           "steps": [{"model": model}], "resources": {"actors": 1, "batch_size": 1, "tile": tile},
-           "limits": {"max_pixels": 200_000_000}}
+    job = {
+        "name": "big-image",
+        "input": {"uri": str(photo.parent) + "/"},
+        "output": {"uri": str(out) + "/", "format": "png"},
+        "steps": [{"model": model}],
+        "resources": {"actors": 1, "batch_size": 1, "tile": tile},
+        "limits": {"max_pixels": 200_000_000},
+    }
     (work / "job.yaml").write_text(yaml.safe_dump(job, sort_keys=False))
     cmd = [throughput._darkroom_exe(), "run", str(work / "job.yaml"), "--log-format", "json"]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE.parent, env=throughput._child_env())
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE.parent, env=throughput._child_env()
+    )
     peaks: dict[int, dict] = {}  # pid → the last sample (VmHWM only grows)
     peak_sum = 0
     while proc.poll() is None:
@@ -125,12 +134,21 @@ def measure_darkroom_run(throughput, photo: Path, work: Path, model: str, tile: 
         raise SystemExit(stderr[-3000:])
     import pyarrow.dataset as pads
 
-    [row] = pads.dataset(str(out / "manifest"), format="parquet").to_table(columns=["status", "width_out", "height_out"]).to_pylist()
+    [row] = (
+        pads.dataset(str(out / "manifest"), format="parquet")
+        .to_table(columns=["status", "width_out", "height_out"])
+        .to_pylist()
+    )
     assert row["status"] == "ok", row
     width, height = row["width_out"], row["height_out"]
     top = sorted(peaks.values(), key=lambda m: -m["hwm"])[:6]
-    return {"output_bytes": width * height * 3, "output_shape": [height, width, 3], "wall_s": time.perf_counter() - t0,
-            "peak_sum_pss": peak_sum, "processes": [{"title": m["title"][:60], "peak_rss": m["hwm"]} for m in top]}
+    return {
+        "output_bytes": width * height * 3,
+        "output_shape": [height, width, 3],
+        "wall_s": time.perf_counter() - t0,
+        "peak_sum_pss": peak_sum,
+        "processes": [{"title": m["title"][:60], "peak_rss": m["hwm"]} for m in top],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,10 +173,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.darkroom:
             r = measure_darkroom_run(throughput, photo, Path(tmp), args.model, args.tile)
             out = r["output_bytes"]
-            r.update(model=args.model, input=[args.width, args.height], tile=args.tile, date=time.strftime("%Y-%m-%d"),
-                     ratio_peak_sum_pss=r["peak_sum_pss"] / out)
-            print(f"darkroom run, {args.width}×{args.height} through {args.model} (tile {args.tile}): output {out / gib:.2f} GiB, "
-                  f"{r['wall_s']:.0f} s; peak of all its processes' PSS {r['peak_sum_pss'] / gib:.2f} GiB = {r['ratio_peak_sum_pss']:.2f} × output")
+            r.update(
+                model=args.model,
+                input=[args.width, args.height],
+                tile=args.tile,
+                date=time.strftime("%Y-%m-%d"),
+                ratio_peak_sum_pss=r["peak_sum_pss"] / out,
+            )
+            print(
+                f"darkroom run, {args.width}×{args.height} through {args.model} (tile {args.tile}): output {out / gib:.2f} GiB, "
+                f"{r['wall_s']:.0f} s; peak of all its processes' PSS {r['peak_sum_pss'] / gib:.2f} GiB = {r['ratio_peak_sum_pss']:.2f} × output"
+            )
             for m in r["processes"]:
                 print(f"  {m['title']:<60} peak RSS {m['peak_rss'] / gib:.2f} GiB = {m['peak_rss'] / out:.2f} × output")
             if not args.no_save:
@@ -171,13 +196,23 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(proc.stderr[-3000:])
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     out = r["output_bytes"]
-    r.update(model=args.model, input=[args.width, args.height], tile=args.tile, date=time.strftime("%Y-%m-%d"),
-             ratio_after_model=r["peak_rss_after_model"] / out, ratio_after_encode=r["peak_rss_after_encode"] / out)
-    print(f"{args.width}×{args.height} through {args.model} (tile {args.tile}, {args.threads} thread(s)): "
-          f"output {r['output_shape'][1]}×{r['output_shape'][0]}, {out / gib:.2f} GiB; model {r['model_s']:.0f} s, encode {r['encode_s']:.0f} s")
-    print(f"RSS after loading the model {r['rss_after_model_load'] / gib:.2f} GiB; peak after the model "
-          f"{r['peak_rss_after_model'] / gib:.2f} GiB = {r['ratio_after_model']:.2f} × output; after encoding "
-          f"{r['peak_rss_after_encode'] / gib:.2f} GiB = {r['ratio_after_encode']:.2f} × output (target ≤ 2.5 ×)")
+    r.update(
+        model=args.model,
+        input=[args.width, args.height],
+        tile=args.tile,
+        date=time.strftime("%Y-%m-%d"),
+        ratio_after_model=r["peak_rss_after_model"] / out,
+        ratio_after_encode=r["peak_rss_after_encode"] / out,
+    )
+    print(
+        f"{args.width}×{args.height} through {args.model} (tile {args.tile}, {args.threads} thread(s)): "
+        f"output {r['output_shape'][1]}×{r['output_shape'][0]}, {out / gib:.2f} GiB; model {r['model_s']:.0f} s, encode {r['encode_s']:.0f} s"
+    )
+    print(
+        f"RSS after loading the model {r['rss_after_model_load'] / gib:.2f} GiB; peak after the model "
+        f"{r['peak_rss_after_model'] / gib:.2f} GiB = {r['ratio_after_model']:.2f} × output; after encoding "
+        f"{r['peak_rss_after_encode'] / gib:.2f} GiB = {r['ratio_after_encode']:.2f} × output (target ≤ 2.5 ×)"
+    )
     if not args.no_save:
         (HERE / "results").mkdir(exist_ok=True)
         (HERE / "results" / "big_image.json").write_text(json.dumps(r, indent=2))

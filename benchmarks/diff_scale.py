@@ -78,10 +78,18 @@ def main() -> None:
                     raise SystemExit(out.stderr[-2000:])
         _, seconds, cpu, base, peak = out.stdout.split()
         rows.append(
-            {"rows": n, "plan_seconds": float(seconds), "plan_cpu_seconds": float(cpu), "rss_before_mib": int(base) / 1024,
-             "peak_rss_mib": int(peak) / 1024, "load_average": round(load, 2)}
+            {
+                "rows": n,
+                "plan_seconds": float(seconds),
+                "plan_cpu_seconds": float(cpu),
+                "rss_before_mib": int(base) / 1024,
+                "peak_rss_mib": int(peak) / 1024,
+                "load_average": round(load, 2),
+            }
         )
-    print(f"{'manifest rows = listed':>24} {'plan s':>8} {'CPU s':>7} {'RSS before MiB':>15} {'peak RSS MiB':>13} {'load':>5}")
+    print(
+        f"{'manifest rows = listed':>24} {'plan s':>8} {'CPU s':>7} {'RSS before MiB':>15} {'peak RSS MiB':>13} {'load':>5}"
+    )
     for r in rows:
         print(
             f"{r['rows']:>24} {r['plan_seconds']:>8.2f} {r['plan_cpu_seconds']:>7.2f} {r['rss_before_mib']:>15.0f}"

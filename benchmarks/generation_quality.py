@@ -112,7 +112,9 @@ def quantiles(d: torch.Tensor) -> dict[str, float]:
     return {"min": round(float(d.min()), 3), "p5": round(float(q[0]), 3), "median": round(float(q[1]), 3)}
 
 
-def score(images: torch.Tensor, labels: list[int] | None, classifier, train: digits.Digits, held_nn: torch.Tensor) -> dict:
+def score(
+    images: torch.Tensor, labels: list[int] | None, classifier, train: digits.Digits, held_nn: torch.Tensor
+) -> dict:
     probs = digits_classifier.probabilities(classifier, images)
     top_p, top = probs.max(dim=1)
     share = torch.bincount(top, minlength=10).double() / len(top)
@@ -146,14 +148,18 @@ def table(rows: list[dict], held: dict[str, float]) -> str:
             f"| {pct(r['label_agrees'])} | {pct(r['colour_agrees'])} | {nn['median']:.2f} ({nn['p5']:.2f}) | {pct(r['copies'])} "
             f"| {r['images_per_s']:.2f} | {r['images_per_cpu_s']:.2f} |"
         )
-    lines.append(f"| *held-back digits (real, never trained on)* | | | | | | | {held['median']:.2f} ({held['p5']:.2f}) | min {held['min']:.2f} | | |")
+    lines.append(
+        f"| *held-back digits (real, never trained on)* | | | | | | | {held['median']:.2f} ({held['p5']:.2f}) | min {held['min']:.2f} | | |"
+    )
     return "\n".join(lines)
 
 
 def histogram(rows: list[dict]) -> str:
     lines = ["| model | sampler | " + " | ".join(str(c) for c in range(10)) + " |", "|---|---|" + "---|" * 10]
     for r in rows:
-        lines.append(f"| {r['model']} | {sampler_label(r)} | " + " | ".join(f"{100 * s:.1f}" for s in r["class_share"]) + " |")
+        lines.append(
+            f"| {r['model']} | {sampler_label(r)} | " + " | ".join(f"{100 * s:.1f}" for s in r["class_share"]) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -162,7 +168,9 @@ def update_doc(path: Path, md: str) -> None:
     text = path.read_text()
     if BEGIN not in text or END not in text:
         raise SystemExit(f"{path}: no {BEGIN} … {END} section to update")
-    path.write_text(re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{md}\n{END}", text, flags=re.S))
+    path.write_text(
+        re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{md}\n{END}", text, flags=re.S)
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -170,18 +178,33 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--batch", type=int, default=50, help="samples per sample() call (and the DDPM micro-batch)")
     ap.add_argument("--seed", type=int, default=0, help="job seed of sample_generator")
-    ap.add_argument("--steps", type=int, help="override every sampler's default steps (quick checks; the table uses the defaults)")
-    ap.add_argument("--models", default="", help="comma-separated entry names (default: every generation entry with weights)")
+    ap.add_argument(
+        "--steps", type=int, help="override every sampler's default steps (quick checks; the table uses the defaults)"
+    )
+    ap.add_argument(
+        "--models", default="", help="comma-separated entry names (default: every generation entry with weights)"
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "generation_quality.json")
-    ap.add_argument("--doc", type=Path, default=REPO / "docs" / "generation.md", help="page whose table section to rewrite; '-' for none")
-    ap.add_argument("--grids", type=Path, default=REPO / "docs" / "images", help="folder for sample grids; '-' for none")
+    ap.add_argument(
+        "--doc",
+        type=Path,
+        default=REPO / "docs" / "generation.md",
+        help="page whose table section to rewrite; '-' for none",
+    )
+    ap.add_argument(
+        "--grids", type=Path, default=REPO / "docs" / "images", help="folder for sample grids; '-' for none"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     reg = default_registry()
     wanted = {n for n in args.models.split(",") if n}
-    entries = [e for e in reg.entries() if e.task == "generation" and e.weights is not None and (not wanted or e.name in wanted)]
+    entries = [
+        e
+        for e in reg.entries()
+        if e.task == "generation" and e.weights is not None and (not wanted or e.name in wanted)
+    ]
     train, held_back = digits.load(32)
     classifier = digits_classifier.build()
     held_probs = digits_classifier.probabilities(classifier, held_back.coloured())
@@ -193,32 +216,58 @@ def main(argv: list[str] | None = None) -> dict:
             model = reg.build(entry.name, params)
             images, labels, wall, cpu = generate(model, args.samples, args.seed, args.batch)
             assert images.shape == (args.samples, *model.shape), images.shape
-            row = {"model": entry.name, "sampler": model.sampler, "steps": model.steps, "params": params,
-                   "temperature": getattr(entry.validate_params(params), "temperature", None),
-                   "weights_sha256": model.weights_sha256, "samples": args.samples,
-                   **score(images, labels, classifier, train, held_nn),
-                   "images_per_s": round(args.samples / wall, 3), "images_per_cpu_s": round(args.samples / cpu, 3)}
+            row = {
+                "model": entry.name,
+                "sampler": model.sampler,
+                "steps": model.steps,
+                "params": params,
+                "temperature": getattr(entry.validate_params(params), "temperature", None),
+                "weights_sha256": model.weights_sha256,
+                "samples": args.samples,
+                **score(images, labels, classifier, train, held_nn),
+                "images_per_s": round(args.samples / wall, 3),
+                "images_per_cpu_s": round(args.samples / cpu, 3),
+            }
             rows.append(row)
             if str(args.grids) != "-":
                 args.grids.mkdir(parents=True, exist_ok=True)
                 suffix = "" if row["temperature"] is None else f"-t{row['temperature']:g}"
                 grid = args.grids / f"samples-{entry.name}-{model.sampler}{suffix}.png"
-                save_image(F.interpolate(images[:GRID_SAMPLES], scale_factor=2, mode="nearest"), grid, nrow=10, padding=2, pad_value=0.25)
+                save_image(
+                    F.interpolate(images[:GRID_SAMPLES], scale_factor=2, mode="nearest"),
+                    grid,
+                    nrow=10,
+                    padding=2,
+                    pad_value=0.25,
+                )
                 row["grid"] = str(grid.relative_to(REPO)) if grid.is_relative_to(REPO) else str(grid)
-            print(json.dumps({k: row[k] for k in ("model", "sampler", "steps", "confident", "min_class_share", "copies")}), flush=True)
+            print(
+                json.dumps(
+                    {k: row[k] for k in ("model", "sampler", "steps", "confident", "min_class_share", "copies")}
+                ),
+                flush=True,
+            )
     held = quantiles(held_nn)
     result = {
         "command": COMMAND,
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "seed": args.seed,
         "samples": args.samples,
-        "classifier": {"name": digits_classifier.NAME, "weights_sha256": digits_classifier.WEIGHTS.sha256,
-                       "held_back_accuracy": round(classifier_accuracy, 4),
-                       "held_back_confident": round(float((held_probs.max(1).values > CONFIDENT_P).double().mean()), 4)},
+        "classifier": {
+            "name": digits_classifier.NAME,
+            "weights_sha256": digits_classifier.WEIGHTS.sha256,
+            "held_back_accuracy": round(classifier_accuracy, 4),
+            "held_back_confident": round(float((held_probs.max(1).values > CONFIDENT_P).double().mean()), 4),
+        },
         "held_back_nearest_train_l2": held,
         "targets": {"confident": CONFIDENT_TARGET, "min_class_share": CLASS_SHARE_TARGET},
-        "machine": {"torch": torch.__version__, "threads": args.threads, "nproc": os.cpu_count(),
-                    "cpu": platform.processor() or platform.machine(), "load_average": [round(v, 2) for v in os.getloadavg()]},
+        "machine": {
+            "torch": torch.__version__,
+            "threads": args.threads,
+            "nproc": os.cpu_count(),
+            "cpu": platform.processor() or platform.machine(),
+            "load_average": [round(v, 2) for v in os.getloadavg()],
+        },
         "rows": rows,
         "wall_s": round(time.perf_counter() - t0, 1),
     }

@@ -80,7 +80,9 @@ class GpuSampler:
             return self
         query = "timestamp,utilization.gpu,memory.used"
         self.proc = subprocess.Popen(
-            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits", "-lms", "200"], stdout=self.fh, stderr=subprocess.DEVNULL
+            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits", "-lms", "200"],
+            stdout=self.fh,
+            stderr=subprocess.DEVNULL,
         )
         return self
 
@@ -96,7 +98,9 @@ class GpuSampler:
         for line in self.path.read_text().splitlines():
             try:
                 stamp, util, mem = (f.strip() for f in line.split(","))
-                t = time.mktime(time.strptime(stamp.split(".")[0], "%Y/%m/%d %H:%M:%S")) + float("0." + stamp.split(".")[1])
+                t = time.mktime(time.strptime(stamp.split(".")[0], "%Y/%m/%d %H:%M:%S")) + float(
+                    "0." + stamp.split(".")[1]
+                )
                 out.append((t, float(util), float(mem)))
             except (ValueError, IndexError):
                 continue
@@ -137,7 +141,9 @@ def child_raw(args) -> dict:
     t_loaded = time.perf_counter()
     for start in range(0, len(files), args.batch):
         t0 = time.perf_counter()
-        arrays = [np.asarray(Image.open(io.BytesIO(p.read_bytes())).convert("RGB")) for p in files[start : start + args.batch]]
+        arrays = [
+            np.asarray(Image.open(io.BytesIO(p.read_bytes())).convert("RGB")) for p in files[start : start + args.batch]
+        ]
         t1 = time.perf_counter()
         with torch.inference_mode():
             x = torch.from_numpy(np.stack(arrays)).to(device).permute(0, 3, 1, 2).to(dtype).div_(255)
@@ -149,8 +155,12 @@ def child_raw(args) -> dict:
         stages["decode"] += t1 - t0
         stages["model"] += t2 - t1
         stages["encode"] += time.perf_counter() - t2
-    return {"load_s": t_loaded - t_start, "loop_s": time.perf_counter() - t_loaded, "stage_s": stages,
-            "device": "cpu" if args.cpu_smoke else torch.cuda.get_device_name(0)}
+    return {
+        "load_s": t_loaded - t_start,
+        "loop_s": time.perf_counter() - t_loaded,
+        "stage_s": stages,
+        "device": "cpu" if args.cpu_smoke else torch.cuda.get_device_name(0),
+    }
 
 
 # ---------------------------------------------------------------------------------------
@@ -166,8 +176,14 @@ def write_job(path: Path, model: str, input_dir: Path, output_dir: Path, batch: 
         "output": {"uri": str(output_dir) + "/", "format": "png"},
         "steps": [{"model": model}],
         # One actor on the GPU; every other CPU runs a shard task (decode + encode keep up with the GPU).
-        "resources": {"actors": 1, "gpus_per_actor": gpus, "cpus_per_actor": 1, "batch_size": batch, "shard_size": 8,
-                      "max_inflight_shards": max(2, cpus - 1)},
+        "resources": {
+            "actors": 1,
+            "gpus_per_actor": gpus,
+            "cpus_per_actor": 1,
+            "batch_size": batch,
+            "shard_size": 8,
+            "max_inflight_shards": max(2, cpus - 1),
+        },
     }
     path.write_text(yaml.safe_dump(job, sort_keys=False))
 
@@ -180,11 +196,25 @@ def run_variant(variant: str, args, input_dir: Path, work: Path, n: int) -> dict
         write_job(job, args.model, input_dir, out, args.batch, os.cpu_count() or 2, gpus=0 if args.cpu_smoke else 1)
         cmd = [throughput._darkroom_exe(), "run", str(job), "--log-format", "json"]
     else:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "raw", "--model", args.model, "--batch", str(args.batch),
-               "--input", str(input_dir), "--output", str(out)] + (["--cpu-smoke"] if args.cpu_smoke else [])
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--child",
+            "raw",
+            "--model",
+            args.model,
+            "--batch",
+            str(args.batch),
+            "--input",
+            str(input_dir),
+            "--output",
+            str(out),
+        ] + (["--cpu-smoke"] if args.cpu_smoke else [])
     with GpuSampler(work / f"smi-{variant}-{n}.csv") as smi:
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=throughput._child_env(), cwd=REPO, timeout=args.timeout)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, env=throughput._child_env(), cwd=REPO, timeout=args.timeout
+        )
         wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{variant}/{n} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
@@ -197,8 +227,15 @@ def run_variant(variant: str, args, input_dir: Path, work: Path, n: int) -> dict
     if variant == "raw":
         detail = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
     shutil.rmtree(out, ignore_errors=True)
-    return {"n": n, "wall_s": wall, "in_run_img_s": in_run, "first_output": mtimes[0], "last_output": mtimes[-1], "detail": detail,
-            **busy_between(smi.samples(), mtimes[0], mtimes[-1])}
+    return {
+        "n": n,
+        "wall_s": wall,
+        "in_run_img_s": in_run,
+        "first_output": mtimes[0],
+        "last_output": mtimes[-1],
+        "detail": detail,
+        **busy_between(smi.samples(), mtimes[0], mtimes[-1]),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,7 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--variants", default="raw,darkroom")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per child process")
-    ap.add_argument("--cpu-smoke", action="store_true", help="check the script without a GPU (CPU, fp32; figures meaningless)")
+    ap.add_argument(
+        "--cpu-smoke", action="store_true", help="check the script without a GPU (CPU, fp32; figures meaningless)"
+    )
     ap.add_argument("--child", choices=["raw"], help=argparse.SUPPRESS)
     ap.add_argument("--input", help=argparse.SUPPRESS)
     ap.add_argument("--output", help=argparse.SUPPRESS)
@@ -221,12 +260,21 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if not torch.cuda.is_available() and not args.cpu_smoke:
-        print("no CUDA GPU visible to torch: this benchmark needs one (--cpu-smoke checks the script without)", file=sys.stderr)
+        print(
+            "no CUDA GPU visible to torch: this benchmark needs one (--cpu-smoke checks the script without)",
+            file=sys.stderr,
+        )
         return 2
     card = "cpu (smoke run)" if args.cpu_smoke else torch.cuda.get_device_name(0)
-    smi = "" if args.cpu_smoke else subprocess.run(
-        ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"], capture_output=True, text=True
-    ).stdout.strip()
+    smi = (
+        ""
+        if args.cpu_smoke
+        else subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
     print(f"GPU: {smi or card}; torch {torch.__version__}; {os.cpu_count()} CPUs", flush=True)
     from models import default_registry
 
@@ -244,11 +292,22 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{variant} N={k} …", flush=True)
                 runs.append(run_variant(variant, args, dirs[k], work, k))
                 r = runs[-1]
-                print(f"  {r['wall_s']:.2f} s, GPU busy {throughput._fmt(r['gpu_busy_pct'], '.0f')} % over {r['samples']} samples", flush=True)
+                print(
+                    f"  {r['wall_s']:.2f} s, GPU busy {throughput._fmt(r['gpu_busy_pct'], '.0f')} % over {r['samples']} samples",
+                    flush=True,
+                )
             delta = runs[1]["wall_s"] - runs[0]["wall_s"]
-            row = {"variant": variant, "n": args.n, "wall_s_n": runs[0]["wall_s"], "wall_s_2n": runs[1]["wall_s"],
-                   "steady_img_s": runs[1]["in_run_img_s"], "marginal_img_s": args.n / delta if delta > 0 else None, "gpu_busy_pct": runs[1]["gpu_busy_pct"],
-                   "gpu_mem_mib_max": runs[1]["gpu_mem_mib_max"], "runs": runs}
+            row = {
+                "variant": variant,
+                "n": args.n,
+                "wall_s_n": runs[0]["wall_s"],
+                "wall_s_2n": runs[1]["wall_s"],
+                "steady_img_s": runs[1]["in_run_img_s"],
+                "marginal_img_s": args.n / delta if delta > 0 else None,
+                "gpu_busy_pct": runs[1]["gpu_busy_pct"],
+                "gpu_mem_mib_max": runs[1]["gpu_mem_mib_max"],
+                "runs": runs,
+            }
             if variant == "raw":
                 model_s = runs[1]["detail"]["stage_s"]["model"]
                 row["model_only_img_s"] = 2 * args.n / model_s if model_s else None
@@ -257,18 +316,32 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     raw = next((r for r in rows if r["variant"] == "raw"), None)
-    print(f"\n{'variant':<9} {'N':>4} {'wall N':>7} {'wall 2N':>8} {'steady img/s':>12} {'vs raw':>7} {'GPU busy %':>10} {'model img/s':>11}")
+    print(
+        f"\n{'variant':<9} {'N':>4} {'wall N':>7} {'wall 2N':>8} {'steady img/s':>12} {'vs raw':>7} {'GPU busy %':>10} {'model img/s':>11}"
+    )
     for r in rows:
         ratio = r["steady_img_s"] / raw["steady_img_s"] if raw and raw["steady_img_s"] and r["steady_img_s"] else None
         r["ratio_vs_raw"] = ratio
-        print(f"{r['variant']:<9} {r['n']:>4} {r['wall_s_n']:>7.2f} {r['wall_s_2n']:>8.2f} {throughput._fmt(r['steady_img_s'], '.2f'):>12} "
-              f"{throughput._fmt(ratio, '.2f'):>7} {throughput._fmt(r['gpu_busy_pct'], '.0f'):>10} {throughput._fmt(r.get('model_only_img_s'), '.2f'):>11}")
+        print(
+            f"{r['variant']:<9} {r['n']:>4} {r['wall_s_n']:>7.2f} {r['wall_s_2n']:>8.2f} {throughput._fmt(r['steady_img_s'], '.2f'):>12} "
+            f"{throughput._fmt(ratio, '.2f'):>7} {throughput._fmt(r['gpu_busy_pct'], '.0f'):>10} {throughput._fmt(r.get('model_only_img_s'), '.2f'):>11}"
+        )
     dr = next((r for r in rows if r["variant"] == "darkroom"), None)
     if dr:
-        print(f"target darkroom ≥ 0.95 × raw: {throughput._fmt(dr['ratio_vs_raw'], '.2f')}; GPU busy ≥ 90 %: "
-              f"{throughput._fmt(dr['gpu_busy_pct'], '.0f')} %")
-    result = {"date": time.strftime("%Y-%m-%d"), "gpu": smi or card, "torch": torch.__version__, "cpus": os.cpu_count(),
-              "model": args.model, "size": args.size, "batch": args.batch, "rows": rows}
+        print(
+            f"target darkroom ≥ 0.95 × raw: {throughput._fmt(dr['ratio_vs_raw'], '.2f')}; GPU busy ≥ 90 %: "
+            f"{throughput._fmt(dr['gpu_busy_pct'], '.0f')} %"
+        )
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "gpu": smi or card,
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "model": args.model,
+        "size": args.size,
+        "batch": args.batch,
+        "rows": rows,
+    }
     dest = Path(os.environ["OUT"]) if os.environ.get("OUT") else HERE / "results"
     dest.mkdir(parents=True, exist_ok=True)
     path = dest / f"gpu-{result['date']}{'-cpu-smoke' if args.cpu_smoke else ''}.json"

@@ -51,7 +51,9 @@ print(f"{n} {summary.inputs} {summary.shards} {elapsed:.2f} {base} {peak}")
 
 def measure(n: int, run: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        out = subprocess.run([sys.executable, "-c", CHILD, str(n), tmp, "run" if run else "plan"], capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, str(n), tmp, "run" if run else "plan"], capture_output=True, text=True
+        )
     if out.returncode:
         raise SystemExit(out.stderr[-3000:])
     _, inputs, shards, seconds, base_kib, peak_kib = out.stdout.split()[-6:]
@@ -73,7 +75,9 @@ def main() -> None:
     print(f"{'inputs':>10} {'shards':>7} {what:>8} {'RSS before MiB':>15} {'peak RSS MiB':>13}")
     for r in rows:
         seconds = r["run_seconds" if run else "plan_seconds"]
-        print(f"{r['inputs']:>10} {r['shards']:>7} {seconds:>8.2f} {r['rss_before_plan_mib']:>15.0f} {r['peak_rss_mib']:>13.0f}")
+        print(
+            f"{r['inputs']:>10} {r['shards']:>7} {seconds:>8.2f} {r['rss_before_plan_mib']:>15.0f} {r['peak_rss_mib']:>13.0f}"
+        )
     results = Path(__file__).parent / "results"
     results.mkdir(exist_ok=True)
     name = "run_memory.json" if run else "plan_memory.json"

@@ -59,7 +59,9 @@ def main() -> None:
         t_dr, dr = best_cpu_seconds(encode_png, pixels)
         for data in (pil, dr):
             assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), pixels)
-        print(f"{name:<22} {t_pil:>9.3f} {len(pil) / 1e6:>10.2f} {t_dr:>11.3f} {len(dr) / 1e6:>12.2f} {t_pil / t_dr:>8.2f}×")
+        print(
+            f"{name:<22} {t_pil:>9.3f} {len(pil) / 1e6:>10.2f} {t_dr:>11.3f} {len(dr) / 1e6:>12.2f} {t_pil / t_dr:>8.2f}×"
+        )
 
 
 if __name__ == "__main__":

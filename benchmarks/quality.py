@@ -89,7 +89,11 @@ def run_module(module, x: torch.Tensor) -> tuple[torch.Tensor, float]:
 
 
 def sr_rows(reg) -> list[dict]:
-    methods = {"darkroom-sr-x4": reg.build("darkroom-sr-x4"), "bicubic": reg.build("bicubic", {"scale": 4}), "lanczos": reg.build("lanczos", {"scale": 4})}
+    methods = {
+        "darkroom-sr-x4": reg.build("darkroom-sr-x4"),
+        "bicubic": reg.build("bicubic", {"scale": 4}),
+        "lanczos": reg.build("lanczos", {"scale": 4}),
+    }
     rows = {name: {"task": "sr-x4", "method": name, "psnr_y": {}, "seconds": 0.0} for name in methods}
     for img_name in EVAL_IMAGES:
         hr = sample_image(img_name)
@@ -168,10 +172,21 @@ def inpaint_rows(reg) -> list[dict]:
 
     model = reg.build("darkroom-inpaint")
     names = ["mean fill", "push-pull fill", "biharmonic (skimage)", "darkroom-inpaint"]
-    rows = {n: {"task": f"inpaint-{int(HOLE_COVERAGE * 100)}%", "method": n, "psnr_rgb": {}, "psnr_holes": {}, "seconds": 0.0} for n in names}
+    rows = {
+        n: {
+            "task": f"inpaint-{int(HOLE_COVERAGE * 100)}%",
+            "method": n,
+            "psnr_rgb": {},
+            "psnr_holes": {},
+            "seconds": 0.0,
+        }
+        for n in names
+    }
     for i, img_name in enumerate(EVAL_IMAGES):
         ref = np.round(sample_image(img_name).astype(np.float64) * 255) / 255
-        holes = hole_mask(torch.Generator().manual_seed(SEED + i), *ref.shape[:2], coverage=(HOLE_COVERAGE, HOLE_COVERAGE)).numpy()
+        holes = hole_mask(
+            torch.Generator().manual_seed(SEED + i), *ref.shape[:2], coverage=(HOLE_COVERAGE, HOLE_COVERAGE)
+        ).numpy()
         damaged = np.where(holes[..., None], 0.0, ref)
         known = torch.from_numpy(~holes).float()[None, None]
         outs = {}
@@ -180,7 +195,10 @@ def inpaint_rows(reg) -> list[dict]:
         filled, secs = run_module(lambda x: pushpull_fill(x, known), to_t(damaged))
         outs["push-pull fill"] = (to_np(filled), secs)
         t = time.process_time()
-        outs["biharmonic (skimage)"] = (inpaint_biharmonic(damaged, holes, channel_axis=-1, split_into_regions=True), time.process_time() - t)
+        outs["biharmonic (skimage)"] = (
+            inpaint_biharmonic(damaged, holes, channel_axis=-1, split_into_regions=True),
+            time.process_time() - t,
+        )
         out, secs = run_module(model.module, torch.cat([to_t(damaged), known], dim=1))
         outs["darkroom-inpaint"] = (to_np(out), secs)
         for n, (o, secs) in outs.items():
@@ -199,7 +217,10 @@ def estimate_noise_sigma(img: np.ndarray) -> float:
 
     mask = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float64)
     h, w = img.shape[:2]
-    sigmas = [np.abs(convolve2d(img[..., c], mask, mode="valid")).sum() * np.sqrt(np.pi / 2) / (6 * (h - 2) * (w - 2)) for c in range(img.shape[2])]
+    sigmas = [
+        np.abs(convolve2d(img[..., c], mask, mode="valid")).sum() * np.sqrt(np.pi / 2) / (6 * (h - 2) * (w - 2))
+        for c in range(img.shape[2])
+    ]
     return float(np.mean(sigmas))
 
 
@@ -217,17 +238,28 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         per = r.get("psnr_y") or r.get("psnr_rgb")
         ips = "–" if r["images_per_s"] is None else f"{r['images_per_s']:.2f}"
-        lines.append(f"| {r['task']} | {r['method']} | " + " | ".join(f"{per[n]:.2f}" for n in EVAL_IMAGES) + f" | **{r['mean_psnr']:.2f}** | {ips} |")
+        lines.append(
+            f"| {r['task']} | {r['method']} | "
+            + " | ".join(f"{per[n]:.2f}" for n in EVAL_IMAGES)
+            + f" | **{r['mean_psnr']:.2f}** | {ips} |"
+        )
     return "\n".join(lines)
 
 
 def side_table(rows: list[dict], key: str, what: str) -> str:
     """Per-image values of a second metric (``key``) with their mean."""
-    lines = ["| task | method | " + " | ".join(EVAL_IMAGES) + f" | mean {what} |", "|" + "---|" * (len(EVAL_IMAGES) + 3)]
+    lines = [
+        "| task | method | " + " | ".join(EVAL_IMAGES) + f" | mean {what} |",
+        "|" + "---|" * (len(EVAL_IMAGES) + 3),
+    ]
     for r in rows:
         per = r[key]
         mean = float(np.mean(list(per.values())))
-        lines.append(f"| {r['task']} | {r['method']} | " + " | ".join(f"{per[n]:.2f}" for n in EVAL_IMAGES) + f" | **{mean:.2f}** |")
+        lines.append(
+            f"| {r['task']} | {r['method']} | "
+            + " | ".join(f"{per[n]:.2f}" for n in EVAL_IMAGES)
+            + f" | **{mean:.2f}** |"
+        )
     return "\n".join(lines)
 
 
@@ -235,7 +267,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "quality.json")
-    ap.add_argument("--doc", type=Path, default=REPO / "docs" / "quality.md", help="markdown page to (re)write; '-' for none")
+    ap.add_argument(
+        "--doc", type=Path, default=REPO / "docs" / "quality.md", help="markdown page to (re)write; '-' for none"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     reg = default_registry()
@@ -259,14 +293,19 @@ def main(argv: list[str] | None = None) -> dict:
     }
     result = {
         "command": COMMAND,
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "held_out_images": list(EVAL_IMAGES),
         "sigma": SIGMA,
         "seed": SEED,
         "hole_coverage": HOLE_COVERAGE,
         "weights_sha256": {n: reg.get(n).weights.sha256 for n in TRAINED},
-        "machine": {"torch": torch.__version__, "threads": args.threads, "nproc": os.cpu_count(),
-                    "cpu": platform.processor() or platform.machine(), "load_average": list(os.getloadavg())},
+        "machine": {
+            "torch": torch.__version__,
+            "threads": args.threads,
+            "nproc": os.cpu_count(),
+            "cpu": platform.processor() or platform.machine(),
+            "load_average": list(os.getloadavg()),
+        },
         "rows": sr + dn + cz + ip,
         "targets": targets,
         "wall_s": round(time.perf_counter() - t0, 1),
@@ -289,7 +328,10 @@ def training(result: dict) -> str:
 
     from models.weights import package_file
 
-    lines = ["| model | parameters | steps (batch × patch) | training CPU time | final loss | trained |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| model | parameters | steps (batch × patch) | training CPU time | final loss | trained |",
+        "|---|---|---|---|---|---|",
+    ]
     reg = default_registry()
     data = {}
     for name in TRAINED:
@@ -298,10 +340,14 @@ def training(result: dict) -> str:
         closed_form = meta["batch"] == "all pixels"
         steps = "closed form, all pixels" if closed_form else f"{meta['steps']} ({meta['batch']} × {meta['patch']}²)"
         if "steps_this_run" in meta and "batch_before" in meta:  # continued from earlier weights: both stages
-            steps = (f"{meta['steps']} = {meta['steps_before']} ({meta['batch_before']} × {meta['patch_before']}²) "
-                     f"+ {meta['steps_this_run']} ({meta['batch']} × {meta['patch']}²)")
-        lines.append(f"| {name} | {params:,} | {steps} | {meta['cpu_seconds']} s, 1 thread "
-                     f"| {meta['final_loss']} ({meta['loss']}) | {meta['date'][:16]} |")
+            steps = (
+                f"{meta['steps']} = {meta['steps_before']} ({meta['batch_before']} × {meta['patch_before']}²) "
+                f"+ {meta['steps_this_run']} ({meta['batch']} × {meta['patch']}²)"
+            )
+        lines.append(
+            f"| {name} | {params:,} | {steps} | {meta['cpu_seconds']} s, 1 thread "
+            f"| {meta['final_loss']} ({meta['loss']}) | {meta['date'][:16]} |"
+        )
         data.setdefault(meta["data"], []).append(name)
     sources = "; ".join(f"{', '.join(names)}: {d}" for d, names in data.items())
     return "Training (from the weights files' metadata; data — " + sources + "):\n\n" + "\n".join(lines)
@@ -348,17 +394,21 @@ def inpaint_note(result: dict) -> str:
 def doc(md: str, result: dict) -> str:
     t = result["targets"]
     yes = lambda ok: "**met**" if ok else "**not met**"  # noqa: E731
-    caveat = "" if all(v for k, v in t.items() if k.endswith("_target_met")) else (
-        "A target marked *not met* is not met by the shipped weights. They come from short CPU training\n"
-        "runs (the training table: minutes on one thread); longer training is the first thing to try.\n\n"
+    caveat = (
+        ""
+        if all(v for k, v in t.items() if k.endswith("_target_met"))
+        else (
+            "A target marked *not met* is not met by the shipped weights. They come from short CPU training\n"
+            "runs (the training table: minutes on one thread); longer training is the first thing to try.\n\n"
+        )
     )
     return f"""# Quality of darkroom's own models
 
-Measured by `{result['command']}` on {result['date'][:10]} ({result['machine']['nproc']} CPU cores shared with
-other jobs, torch {result['machine']['torch']}, {result['machine']['threads']} thread); the raw numbers are in
+Measured by `{result["command"]}` on {result["date"][:10]} ({result["machine"]["nproc"]} CPU cores shared with
+other jobs, torch {result["machine"]["torch"]}, {result["machine"]["threads"]} thread); the raw numbers are in
 `benchmarks/results/quality.json`.
 
-Held-out images: scikit-image's `{"`, `".join(result['held_out_images'])}` (and `cat`, the same photo as
+Held-out images: scikit-image's `{"`, `".join(result["held_out_images"])}` (and `cat`, the same photo as
 `chelsea`). They were never used for training: the models were trained only on other
 `skimage.data` images and synthetic drawings (`models/training/common.py`, `TRAIN_IMAGES`;
 darkroom-colorize only on the colour ones among them, `COLOUR_TRAIN_IMAGES` in
@@ -366,7 +416,7 @@ darkroom-colorize only on the colour ones among them, `COLOUR_TRAIN_IMAGES` in
 
 * **sr-x4**: the image is shrunk ×4 with darkroom's antialiased bicubic and rounded to 8 bits, then
   enlarged back; PSNR on the Y channel (BT.601) with a 4-pixel border shaved.
-* **denoise-sigma25**: Gaussian noise with sigma 25/255 (unclipped, seed {result['seed']}); PSNR on RGB.
+* **denoise-sigma25**: Gaussian noise with sigma 25/255 (unclipped, seed {result["seed"]}); PSNR on RGB.
   Non-local means is scikit-image's `denoise_nl_means` (fast mode, 5×5 patches, 13×13 search,
   h = 0.8·sigma) run twice: with the true sigma given, and with sigma estimated by Immerkær's
   fast noise estimate (skimage's `estimate_sigma` needs PyWavelets, not a darkroom dependency).
@@ -374,8 +424,8 @@ darkroom-colorize only on the colour ones among them, `COLOUR_TRAIN_IMAGES` in
 * **colorize**: the image made gray as an 8-bit gray file holds it (BT.601 luma, rounded), given
   to darkroom-colorize as three equal channels, compared in colour with the original: PSNR on RGB
   and the RMS error of the chroma planes (Cb, Cr). The baseline is the gray image itself.
-* **inpaint-{int(result['hole_coverage'] * 100)}%**: a fixed seeded hole mask per image (`hole_mask` in
-  `models/training/train_inpaint.py`: scratches, boxes, ellipses over {int(result['hole_coverage'] * 100)}% of the image);
+* **inpaint-{int(result["hole_coverage"] * 100)}%**: a fixed seeded hole mask per image (`hole_mask` in
+  `models/training/train_inpaint.py`: scratches, boxes, ellipses over {int(result["hole_coverage"] * 100)}% of the image);
   PSNR on RGB over the whole image (known pixels are exact for every method) and over the holes
   alone. Baselines: the per-channel mean of the known pixels; the push-pull fill alone
   (darkroom-inpaint's first stage, no network); scikit-image's `inpaint_biharmonic` (the classical
@@ -388,10 +438,10 @@ darkroom-colorize only on the colour ones among them, `COLOUR_TRAIN_IMAGES` in
 
 {md}
 
-Targets: darkroom-sr-x4 ≥ bicubic + 1.0 dB — {yes(t['sr_target_met'])} (gain {t['sr_gain_over_bicubic_db']:+.2f} dB);
-darkroom-denoise ≥ the better non-local means + 1.0 dB — {yes(t['denoise_target_met'])} (gain {t['denoise_gain_over_best_nlm_db']:+.2f} dB);
-darkroom-colorize ≥ the gray image + {CZ_TARGET_DB:.1f} dB — {yes(t['colorize_target_met'])} (gain {t['colorize_gain_over_gray_db']:+.2f} dB);
-darkroom-inpaint > biharmonic — {yes(t['inpaint_target_met'])} (gain {t['inpaint_gain_over_biharmonic_db']:+.2f} dB; over mean fill {t['inpaint_gain_over_mean_fill_db']:+.2f} dB).
+Targets: darkroom-sr-x4 ≥ bicubic + 1.0 dB — {yes(t["sr_target_met"])} (gain {t["sr_gain_over_bicubic_db"]:+.2f} dB);
+darkroom-denoise ≥ the better non-local means + 1.0 dB — {yes(t["denoise_target_met"])} (gain {t["denoise_gain_over_best_nlm_db"]:+.2f} dB);
+darkroom-colorize ≥ the gray image + {CZ_TARGET_DB:.1f} dB — {yes(t["colorize_target_met"])} (gain {t["colorize_gain_over_gray_db"]:+.2f} dB);
+darkroom-inpaint > biharmonic — {yes(t["inpaint_target_met"])} (gain {t["inpaint_gain_over_biharmonic_db"]:+.2f} dB; over mean fill {t["inpaint_gain_over_mean_fill_db"]:+.2f} dB).
 
 {colorize_limits()}{inpaint_note(result)}{caveat}Three images are a small sample: these numbers show the models work as intended on unseen
 photos; they are not a comparison with published results on standard benchmark sets.

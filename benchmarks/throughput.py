@@ -403,7 +403,8 @@ def write_job(path: Path, workload: str, input_dir: Path, output_dir: Path, over
         "input": {"uri": str(input_dir) + "/"},
         "output": {"uri": str(output_dir) + "/", "format": "png"},
         "steps": [{"model": spec["model"], "params": spec["params"]}],
-        "resources": {"actors": 1, "cpus_per_actor": 1, "batch_size": BATCH, "shard_size": spec["shard_size"]} | (overrides or {}),
+        "resources": {"actors": 1, "cpus_per_actor": 1, "batch_size": BATCH, "shard_size": spec["shard_size"]}
+        | (overrides or {}),
     }
     path.write_text(yaml.safe_dump(job, sort_keys=False))
 
@@ -448,8 +449,20 @@ def run_variant(variant: str, workload: str, input_dir: Path, work: Path, n: int
         write_job(job, workload, input_dir, out, darkroom_overrides(variant))
         cmd = [_darkroom_exe(), "run", str(job), "--log-format", "json"]
     else:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", variant, "--workload", workload,
-               "--input", str(input_dir), "--output", str(out), "--threads", str(threads)]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--child",
+            variant,
+            "--workload",
+            workload,
+            "--input",
+            str(input_dir),
+            "--output",
+            str(out),
+            "--threads",
+            str(threads),
+        ]
     launched_epoch = time.time()
     procs_before = _proc_cpu()
     t0 = time.perf_counter()
@@ -481,8 +494,16 @@ def run_variant(variant: str, workload: str, input_dir: Path, work: Path, n: int
         lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
         detail = json.loads(lines[-1]) if lines else {}
     shutil.rmtree(out, ignore_errors=True)
-    return {"n": n, "wall_s": wall, "span_img_s": span, "load_before": load_before, "busy_cores_before": busy_before, "load_after": os.getloadavg()[0],
-            "others_cores_during": others / wall, "detail": detail}
+    return {
+        "n": n,
+        "wall_s": wall,
+        "span_img_s": span,
+        "load_before": load_before,
+        "busy_cores_before": busy_before,
+        "load_after": os.getloadavg()[0],
+        "others_cores_during": others / wall,
+        "detail": detail,
+    }
 
 
 def measure_startup(input_dir: Path, work: Path, timeout: float) -> dict:
@@ -499,7 +520,11 @@ def measure_startup(input_dir: Path, work: Path, timeout: float) -> dict:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_child_env(), cwd=REPO)
     first = None
     while proc.poll() is None and time.perf_counter() - t0 < timeout:
-        if first is None and images.is_dir() and any(p.suffix == ".png" and not p.name.startswith(".") for p in images.rglob("*")):
+        if (
+            first is None
+            and images.is_dir()
+            and any(p.suffix == ".png" and not p.name.startswith(".") for p in images.rglob("*"))
+        ):
             first = time.perf_counter() - t0
         time.sleep(0.02)
     if proc.poll() is None:
@@ -510,14 +535,31 @@ def measure_startup(input_dir: Path, work: Path, timeout: float) -> dict:
     if first is None and count_outputs(out):
         first = wall  # finished between two polls
     shutil.rmtree(out, ignore_errors=True)
-    return {"images": STARTUP_IMAGES, "first_output_s": first, "wall_s": wall, "exit_code": proc.returncode, "load_before": load_before,
-            "others_cores_during": others / wall}
+    return {
+        "images": STARTUP_IMAGES,
+        "first_output_s": first,
+        "wall_s": wall,
+        "exit_code": proc.returncode,
+        "load_before": load_before,
+        "others_cores_during": others / wall,
+    }
 
 
 def measure_pillow(input_dir: Path, workload: str, cores: int, timeout: float) -> dict:
     """The Pillow limit: one process's decode+encode rate × cores, and ``cores`` processes measured."""
     script = str(Path(__file__).resolve())
-    base = [sys.executable, script, "--child", "pillow", "--workload", workload, "--input", str(input_dir), "--output", "-"]
+    base = [
+        sys.executable,
+        script,
+        "--child",
+        "pillow",
+        "--workload",
+        workload,
+        "--input",
+        str(input_dir),
+        "--output",
+        "-",
+    ]
 
     def result(proc) -> dict:
         out, err = proc.communicate(timeout=timeout)
@@ -528,7 +570,13 @@ def measure_pillow(input_dir: Path, workload: str, cores: int, timeout: float) -
     single = result(subprocess.Popen(base, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env()))
     per_core = single["images"] / (single["decode_s"] + single["encode_s"])
     procs = [
-        subprocess.Popen(base + ["--part", str(i), str(cores)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env())
+        subprocess.Popen(
+            base + ["--part", str(i), str(cores)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_child_env(),
+        )
         for i in range(cores)
     ]
     parts = [result(p) for p in procs]
@@ -594,8 +642,15 @@ def summarise(variant: str, workload: str, n: int, runs: list[dict], threads: in
     for k in rounds:
         pair = {r["n"]: r for r in runs if r["round"] == k}
         delta = pair[2 * n]["wall_s"] - pair[n]["wall_s"]
-        per_round.append({"wall_n": pair[n]["wall_s"], "wall_2n": pair[2 * n]["wall_s"], "steady": pair[2 * n]["span_img_s"],
-                          "marginal": n / delta if delta > 0 else None, "inner": _inner_steady(variant, n, [pair[n], pair[2 * n]])})
+        per_round.append(
+            {
+                "wall_n": pair[n]["wall_s"],
+                "wall_2n": pair[2 * n]["wall_s"],
+                "steady": pair[2 * n]["span_img_s"],
+                "marginal": n / delta if delta > 0 else None,
+                "inner": _inner_steady(variant, n, [pair[n], pair[2 * n]]),
+            }
+        )
     med = {key: _median([p[key] for p in per_round]) for key in ("wall_n", "wall_2n", "steady", "marginal", "inner")}
     steady = med["steady"]
     return {
@@ -630,8 +685,10 @@ def _ratios(row: dict, base: dict | None, key: str) -> tuple[float | None, list]
     """Median and list of the per-round ratios row / base of a per-round rate (same round)."""
     if base is None:
         return None, []
-    ratios = [None if a[key] is None or b[key] is None or not b[key] else a[key] / b[key]
-              for a, b in zip(row["per_round"], base["per_round"])]
+    ratios = [
+        None if a[key] is None or b[key] is None or not b[key] else a[key] / b[key]
+        for a, b in zip(row["per_round"], base["per_round"])
+    ]
     return _median(ratios), ratios
 
 
@@ -644,7 +701,11 @@ def _inner_steady(variant: str, n: int, runs: list[dict]) -> float | None:
             return d.get("loop_s")
         if variant == "ray-data":
             return d.get("pipeline_s")
-        if variant.startswith("darkroom") and d.get("finished_event_s") is not None and d.get("planned_event_s") is not None:
+        if (
+            variant.startswith("darkroom")
+            and d.get("finished_event_s") is not None
+            and d.get("planned_event_s") is not None
+        ):
             return d["finished_event_s"] - d["planned_event_s"]  # ray.init + actor start + shards
         return None
 
@@ -657,8 +718,10 @@ def _inner_steady(variant: str, n: int, runs: list[dict]) -> float | None:
 
 def print_table(rows: list[dict], pillow: dict | None, startup: dict | None) -> None:
     width = max([11] + [len(r["variant"]) for r in rows])
-    head = (f"{'variant':<{width}} {'workload':<8} {'threads':>7} {'wall s N':>9} {'wall s 2N':>9} {'N':>4} {'steady img/s':>12} "
-            f"{'startup s':>9} {'vs raw':>7} {'vs RayData':>10} {'marginal img/s':>14} {'marginal vs raw':>15} {'inner img/s':>11} {'others':>6}")
+    head = (
+        f"{'variant':<{width}} {'workload':<8} {'threads':>7} {'wall s N':>9} {'wall s 2N':>9} {'N':>4} {'steady img/s':>12} "
+        f"{'startup s':>9} {'vs raw':>7} {'vs RayData':>10} {'marginal img/s':>14} {'marginal vs raw':>15} {'inner img/s':>11} {'others':>6}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -668,10 +731,12 @@ def print_table(rows: list[dict], pillow: dict | None, startup: dict | None) -> 
             f"{_fmt(r['marginal_img_s'], '.3f'):>14} {_fmt(r['marginal_ratio_vs_raw'], '.2f'):>15} {_fmt(r['inner_steady_img_s'], '.3f'):>11} "
             f"{max(x['others_cores_during'] for x in r['runs']):>6.2f}"
         )
-    print("(threads: torch threads of the model; steady: the 2N run's outputs after its first quarter over their time span;\n"
-          " marginal: N / (wall(2N) - wall(N)); inner: the marginal rate from the children's own clocks; with rounds > 1\n"
-          " every figure is the median over rounds and each ratio the median of per-round ratios; others: most CPU cores\n"
-          " other people's processes used during one of the row's runs)")
+    print(
+        "(threads: torch threads of the model; steady: the 2N run's outputs after its first quarter over their time span;\n"
+        " marginal: N / (wall(2N) - wall(N)); inner: the marginal rate from the children's own clocks; with rounds > 1\n"
+        " every figure is the median over rounds and each ratio the median of per-round ratios; others: most CPU cores\n"
+        " other people's processes used during one of the row's runs)"
+    )
     if pillow:
         print(
             f"pillow     decode   decode+encode {pillow['per_core_img_s']:.3f} img/s per core × {pillow['cores']} = {pillow['limit_img_s']:.3f} img/s "
@@ -680,7 +745,9 @@ def print_table(rows: list[dict], pillow: dict | None, startup: dict | None) -> 
             f"with darkroom's encoder ({pillow['darkroom_encoder_ms_per_image']:.0f} ms) {pillow['darkroom_encoder_limit_img_s']:.3f} img/s"
         )
     if startup:
-        print(f"start-up   darkroom run, {startup['images']} images: first output after {_fmt(startup['first_output_s'], '.2f')} s, done after {startup['wall_s']:.2f} s")
+        print(
+            f"start-up   darkroom run, {startup['images']} images: first output after {_fmt(startup['first_output_s'], '.2f')} s, done after {startup['wall_s']:.2f} s"
+        )
 
 
 def evaluate_targets(rows: list[dict], pillow: dict | None, startup: dict | None) -> list[dict]:
@@ -702,20 +769,42 @@ def evaluate_targets(rows: list[dict], pillow: dict | None, startup: dict | None
     if dd and pillow:
         steady = dd["steady_img_s"] or float("nan")
         add("decode: darkroom steady / Pillow decode+encode limit", steady / pillow["limit_img_s"], 0.5, "×")
-        add("decode: darkroom steady / the same limit with darkroom's encoder", steady / pillow["darkroom_encoder_limit_img_s"], 0.5, "×")
+        add(
+            "decode: darkroom steady / the same limit with darkroom's encoder",
+            steady / pillow["darkroom_encoder_limit_img_s"],
+            0.5,
+            "×",
+        )
     if startup:
-        add(f"first output of a {startup['images']}-image job", startup["first_output_s"], 15.0, "s", higher_is_better=False)
+        add(
+            f"first output of a {startup['images']}-image job",
+            startup["first_output_s"],
+            15.0,
+            "s",
+            higher_is_better=False,
+        )
     return targets
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small N: a smoke run (figures not meaningful)")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS + OPTIONAL_VARIANTS)}")
+    ap.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated subset of {','.join(VARIANTS + OPTIONAL_VARIANTS)}",
+    )
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma-separated subset of {','.join(WORKLOADS)}")
     ap.add_argument("--n", type=int, help="override N for every workload (runs at N and 2N)")
-    ap.add_argument("--repeat", type=int, default=1, help="rounds: every variant's N/2N pair once per round; medians over rounds")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads of the raw/one-image loops (default: all cores)")
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="rounds: every variant's N/2N pair once per round; medians over rounds"
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="torch threads of the raw/one-image loops (default: all cores)",
+    )
     ap.add_argument("--no-startup", action="store_true", help="skip the first-output start-up measurement")
     ap.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/throughput-<date>.json")
     ap.add_argument("--results-dir", default=str(HERE / "results"))
@@ -730,19 +819,25 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     if args.child:
-        fn = {"raw": child_loop, "one-image": child_loop, "ray-data": child_ray_data, "pillow": child_pillow}[args.child]
+        fn = {"raw": child_loop, "one-image": child_loop, "ray-data": child_ray_data, "pillow": child_pillow}[
+            args.child
+        ]
         print(json.dumps(fn(args)), flush=True)
         return 0
 
     variants = [v for v in args.variants.split(",") if v]
     workloads = [w for w in args.workloads.split(",") if w]
-    unknown = [v for v in variants if v not in VARIANTS and not v.startswith("darkroom:")] + [w for w in workloads if w not in WORKLOADS]
+    unknown = [v for v in variants if v not in VARIANTS and not v.startswith("darkroom:")] + [
+        w for w in workloads if w not in WORKLOADS
+    ]
     if unknown:
         ap.error(f"unknown variant/workload: {', '.join(unknown)}")
     cores = os.cpu_count() or 1
     started = time.time()
     load_start = os.getloadavg()
-    print(f"load average before: {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}  (nproc {cores})", flush=True)
+    print(
+        f"load average before: {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}  (nproc {cores})", flush=True
+    )
 
     from models import default_registry
 
@@ -751,8 +846,16 @@ def main(argv: list[str] | None = None) -> int:
         reg.build(WORKLOADS[w]["model"], WORKLOADS[w]["params"])
 
     # Warm the page cache (torch, Ray, Ray Data, darkroom), so the first measured process does not pay for it.
-    subprocess.run([sys.executable, "-c", "import torch, ray, PIL, pipeline.cli" + (", ray.data" if "ray-data" in variants else "")],
-                   env=_child_env(), cwd=REPO, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import torch, ray, PIL, pipeline.cli" + (", ray.data" if "ray-data" in variants else ""),
+        ],
+        env=_child_env(),
+        cwd=REPO,
+        capture_output=True,
+    )
     work = Path(tempfile.mkdtemp(prefix="darkroom-bench-"))
     rows: list[dict] = []
     pillow = startup = None
@@ -760,7 +863,9 @@ def main(argv: list[str] | None = None) -> int:
         for workload in workloads:
             spec = WORKLOADS[workload]
             n = args.n or (spec["quick_n"] if args.quick else spec["n"])
-            counts = [n, 2 * n] + ([STARTUP_IMAGES] if workload == "compute" and "darkroom" in variants and not args.no_startup else [])
+            counts = [n, 2 * n] + (
+                [STARTUP_IMAGES] if workload == "compute" and "darkroom" in variants and not args.no_startup else []
+            )
             dirs = make_inputs(work / "inputs", workload, counts)
             if "pillow" in variants and workload == "decode":
                 print(f"[{time.time() - started:6.1f}s] pillow limit / {workload} (N={2 * n})", flush=True)
@@ -772,12 +877,23 @@ def main(argv: list[str] | None = None) -> int:
             for round_ in range(args.repeat):
                 for variant in timed:
                     for k in (n, 2 * n):
-                        print(f"[{time.time() - started:6.1f}s] {variant} / {workload} / N={k} round {round_ + 1} (load {os.getloadavg()[0]:.2f})", flush=True)
-                        r = run_variant(variant, workload, dirs[k], work, k, args.threads, args.timeout) | {"round": round_}
+                        print(
+                            f"[{time.time() - started:6.1f}s] {variant} / {workload} / N={k} round {round_ + 1} (load {os.getloadavg()[0]:.2f})",
+                            flush=True,
+                        )
+                        r = run_variant(variant, workload, dirs[k], work, k, args.threads, args.timeout) | {
+                            "round": round_
+                        }
                         runs[variant].append(r)
-                        print(f"          {r['wall_s']:.2f} s, in-run {_fmt(r['span_img_s'], '.2f')} img/s (other processes: "
-                              f"{_fmt(r['busy_cores_before'], '.2f')} cores just before, {r['others_cores_during']:.2f} cores during)", flush=True)
-            rows += [summarise(variant, workload, n, runs[variant], model_threads(variant, args.threads, cores)) for variant in timed]
+                        print(
+                            f"          {r['wall_s']:.2f} s, in-run {_fmt(r['span_img_s'], '.2f')} img/s (other processes: "
+                            f"{_fmt(r['busy_cores_before'], '.2f')} cores just before, {r['others_cores_during']:.2f} cores during)",
+                            flush=True,
+                        )
+            rows += [
+                summarise(variant, workload, n, runs[variant], model_threads(variant, args.threads, cores))
+                for variant in timed
+            ]
             if workload == "compute" and "darkroom" in variants and not args.no_startup:
                 print(f"[{time.time() - started:6.1f}s] darkroom start-up ({STARTUP_IMAGES} images)", flush=True)
                 startup = measure_startup(dirs[STARTUP_IMAGES], work, args.timeout)
@@ -801,25 +917,36 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for t in targets:
         state = "n/a" if t["met"] is None else ("met" if t["met"] else "NOT met")
-        print(f"target  {t['target']}: {_fmt(t['value'], '.2f')} {t['unit']} (target {'≤' if t['unit'] == 's' else '≥'} {t['threshold']}) → {state}")
+        print(
+            f"target  {t['target']}: {_fmt(t['value'], '.2f')} {t['unit']} (target {'≤' if t['unit'] == 's' else '≥'} {t['threshold']}) → {state}"
+        )
     loads = [r["load_before"] for row in rows for r in row["runs"]]
     busy = [r["busy_cores_before"] for row in rows for r in row["runs"] if r["busy_cores_before"] is not None]
     during = [r["others_cores_during"] for row in rows for r in row["runs"]]
-    print(f"\nload average (1 min) before each run: min {min(loads, default=0):.2f}, max {max(loads, default=0):.2f}; "
-          f"cores used by other processes just before / during each run: max {max(busy, default=0):.2f} / {max(during, default=0):.2f}; "
-          f"at end {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}; total {time.time() - started:.0f} s")
+    print(
+        f"\nload average (1 min) before each run: min {min(loads, default=0):.2f}, max {max(loads, default=0):.2f}; "
+        f"cores used by other processes just before / during each run: max {max(busy, default=0):.2f} / {max(during, default=0):.2f}; "
+        f"at end {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}; total {time.time() - started:.0f} s"
+    )
 
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "command": " ".join([Path(sys.executable).name, "benchmarks/throughput.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(
+            [Path(sys.executable).name, "benchmarks/throughput.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
         "quick": args.quick,
         "machine": machine_info(args.threads),
-        "load_average": {"start": load_start, "end": load_end, "per_run_1min": loads, "per_run_busy_cores_before": busy,
-                         "per_run_others_cores_during": during},
+        "load_average": {
+            "start": load_start,
+            "end": load_end,
+            "per_run_1min": loads,
+            "per_run_busy_cores_before": busy,
+            "per_run_others_cores_during": during,
+        },
         "method": "steady img/s = outputs after the 2N run's first quarter / their time span (output files' mtimes); "
-                  "marginal img/s = N / (wall(2N) - wall(N)), wall = launch to exit of a fresh process; startup_s = wall(N) - N / steady; "
-                  "with --repeat R: medians over R alternating rounds, ratios taken per round",
+        "marginal img/s = N / (wall(2N) - wall(N)), wall = launch to exit of a fresh process; startup_s = wall(N) - N / steady; "
+        "with --repeat R: medians over R alternating rounds, ratios taken per round",
         "rows": rows,
         "pillow_limit": pillow,
         "darkroom_startup": startup,

@@ -70,7 +70,16 @@ def run(model, x: torch.Tensor, batch: int) -> tuple[torch.Tensor, float, float]
     return torch.cat(outs), time.process_time() - cpu, time.perf_counter() - wall
 
 
-def row(task: str, method: str, out: torch.Tensor, truth: torch.Tensor, region: torch.Tensor, known_err=None, cpu=None, wall=None) -> dict:
+def row(
+    task: str,
+    method: str,
+    out: torch.Tensor,
+    truth: torch.Tensor,
+    region: torch.Tensor,
+    known_err=None,
+    cpu=None,
+    wall=None,
+) -> dict:
     n = truth.shape[0]
     return {
         "task": task,
@@ -176,12 +185,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--prior", default=DEFAULT_PRIOR, help="the DDPM folder (default: the shipped digits prior)")
     ap.add_argument("--n", type=int, default=100, help="held-back digits (≤ 297)")
     ap.add_argument("--batch", type=int, default=25, help="images per model call")
-    ap.add_argument("--steps", type=int, default=None, help="override every model's steps (default: the registry defaults)")
+    ap.add_argument(
+        "--steps", type=int, default=None, help="override every model's steps (default: the registry defaults)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--tasks", default="inpaint,sr,colorize")
     ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "zeroshot_quality.json")
-    ap.add_argument("--doc", type=Path, default=REPO / "docs" / "zeroshot.md", help="page whose results section is rewritten; '-' for none")
+    ap.add_argument(
+        "--doc",
+        type=Path,
+        default=REPO / "docs" / "zeroshot.md",
+        help="page whose results section is rewritten; '-' for none",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from models.training import digits
@@ -197,9 +213,13 @@ def main(argv: list[str] | None = None) -> dict:
         print("\n".join(table(rows).splitlines()[-2:]), flush=True)
     models = {"inpaint": "repaint", "sr": "ddnm-sr", "colorize": "ddnm-colorize"}
     result = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": " ".join([COMMAND, *(sys.argv[1:] if argv is None else argv)]),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(), "torch_threads": args.threads},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "torch_threads": args.threads,
+        },
         "prior": {**prior_info(args.prior), "weights_sha256": reg.get("repaint").weights_sha256({"prior": args.prior})},
         "images": truth.shape[0],
         "batch": args.batch,
@@ -214,16 +234,25 @@ def main(argv: list[str] | None = None) -> dict:
         text = args.doc.read_text()
         if DOC_START in text and DOC_END in text:
             head, rest = text.split(DOC_START, 1)
-            args.doc.write_text(head + DOC_START + "\n" + results_md(result) + "\n" + DOC_END + rest.split(DOC_END, 1)[1])
+            args.doc.write_text(
+                head + DOC_START + "\n" + results_md(result) + "\n" + DOC_END + rest.split(DOC_END, 1)[1]
+            )
             print(f"updated {args.doc}")
     return result
 
 
 def results_md(result: dict) -> str:
     prior = result["prior"]
-    trained = f", {prior['steps']} training steps, {prior['parameters']:,} parameters" if "steps" in prior and "parameters" in prior else ""
+    trained = (
+        f", {prior['steps']} training steps, {prior['parameters']:,} parameters"
+        if "steps" in prior and "parameters" in prior
+        else ""
+    )
     trained += f"; {prior['note']}" if "note" in prior else ""
-    steps = ", ".join(f"{m}: {p['steps']} steps" + (f", jumps {p['jumps']}×{p['jump_length']}" if "jumps" in p else "") for m, p in result["params"].items())
+    steps = ", ".join(
+        f"{m}: {p['steps']} steps" + (f", jumps {p['jumps']}×{p['jump_length']}" if "jumps" in p else "")
+        for m, p in result["params"].items()
+    )
     return (
         f"Measured {result['date'][:10]} with `{result['command']}` on {result['images']} held-back digits "
         f"({result['machine']['processor']}, {result['machine']['torch_threads']} torch thread(s), batch {result['batch']}); "

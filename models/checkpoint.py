@@ -141,14 +141,18 @@ def build(p: CheckpointParams) -> ImageModel:
 
     arch = desc.architecture.name
     if not isinstance(desc, spandrel.ImageModelDescriptor):
-        raise WeightsError(f"{p.uri}: {arch} is a {desc.purpose} model (it needs a mask as well as an image); not supported")
+        raise WeightsError(
+            f"{p.uri}: {arch} is a {desc.purpose} model (it needs a mask as well as an image); not supported"
+        )
     if desc.input_channels != desc.output_channels or desc.input_channels not in (1, 3):
         raise WeightsError(
             f"{p.uri}: {arch} maps {desc.input_channels} channels to {desc.output_channels}; "
             "darkroom runs models whose input and output are both RGB (3) or both grayscale (1)"
         )
     if desc.tiling != spandrel.ModelTiling.SUPPORTED:
-        log.warning("%s: spandrel advises against tiling %s (%s); consider resources.tile: 0", p.uri, arch, desc.tiling.name)
+        log.warning(
+            "%s: spandrel advises against tiling %s (%s); consider resources.tile: 0", p.uri, arch, desc.tiling.name
+        )
     return ImageModel(
         name="checkpoint",
         module=SpandrelModule(desc.eval()),
@@ -190,7 +194,9 @@ def _version_key(uri: str) -> tuple | None:
         info = fs.info(path)
     except Exception:  # fetch reports a missing file more readably
         return None
-    marks = tuple(str(info[k]) for k in ("ETag", "etag", "mtime", "LastModified", "generation", "version_id") if info.get(k))
+    marks = tuple(
+        str(info[k]) for k in ("ETag", "etag", "mtime", "LastModified", "generation", "version_id") if info.get(k)
+    )
     return (uri, info.get("size"), *marks) if marks else None
 
 
@@ -217,13 +223,19 @@ def _mismatch(exc: Exception) -> str:
         return f"missing keys (1): {exc.args[0]}"
     text = str(exc)
     parts = []
-    for label, pattern in (("missing keys", r"Missing key\(s\) in state_dict: (.*)"), ("unexpected keys", r"Unexpected key\(s\) in state_dict: (.*)")):
+    for label, pattern in (
+        ("missing keys", r"Missing key\(s\) in state_dict: (.*)"),
+        ("unexpected keys", r"Unexpected key\(s\) in state_dict: (.*)"),
+    ):
         match = re.search(pattern, text)
         if match:
             keys = re.findall(r'"([^"]+)"', match.group(1))
             parts.append(f"{label} ({len(keys)}): {_some(keys)}")
-    sizes = re.findall(r"size mismatch for ([^:]+): copying a param with shape (torch\.Size\(\[[^\]]*\]\)) from checkpoint, "
-                       r"the shape in current model is (torch\.Size\(\[[^\]]*\]\))", text)
+    sizes = re.findall(
+        r"size mismatch for ([^:]+): copying a param with shape (torch\.Size\(\[[^\]]*\]\)) from checkpoint, "
+        r"the shape in current model is (torch\.Size\(\[[^\]]*\]\))",
+        text,
+    )
     if sizes:
         shown = "; ".join(f"{k} {a[11:-1]} vs {b[11:-1]}" for k, a, b in sizes[:SHOWN_KEYS])
         parts.append(f"shape mismatches ({len(sizes)}; checkpoint vs network): {shown}")

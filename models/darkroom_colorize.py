@@ -59,7 +59,9 @@ def ycc_to_rgb(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class ColorizeConfig:
-    curve_knots: int = 5  # chroma values per plane, at luma 0, 1/(k-1), …, 1 (chosen by leave-one-image-out, see train_colorize)
+    curve_knots: int = (
+        5  # chroma values per plane, at luma 0, 1/(k-1), …, 1 (chosen by leave-one-image-out, see train_colorize)
+    )
 
     def as_metadata(self) -> dict[str, str]:
         return {f"config.{k}": str(v) for k, v in asdict(self).items()}
@@ -97,5 +99,11 @@ def build(spec: WeightsSpec = WEIGHTS) -> ImageModel:
     net = DarkroomColorize(ColorizeConfig())
     net.load_state_dict(load_state_dict(fetch(spec.uri, spec.sha256)))
     return ImageModel(
-        name=NAME, module=net.eval(), scale=1, channels=3, supports_half=True, weights_sha256=spec.sha256, colour_out=True
+        name=NAME,
+        module=net.eval(),
+        scale=1,
+        channels=3,
+        supports_half=True,
+        weights_sha256=spec.sha256,
+        colour_out=True,
     )

@@ -61,7 +61,9 @@ def pushpull_fill(x: torch.Tensor, known: torch.Tensor, sweeps: int = RELAX_SWEE
     for total, weight in reversed(levels[:-1]):
         fixed = weight > 0
         value = total / weight.clamp_min(1e-8)
-        filled = torch.where(fixed, value, F.interpolate(filled, size=total.shape[-2:], mode="bilinear", align_corners=False))
+        filled = torch.where(
+            fixed, value, F.interpolate(filled, size=total.shape[-2:], mode="bilinear", align_corners=False)
+        )
         for _ in range(sweeps):
             mean = F.avg_pool2d(F.pad(filled, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
             filled = torch.where(fixed, value, mean)
@@ -124,7 +126,9 @@ class DarkroomInpaint(nn.Module):
             feat = F.relu(down(feat))
         feat = self.bottom(feat)
         for up, dec, skip in zip(reversed(self.up), reversed(self.dec), reversed(skips)):
-            feat = dec(skip + F.relu(up(F.interpolate(feat, size=skip.shape[-2:], mode="bilinear", align_corners=False))))
+            feat = dec(
+                skip + F.relu(up(F.interpolate(feat, size=skip.shape[-2:], mode="bilinear", align_corners=False)))
+            )
         return F.pixel_shuffle(self.tail(feat), r)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -150,5 +154,11 @@ def build(spec: WeightsSpec = WEIGHTS) -> ImageModel:
     net = DarkroomInpaint(InpaintConfig())
     net.load_state_dict(load_state_dict(fetch(spec.uri, spec.sha256)))
     return ImageModel(
-        name=NAME, module=net.eval(), scale=1, channels=3, supports_half=True, weights_sha256=spec.sha256, needs_mask=True
+        name=NAME,
+        module=net.eval(),
+        scale=1,
+        channels=3,
+        supports_half=True,
+        weights_sha256=spec.sha256,
+        needs_mask=True,
     )

@@ -80,4 +80,6 @@ def build(spec: WeightsSpec = WEIGHTS) -> ImageModel:
     """Fetch (sha256-checked) and load the shipped safetensors weights."""
     net = DarkroomSR(SRConfig())
     net.load_state_dict(load_state_dict(fetch(spec.uri, spec.sha256)))
-    return ImageModel(name=NAME, module=net.eval(), scale=spec.scale, channels=3, supports_half=True, weights_sha256=spec.sha256)
+    return ImageModel(
+        name=NAME, module=net.eval(), scale=spec.scale, channels=3, supports_half=True, weights_sha256=spec.sha256
+    )

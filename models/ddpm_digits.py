@@ -41,5 +41,7 @@ WEIGHTS = WeightsSpec(
 
 def build(p: SamplerParams | None = None, spec: WeightsSpec = WEIGHTS) -> GenerativeModel:
     """The shipped DDPM (sha256-checked) as a :class:`GenerativeModel` sampling with ``p``."""
-    unet = load_pipeline_folder(str(package_file(spec.uri).parent), sha256=spec.sha256)  # the folder holding the pinned file
+    unet = load_pipeline_folder(
+        str(package_file(spec.uri).parent), sha256=spec.sha256
+    )  # the folder holding the pinned file
     return generative_model(NAME, unet, CONFIG.schedule(), p or SamplerParams(), weights_sha256=spec.sha256)

@@ -28,9 +28,10 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import fsspec
 import torch
@@ -95,10 +96,14 @@ class DDPMConfig(NoiseSchedule):
 
     def schedule(self) -> NoiseSchedule:
         """The schedule alone, as :func:`load_schedule` reads it back from a saved folder."""
-        return NoiseSchedule(self.num_train_timesteps, self.beta_schedule, self.beta_start, self.beta_end, self.clip_sample)
+        return NoiseSchedule(
+            self.num_train_timesteps, self.beta_schedule, self.beta_start, self.beta_end, self.clip_sample
+        )
 
 
-def make_betas(num_train_timesteps: int, schedule: str = "linear", beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+def make_betas(
+    num_train_timesteps: int, schedule: str = "linear", beta_start: float = 1e-4, beta_end: float = 0.02
+) -> torch.Tensor:
     """float32 (T,) β schedule, computed as diffusers' DDPMScheduler/DDIMScheduler compute it."""
     if schedule == "linear":
         return torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
@@ -218,7 +223,9 @@ def load_pipeline_folder(uri: str, *, sha256: str | None = None, storage_options
         actual = file_sha256(folder / WEIGHTS_NAME)
         if actual != sha256.lower():
             raise WeightsError(f"{uri}: sha256 mismatch (pinned {sha256}, file has {actual}); refusing to load")
-    unet = UNet2DModel.from_pretrained(str(folder), use_safetensors=True, local_files_only=True, low_cpu_mem_usage=False)
+    unet = UNet2DModel.from_pretrained(
+        str(folder), use_safetensors=True, local_files_only=True, low_cpu_mem_usage=False
+    )
     return unet.eval()
 
 
@@ -406,10 +413,23 @@ class SamplerParams(BaseModel):
     """How a DDPM is sampled (the params of every DDPM generation entry)."""
 
     model_config = ConfigDict(extra="forbid")
-    sampler: Literal["ddpm", "ddim"] = Field("ddim", description="ddpm: ancestral sampling (Ho et al.); ddim: Song et al., few steps")
-    steps: int | None = Field(None, ge=1, description="network evaluations per sample, ≤ the model's T; default: all T for ddpm, 50 for ddim")
-    eta: float | None = Field(None, ge=0, description="ddim only: 0 (default) is deterministic given x_T, 1 adds DDPM-like noise at every step")
-    micro_batch: int = Field(8, ge=1, le=1024, description="rows per network call; fixed so that a sample's pixels do not depend on the batch it shares")
+    sampler: Literal["ddpm", "ddim"] = Field(
+        "ddim", description="ddpm: ancestral sampling (Ho et al.); ddim: Song et al., few steps"
+    )
+    steps: int | None = Field(
+        None, ge=1, description="network evaluations per sample, ≤ the model's T; default: all T for ddpm, 50 for ddim"
+    )
+    eta: float | None = Field(
+        None,
+        ge=0,
+        description="ddim only: 0 (default) is deterministic given x_T, 1 adds DDPM-like noise at every step",
+    )
+    micro_batch: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="rows per network call; fixed so that a sample's pixels do not depend on the batch it shares",
+    )
 
     @model_validator(mode="after")
     def _eta_is_for_ddim(self) -> SamplerParams:
@@ -421,9 +441,18 @@ class SamplerParams(BaseModel):
 class DDPMFolderParams(SamplerParams):
     """A user's diffusers-format DDPM folder, plus how to sample it."""
 
-    uri: str = Field(description="diffusers folder (config.json + diffusion_pytorch_model.safetensors [+ scheduler_config.json]), or a full pipeline folder with unet/: fsspec URI, local path or package://")
-    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="pin: sha256 of diffusion_pytorch_model.safetensors; a mismatch is refused")
-    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for uri (e.g. client_kwargs.endpoint_url); credentials belong in the environment")
+    uri: str = Field(
+        description="diffusers folder (config.json + diffusion_pytorch_model.safetensors [+ scheduler_config.json]), or a full pipeline folder with unet/: fsspec URI, local path or package://"
+    )
+    sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-fA-F]{64}$",
+        description="pin: sha256 of diffusion_pytorch_model.safetensors; a mismatch is refused",
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec options for uri (e.g. client_kwargs.endpoint_url); credentials belong in the environment",
+    )
 
     @field_validator("sha256")
     @classmethod
@@ -431,7 +460,9 @@ class DDPMFolderParams(SamplerParams):
         return sha256.lower() if sha256 else None
 
 
-def generative_model(name: str, unet, schedule: NoiseSchedule, p: SamplerParams, weights_sha256: str | None) -> GenerativeModel:
+def generative_model(
+    name: str, unet, schedule: NoiseSchedule, p: SamplerParams, weights_sha256: str | None
+) -> GenerativeModel:
     """An unconditional ε-prediction ``UNet2DModel`` as a :class:`GenerativeModel` sampling with ``p``.
 
     ``sample(generators, None, device)`` → float32 N×C×H×W in [0, 1] (C, H, W from the UNet's
@@ -440,7 +471,9 @@ def generative_model(name: str, unet, schedule: NoiseSchedule, p: SamplerParams,
     """
     cfg = unet.config
     if cfg.in_channels != cfg.out_channels:
-        raise WeightsError(f"{name}: the UNet maps {cfg.in_channels} channels to {cfg.out_channels}; an ε-prediction DDPM maps C to C")
+        raise WeightsError(
+            f"{name}: the UNet maps {cfg.in_channels} channels to {cfg.out_channels}; an ε-prediction DDPM maps C to C"
+        )
     if cfg.get("num_class_embeds") or cfg.get("class_embed_type"):
         raise WeightsError(f"{name}: class-conditional UNets are not supported (unconditional DDPMs only)")
     T = schedule.num_train_timesteps
@@ -454,7 +487,9 @@ def generative_model(name: str, unet, schedule: NoiseSchedule, p: SamplerParams,
     acp = alphas_cumprod(betas)
     eta = p.eta or 0.0
 
-    def sample(generators: Sequence[torch.Generator], labels: Sequence[int] | None, device: torch.device) -> torch.Tensor:
+    def sample(
+        generators: Sequence[torch.Generator], labels: Sequence[int] | None, device: torch.device
+    ) -> torch.Tensor:
         if labels is not None:
             raise ValueError(f"{name} is unconditional: labels must be None")
         eps = unet_eps(unet, p.micro_batch)  # here, not above: the engine may move or cast the UNet after building
@@ -463,7 +498,15 @@ def generative_model(name: str, unet, schedule: NoiseSchedule, p: SamplerParams,
             return ddpm_sample(eps, batch, betas, generators, steps, clip_sample=schedule.clip_sample, device=device)
         return ddim_sample(eps, batch, acp, generators, steps, eta, clip_sample=schedule.clip_sample, device=device)
 
-    return GenerativeModel(name=name, module=unet, sample=sample, shape=shape, sampler=p.sampler, steps=steps, weights_sha256=weights_sha256)
+    return GenerativeModel(
+        name=name,
+        module=unet,
+        sample=sample,
+        shape=shape,
+        sampler=p.sampler,
+        steps=steps,
+        weights_sha256=weights_sha256,
+    )
 
 
 def load_schedule(uri: str, storage_options: dict | None = None) -> NoiseSchedule:
@@ -486,8 +529,14 @@ def load_schedule(uri: str, storage_options: dict | None = None) -> NoiseSchedul
     with fs.open(found, "r") as fh:
         config = json.load(fh)
     unsupported = [
-        (config.get("prediction_type", "epsilon") != "epsilon", f"prediction_type {config.get('prediction_type')!r} (ε only)"),
-        (str(config.get("variance_type") or "fixed_small").startswith("learned"), f"variance_type {config.get('variance_type')!r}"),
+        (
+            config.get("prediction_type", "epsilon") != "epsilon",
+            f"prediction_type {config.get('prediction_type')!r} (ε only)",
+        ),
+        (
+            str(config.get("variance_type") or "fixed_small").startswith("learned"),
+            f"variance_type {config.get('variance_type')!r}",
+        ),
         (config.get("trained_betas") is not None, "trained_betas"),
         (bool(config.get("thresholding")), "thresholding"),
         (float(config.get("clip_sample_range", 1.0)) != 1.0, f"clip_sample_range {config.get('clip_sample_range')}"),
@@ -524,8 +573,12 @@ def weights_digest(p: DDPMFolderParams) -> str:
     try:
         info = fs.info(path)
     except FileNotFoundError:
-        raise WeightsError(f"{p.uri}: no {WEIGHTS_NAME} (a diffusers folder saved with safe_serialization=True is needed)") from None
-    marks = tuple(str(info[k]) for k in ("ETag", "etag", "mtime", "LastModified", "generation", "version_id") if info.get(k))
+        raise WeightsError(
+            f"{p.uri}: no {WEIGHTS_NAME} (a diffusers folder saved with safe_serialization=True is needed)"
+        ) from None
+    marks = tuple(
+        str(info[k]) for k in ("ETag", "etag", "mtime", "LastModified", "generation", "version_id") if info.get(k)
+    )
     key = (str(fs.protocol), path, info.get("size"), *marks)
     if not marks or key not in _digests:
         digest = hashlib.sha256()

@@ -55,10 +55,18 @@ class DigitsClassifier(nn.Module):
         layers: list[nn.Module] = []
         cin = 1
         for c in cfg.channels:
-            layers += [nn.Conv2d(cin, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+            layers += [
+                nn.Conv2d(cin, c, 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(c, c, 3, padding=1),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
             cin = c
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(cin, cfg.num_classes))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(cin, cfg.num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

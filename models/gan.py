@@ -125,7 +125,20 @@ def build(p: LatentParams | None = None, spec: WeightsSpec = WEIGHTS, micro_batc
     """The shipped weights as a GenerativeModel sampling at ``p.temperature`` (models.latent)."""
     net = load(spec)
     temperature = (p or LatentParams()).temperature
-    return latent_model(NAME, net, decode=net, sampler="gan", spec=spec, micro_batch=micro_batch, temperature=temperature)
+    return latent_model(
+        NAME, net, decode=net, sampler="gan", spec=spec, micro_batch=micro_batch, temperature=temperature
+    )
 
 
-__all__ = ["GANConfig", "Generator", "Discriminator", "LatentParams", "build", "load", "sampler", "NAME", "WEIGHTS", "LICENCE"]
+__all__ = [
+    "GANConfig",
+    "Generator",
+    "Discriminator",
+    "LatentParams",
+    "build",
+    "load",
+    "sampler",
+    "NAME",
+    "WEIGHTS",
+    "LICENCE",
+]

@@ -22,7 +22,8 @@ depend on the batch size or its neighbours (see :func:`models.diffusion.unet_eps
 from __future__ import annotations
 
 import math
-from typing import Callable, Protocol, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -50,8 +51,11 @@ class LatentParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     temperature: float = Field(
-        0.6, gt=0, le=2, description="scale of the latent code z ~ N(0, I); 1 samples the trained distribution, "
-        "lower values give more legible, less varied samples (docs/generation.md)"
+        0.6,
+        gt=0,
+        le=2,
+        description="scale of the latent code z ~ N(0, I); 1 samples the trained distribution, "
+        "lower values give more legible, less varied samples (docs/generation.md)",
     )
 
 
@@ -155,7 +159,13 @@ def load_pinned(net: Net, spec: WeightsSpec) -> Net:
 
 
 def latent_model(
-    name: str, net: nn.Module, decode: Decoder, sampler: str, spec: WeightsSpec, micro_batch: int = 16, temperature: float = 1.0
+    name: str,
+    net: nn.Module,
+    decode: Decoder,
+    sampler: str,
+    spec: WeightsSpec,
+    micro_batch: int = 16,
+    temperature: float = 1.0,
 ) -> GenerativeModel:
     """The GenerativeModel of a latent-code generator (one network evaluation per sample):
     images ``net.cfg.channels``×``image_size``×``image_size`` from :func:`latent_sampler`;

@@ -7,12 +7,24 @@ users can assemble their own; registering a name twice is refused.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from models import checkpoint, darkroom_colorize, darkroom_denoise, darkroom_inpaint, darkroom_sr, ddpm_digits, diffusion, gan, realesrgan, vae, zeroshot
+from models import (
+    checkpoint,
+    darkroom_colorize,
+    darkroom_denoise,
+    darkroom_inpaint,
+    darkroom_sr,
+    ddpm_digits,
+    diffusion,
+    gan,
+    realesrgan,
+    vae,
+    zeroshot,
+)
 from models.base import ImageModel, WeightsSpec
 from models.latent import LatentParams
 from models.resample import Identity, Resample
@@ -121,9 +133,24 @@ def default_registry() -> Registry:
     reg.register(_resample_entry("bicubic", "Keys cubic (a=-0.5), antialiased when shrinking"))
     reg.register(_resample_entry("lanczos", "Lanczos-3, antialiased when shrinking"))
     for name, description, build, weights in (
-        ("realesr-animevideov3", "Real-ESRGAN SRVGGNetCompact 64×16, ×4 (anime/video, fast)", realesrgan.build_animevideov3, realesrgan.ANIMEVIDEOV3),
-        ("realesrgan-x4plus", "Real-ESRGAN RRDBNet 64×23, ×4 (general photos; slow, best quality)", realesrgan.build_x4plus, realesrgan.X4PLUS),
-        ("realesrgan-x4plus-anime", "Real-ESRGAN RRDBNet 64×6, ×4 (anime illustrations)", realesrgan.build_x4plus_anime, realesrgan.X4PLUS_ANIME),
+        (
+            "realesr-animevideov3",
+            "Real-ESRGAN SRVGGNetCompact 64×16, ×4 (anime/video, fast)",
+            realesrgan.build_animevideov3,
+            realesrgan.ANIMEVIDEOV3,
+        ),
+        (
+            "realesrgan-x4plus",
+            "Real-ESRGAN RRDBNet 64×23, ×4 (general photos; slow, best quality)",
+            realesrgan.build_x4plus,
+            realesrgan.X4PLUS,
+        ),
+        (
+            "realesrgan-x4plus-anime",
+            "Real-ESRGAN RRDBNet 64×6, ×4 (anime illustrations)",
+            realesrgan.build_x4plus_anime,
+            realesrgan.X4PLUS_ANIME,
+        ),
     ):
         reg.register(
             ModelEntry(
@@ -137,10 +164,30 @@ def default_registry() -> Registry:
             )
         )
     for name, task, description, module in (
-        ("darkroom-sr-x4", "super-resolution", "darkroom's own ×4 residual CNN (126k params), trained for PSNR; docs/quality.md", darkroom_sr),
-        ("darkroom-denoise", "denoising", "darkroom's own blind colour Gaussian denoiser, sigma 0–50 (218k params); docs/quality.md", darkroom_denoise),
-        ("darkroom-colorize", "colorization", "darkroom's own colorizer: keeps the luma, chroma from a fitted luma→chroma curve (10 params); RGB out; docs/quality.md", darkroom_colorize),
-        ("darkroom-inpaint", "inpainting", "darkroom's own inpainter: multigrid membrane fill + U-Net correction (256k params); needs a mask; docs/quality.md", darkroom_inpaint),
+        (
+            "darkroom-sr-x4",
+            "super-resolution",
+            "darkroom's own ×4 residual CNN (126k params), trained for PSNR; docs/quality.md",
+            darkroom_sr,
+        ),
+        (
+            "darkroom-denoise",
+            "denoising",
+            "darkroom's own blind colour Gaussian denoiser, sigma 0–50 (218k params); docs/quality.md",
+            darkroom_denoise,
+        ),
+        (
+            "darkroom-colorize",
+            "colorization",
+            "darkroom's own colorizer: keeps the luma, chroma from a fitted luma→chroma curve (10 params); RGB out; docs/quality.md",
+            darkroom_colorize,
+        ),
+        (
+            "darkroom-inpaint",
+            "inpainting",
+            "darkroom's own inpainter: multigrid membrane fill + U-Net correction (256k params); needs a mask; docs/quality.md",
+            darkroom_inpaint,
+        ),
     ):
         reg.register(
             ModelEntry(
@@ -190,7 +237,10 @@ def default_registry() -> Registry:
         )
     )
     for module, description in (
-        (gan, "darkroom's own class-conditional DCGAN of 32×32 class-coloured digits (141k generator params); docs/generation.md"),
+        (
+            gan,
+            "darkroom's own class-conditional DCGAN of 32×32 class-coloured digits (141k generator params); docs/generation.md",
+        ),
         (vae, "darkroom's own class-conditional VAE of 32×32 class-coloured digits (133k params); docs/generation.md"),
     ):
         reg.register(

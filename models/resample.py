@@ -16,8 +16,8 @@ border pixel. The width is resampled before the height, as Pillow does.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Callable
 
 import torch
 from torch import nn

@@ -130,24 +130,34 @@ def state_dict_from_ncnn(layers: list[NcnnLayer]) -> tuple[RRDBConfig, dict[str,
         expected = (out_ch, in_ch, 3, 3)
         _expect(w.shape == expected, f"{name} ({conv.name}) has weight {w.shape}, expected {expected}")
         _expect("bias" in conv.weights, f"{name} ({conv.name}) has no bias")
-        plain = all(int(conv.params.get(k, default)) == 1 for k, default in ((2, 1), (3, 1), (4, 0)))  # dilation, stride, pad
+        plain = all(
+            int(conv.params.get(k, default)) == 1 for k, default in ((2, 1), (3, 1), (4, 0))
+        )  # dilation, stride, pad
         _expect(plain, f"{name} ({conv.name}) is not a stride-1, pad-1 convolution")
         if act:
             slope = conv.params.get(10, [None])
-            _expect(int(conv.params.get(9, 0)) == 2 and _close(slope[0], LRELU_SLOPE),
-                    f"{name} ({conv.name}) lacks a fused LeakyReLU({LRELU_SLOPE})")
+            _expect(
+                int(conv.params.get(9, 0)) == 2 and _close(slope[0], LRELU_SLOPE),
+                f"{name} ({conv.name}) lacks a fused LeakyReLU({LRELU_SLOPE})",
+            )
         else:
             _expect(int(conv.params.get(9, 0)) == 0, f"{name} ({conv.name}) has an unexpected activation")
 
     def check_reads(layer: NcnnLayer, name: str, expected: list[NcnnLayer]) -> None:
         got = reads(layer)
-        _expect([x.name for x in got] == [x.name for x in expected],
-                f"{name} ({layer.name}) reads {[x.name for x in got]}, expected {[x.name for x in expected]}")
+        _expect(
+            [x.name for x in got] == [x.name for x in expected],
+            f"{name} ({layer.name}) reads {[x.name for x in got]}, expected {[x.name for x in expected]}",
+        )
 
     def check_residual(add: NcnnLayer, name: str, scaled: NcnnLayer, skip: NcnnLayer) -> None:
         _expect(add.type == "Eltwise" and int(add.params.get(0, 1)) == 1, f"{name} ({add.name}) is not an Eltwise sum")
         coeffs = dict(zip((x.name for x in reads(add)), add.params.get(1, [])))
-        ok = len(add.inputs) == 2 and _close(coeffs.get(scaled.name), RESIDUAL_SCALE) and _close(coeffs.get(skip.name), 1.0)
+        ok = (
+            len(add.inputs) == 2
+            and _close(coeffs.get(scaled.name), RESIDUAL_SCALE)
+            and _close(coeffs.get(skip.name), 1.0)
+        )
         _expect(ok, f"{name} ({add.name}) is not {scaled.name}·{RESIDUAL_SCALE} + {skip.name}")
 
     def consumer(layer: NcnnLayer) -> NcnnLayer:
@@ -208,7 +218,13 @@ def state_dict_from_ncnn(layers: list[NcnnLayer]) -> tuple[RRDBConfig, dict[str,
     check_reads(conv_hr, "conv_hr", [conv_up2])
     check_conv(conv_last, "conv_last", f, cfg.out_channels, act=False)
     check_reads(conv_last, "conv_last", [conv_hr])
-    tail = {"conv_body": conv_body, "conv_up1": conv_up1, "conv_up2": conv_up2, "conv_hr": conv_hr, "conv_last": conv_last}
+    tail = {
+        "conv_body": conv_body,
+        "conv_up1": conv_up1,
+        "conv_up2": conv_up2,
+        "conv_hr": conv_hr,
+        "conv_last": conv_last,
+    }
     for key, conv in tail.items():
         put(key, conv)
     return cfg, sd

@@ -41,8 +41,8 @@ so later batches can start from them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -101,9 +101,7 @@ def _axis_plan(length: int, tile: int, pad: int, scale: int, feather: bool) -> l
         plans.append((read0, read1, keep0, keep1, w))
     # Adjacent ramps already sum to 1; dividing by the total also covers overlapping
     # cores (the shifted last tile) and tiles narrower than the ramp band.
-    return [
-        _AxisTile(r0, r1, k0, k1, w / total[k0 * scale : k1 * scale]) for r0, r1, k0, k1, w in plans
-    ]
+    return [_AxisTile(r0, r1, k0, k1, w / total[k0 * scale : k1 * scale]) for r0, r1, k0, k1, w in plans]
 
 
 def _integer_scale(scale: float) -> int:

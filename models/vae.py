@@ -91,13 +91,17 @@ class VAE(nn.Module):
         """z float N×latent_dim, y int64 (N,) → images N×C×H×W in [0, 1]."""
         return torch.sigmoid(self.decode_logits(z, y))
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Training pass: (logits N×C×H×W, mean, logvar) for z = mean + exp(logvar/2)·noise."""
         mean, logvar = self.encode(x, y)
         return self.decode_logits(mean + torch.exp(0.5 * logvar) * noise, y), mean, logvar
 
 
-def negative_elbo(logits: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor, kl_weight: float = 1.0):
+def negative_elbo(
+    logits: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, target: torch.Tensor, kl_weight: float = 1.0
+):
     """(loss, reconstruction, kl), each a scalar in nats per image averaged over the batch:
     Bernoulli cross-entropy of ``target`` (in [0, 1]) summed over pixels + kl_weight · KL(q(z|x) ‖ N(0, I))."""
     n = target.shape[0]
@@ -120,7 +124,20 @@ def build(p: LatentParams | None = None, spec: WeightsSpec = WEIGHTS, micro_batc
     """The shipped weights as a GenerativeModel sampling at ``p.temperature`` (models.latent)."""
     net = load(spec)
     temperature = (p or LatentParams()).temperature
-    return latent_model(NAME, net, decode=net.decode, sampler="vae", spec=spec, micro_batch=micro_batch, temperature=temperature)
+    return latent_model(
+        NAME, net, decode=net.decode, sampler="vae", spec=spec, micro_batch=micro_batch, temperature=temperature
+    )
 
 
-__all__ = ["VAEConfig", "VAE", "LatentParams", "build", "load", "negative_elbo", "sampler", "NAME", "WEIGHTS", "LICENCE"]
+__all__ = [
+    "VAEConfig",
+    "VAE",
+    "LatentParams",
+    "build",
+    "load",
+    "negative_elbo",
+    "sampler",
+    "NAME",
+    "WEIGHTS",
+    "LICENCE",
+]

@@ -99,7 +99,9 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # the message of weights_only failures is long; keep the line that names the cause
-        raise WeightsError(f"{path.name}: cannot be loaded safely (weights_only=True): {_unpickling_cause(exc)}") from None
+        raise WeightsError(
+            f"{path.name}: cannot be loaded safely (weights_only=True): {_unpickling_cause(exc)}"
+        ) from None
     if not isinstance(obj, dict):
         raise WeightsError(f"{path.name}: expected a state_dict, found {type(obj).__name__}")
     return obj
@@ -109,7 +111,9 @@ def _unpickling_cause(exc: Exception) -> str:
     """The useful part of a ``torch.load`` failure: which global the file wanted, not how to allow it."""
     text = str(exc).strip()
     advice = "darkroom never unpickles code: save the state_dict alone, or as .safetensors"
-    match = re.search(r"GLOBAL ([\w.]+)", text)  # "Unsupported global: GLOBAL x.Y …" / "unsupported GLOBAL x.y whose module …"
+    match = re.search(
+        r"GLOBAL ([\w.]+)", text
+    )  # "Unsupported global: GLOBAL x.Y …" / "unsupported GLOBAL x.y whose module …"
     if match:
         return f"the file holds a pickled Python object ({match.group(1)}), not only tensors; {advice}"
     match = re.search(r"WeightsUnpickler error: ([^\n]+)", text)

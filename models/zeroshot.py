@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -51,7 +51,15 @@ from torch.nn import functional as F
 
 from models import ddpm_digits, diffusion
 from models.base import ImageModel
-from models.diffusion import EpsModel, NoiseSchedule, _noise, leading_timesteps, load_pipeline_folder, load_schedule, unet_eps
+from models.diffusion import (
+    EpsModel,
+    NoiseSchedule,
+    _noise,
+    leading_timesteps,
+    load_pipeline_folder,
+    load_schedule,
+    unet_eps,
+)
 from models.diffusion import alphas_cumprod as cumprod
 from models.weights import WeightsError
 
@@ -137,7 +145,9 @@ def _levels(alphas_cumprod: torch.Tensor, steps: int, device: torch.device) -> t
     return ts, torch.cat([acp[ts], torch.ones(1, device=device)])
 
 
-def _predict_x0(eps_model: EpsModel, x: torch.Tensor, t: int, a_t: torch.Tensor, clip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _predict_x0(
+    eps_model: EpsModel, x: torch.Tensor, t: int, a_t: torch.Tensor, clip: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     eps = eps_model(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)).to(torch.float32)
     x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t**0.5
     return (x0.clamp(-1, 1) if clip else x0), eps
@@ -267,7 +277,9 @@ def ddnm(
     return consistent((x + 1) / 2, y, A, A_pinv)
 
 
-def consistent(x: torch.Tensor, y: torch.Tensor, A: Operator, A_pinv: Operator, iters: int = CONSISTENCY_ITERS) -> torch.Tensor:
+def consistent(
+    x: torch.Tensor, y: torch.Tensor, A: Operator, A_pinv: Operator, iters: int = CONSISTENCY_ITERS
+) -> torch.Tensor:
     """The image nearest ``x`` (per group, in L2) with values in [0, 1] and ``A(out) = y``.
 
     x: float N×C×H×W, any values; y: ``A``'s output shape, values in [0, 1].
@@ -295,11 +307,20 @@ def consistent(x: torch.Tensor, y: torch.Tensor, A: Operator, A_pinv: Operator, 
 
 class PriorParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    prior: str = Field(DEFAULT_PRIOR, description="diffusers folder (config.json + diffusion_pytorch_model.safetensors) of an unconditional ε-prediction DDPM: fsspec URI, local path or package://")
-    prior_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="pin: sha256 of the prior's diffusion_pytorch_model.safetensors; a mismatch is refused")
+    prior: str = Field(
+        DEFAULT_PRIOR,
+        description="diffusers folder (config.json + diffusion_pytorch_model.safetensors) of an unconditional ε-prediction DDPM: fsspec URI, local path or package://",
+    )
+    prior_sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-fA-F]{64}$",
+        description="pin: sha256 of the prior's diffusion_pytorch_model.safetensors; a mismatch is refused",
+    )
     steps: int = Field(50, ge=1, le=1000, description="denoising timesteps (leading-spaced over the prior's T)")
     seed: int = Field(0, description="mixed with a digest of each input image: same image and seed, same output")
-    micro_batch: int = Field(8, ge=1, le=256, description="images per network call (fixed, so an output never depends on its batch)")
+    micro_batch: int = Field(
+        8, ge=1, le=256, description="images per network call (fixed, so an output never depends on its batch)"
+    )
 
     @field_validator("prior_sha256")
     @classmethod
@@ -337,7 +358,16 @@ class ZeroShotModule(nn.Module):
     :func:`input_generators`.
     """
 
-    def __init__(self, name: str, unet: nn.Module, schedule: NoiseSchedule, restore: Callable, in_size: tuple[int, int], seed: int, micro_batch: int):
+    def __init__(
+        self,
+        name: str,
+        unet: nn.Module,
+        schedule: NoiseSchedule,
+        restore: Callable,
+        in_size: tuple[int, int],
+        seed: int,
+        micro_batch: int,
+    ):
         super().__init__()
         self.name, self.unet, self.restore = name, unet, restore
         self.acp, self.clip_sample = cumprod(schedule.betas()), schedule.clip_sample
@@ -372,27 +402,44 @@ def _colorize(p: DDNMParams, eps, x, gens, acp, clip):
     return ddnm(eps, gray(x), gray, gray_pinv, acp, gens, p.steps, p.eta, clip_sample=clip)
 
 
-def _build(name: str, p: PriorParams, restore: Callable, *, scale: int = 1, needs_mask: bool = False, colour_out: bool = False) -> ImageModel:
+def _build(
+    name: str, p: PriorParams, restore: Callable, *, scale: int = 1, needs_mask: bool = False, colour_out: bool = False
+) -> ImageModel:
     digest = weights_digest(p)
     unet = load_pipeline_folder(p.prior, sha256=digest)  # pinned to the digest recorded for the run
     schedule = load_schedule(p.prior)
     cfg = unet.config
     if cfg.in_channels != cfg.out_channels:
-        raise WeightsError(f"{p.prior}: UNet maps {cfg.in_channels} channels to {cfg.out_channels}; an ε-prediction prior maps C to C")
+        raise WeightsError(
+            f"{p.prior}: UNet maps {cfg.in_channels} channels to {cfg.out_channels}; an ε-prediction prior maps C to C"
+        )
     if cfg.get("num_class_embeds") or cfg.get("class_embed_type"):
         raise WeightsError(f"{p.prior}: class-conditional UNets are not supported (unconditional priors only)")
     if colour_out and cfg.in_channels != 3:
-        raise WeightsError(f"{p.prior}: {name} needs an RGB (3-channel) prior, this one has {cfg.in_channels} channel(s)")
+        raise WeightsError(
+            f"{p.prior}: {name} needs an RGB (3-channel) prior, this one has {cfg.in_channels} channel(s)"
+        )
     if p.steps > schedule.num_train_timesteps:
-        raise ValueError(f"{name}: steps={p.steps} exceeds the prior's {schedule.num_train_timesteps} training timesteps")
+        raise ValueError(
+            f"{name}: steps={p.steps} exceeds the prior's {schedule.num_train_timesteps} training timesteps"
+        )
     h, w = _size(unet)
     if h % scale or w % scale:
         raise ValueError(f"{name}: scale {scale} does not divide the prior's sample size {w}×{h}")
-    module = ZeroShotModule(name, unet, schedule, functools.partial(restore, p), (h // scale, w // scale), p.seed, p.micro_batch)
+    module = ZeroShotModule(
+        name, unet, schedule, functools.partial(restore, p), (h // scale, w // scale), p.seed, p.micro_batch
+    )
     # tiling=False: the prior only works on whole images of its own size, never on tiles.
     return ImageModel(
-        name=name, module=module, scale=scale, channels=cfg.in_channels, supports_half=False,
-        weights_sha256=digest, needs_mask=needs_mask, colour_out=colour_out, tiling=False,
+        name=name,
+        module=module,
+        scale=scale,
+        channels=cfg.in_channels,
+        supports_half=False,
+        weights_sha256=digest,
+        needs_mask=needs_mask,
+        colour_out=colour_out,
+        tiling=False,
     )
 
 
@@ -410,7 +457,25 @@ def build_colorize(p: DDNMParams) -> ImageModel:
 
 # (name, task, description, params, build) for models/registry.py
 ENTRIES = (
-    ("repaint", "inpainting", "zero-shot inpainting with a DDPM prior (RePaint); needs a mask; docs/zeroshot.md", RepaintParams, build_repaint),
-    ("ddnm-sr", "super-resolution", "zero-shot super-resolution with a DDPM prior (DDNM, average-pool model); docs/zeroshot.md", SRParams, build_sr),
-    ("ddnm-colorize", "colorization", "zero-shot colorization with a DDPM prior (DDNM, channel-mean model); RGB out; docs/zeroshot.md", DDNMParams, build_colorize),
+    (
+        "repaint",
+        "inpainting",
+        "zero-shot inpainting with a DDPM prior (RePaint); needs a mask; docs/zeroshot.md",
+        RepaintParams,
+        build_repaint,
+    ),
+    (
+        "ddnm-sr",
+        "super-resolution",
+        "zero-shot super-resolution with a DDPM prior (DDNM, average-pool model); docs/zeroshot.md",
+        SRParams,
+        build_sr,
+    ),
+    (
+        "ddnm-colorize",
+        "colorization",
+        "zero-shot colorization with a DDPM prior (DDNM, channel-mean model); RGB out; docs/zeroshot.md",
+        DDNMParams,
+        build_colorize,
+    ),
 )

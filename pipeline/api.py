@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
@@ -76,7 +76,9 @@ def _unfinished_run(job: Job, fingerprint: str, run_id: str | None = None) -> ru
         if record.fingerprint != fingerprint:
             raise ResumeError(f"run {run_id} was planned with other steps, params or weights than this job")
         return record
-    candidates = [r for r in records if r.status == "running" and r.fingerprint == fingerprint and r.input_uri == job.source_uri]
+    candidates = [
+        r for r in records if r.status == "running" and r.fingerprint == fingerprint and r.input_uri == job.source_uri
+    ]
     return candidates[-1] if candidates else None
 
 
@@ -118,7 +120,9 @@ def _outcome(parts: Iterable[pa.Table]) -> tuple[dict[str, int], list[dict]]:
         grouped = failed.group_by(["error_type", "stage"]).aggregate([("input_uri", "count"), ("input_uri", "min")])
         for r in grouped.to_pylist():
             key = (r["error_type"], r["stage"])
-            e = errors.setdefault(key, {"error_type": key[0], "stage": key[1], "count": 0, "example": r["input_uri_min"]})
+            e = errors.setdefault(
+                key, {"error_type": key[0], "stage": key[1], "count": 0, "example": r["input_uri_min"]}
+            )
             e["count"] += r["input_uri_count"]
             e["example"] = min(e["example"], r["input_uri_min"])
     return dict(counts), sorted(errors.values(), key=lambda r: (-r["count"], r["error_type"] or ""))
@@ -173,7 +177,9 @@ def run(
             ctx = engine.context_for(job, registry, record.run_id)
             engine.execute(ctx, registry, todo, lambda r: emit({"event": "shard", **r.as_event()}), check=lease.check)
 
-        parts = manifest.iter_tables(out.uri, out.storage_options, record.run_id, columns=["status", "error_type", "stage", "input_uri"])
+        parts = manifest.iter_tables(
+            out.uri, out.storage_options, record.run_id, columns=["status", "error_type", "stage", "input_uri"]
+        )
         counts, errors = _outcome(parts)
         record.status, record.finished_at, record.counts = "committed", runs.now(), counts
         runs.save(record, out.storage_options)

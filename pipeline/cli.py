@@ -70,7 +70,9 @@ def main(debug: bool) -> None:
 @click.option("--mode", type=click.Choice(MODES), help="Override mode (default: the job's, else incremental).")
 @click.option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else start Ray locally).")
 @click.option("--no-resume", is_flag=True, help="Start a new run even if an unfinished one exists.")
-@click.option("--resume", "resume_run_id", metavar="RUN_ID", help="Resume this unfinished run (default: the latest of this job).")
+@click.option(
+    "--resume", "resume_run_id", metavar="RUN_ID", help="Resume this unfinished run (default: the latest of this job)."
+)
 @click.option(
     "--log-format",
     type=click.Choice(["auto", "rich", "plain", "json"]),
@@ -139,7 +141,9 @@ def plan(job_file: str, input_uri: str | None, output_uri: str | None, mode: str
     click.echo(f"shards:  {summary.shards} (shard_size {job.resources.shard_size})")
     click.echo(f"bytes:   {summary.bytes}")
     if summary.skipped_not_image:
-        click.echo(f"skipped: {summary.skipped_not_image} files without an image extension (e.g. {summary.examples_skipped[0]})")
+        click.echo(
+            f"skipped: {summary.skipped_not_image} files without an image extension (e.g. {summary.examples_skipped[0]})"
+        )
     if summary.skipped_masks:
         click.echo(f"masks:   {summary.skipped_masks} files matching input.mask (masks, not inputs)")
 

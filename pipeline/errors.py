@@ -12,6 +12,7 @@ from models.weights import WeightsError
 from pipeline.job import ResourcesError
 from pipeline.storage import redact_text
 
+
 def _chain(exc: BaseException):
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -33,10 +34,24 @@ def explain(exc: BaseException, uris: dict[str, str] | None = None) -> str:
             )
         if "NoSuchBucket" in text or "bucket does not exist" in text:
             return f"a bucket does not exist: check {where}, or create the bucket"
-        if any(s in text for s in ("EndpointConnectionError", "Could not connect to the endpoint", "Cannot connect to host", "ConnectionRefusedError", "Connection refused")):
+        if any(
+            s in text
+            for s in (
+                "EndpointConnectionError",
+                "Could not connect to the endpoint",
+                "Cannot connect to host",
+                "ConnectionRefusedError",
+                "Connection refused",
+            )
+        ):
             endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "the AWS default"
             return f"cannot reach the storage endpoint ({endpoint}): check the network, or AWS_ENDPOINT_URL for S3-compatible stores"
-        if "AccessDenied" in text or "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text or isinstance(e, PermissionError):
+        if (
+            "AccessDenied" in text
+            or "InvalidAccessKeyId" in text
+            or "SignatureDoesNotMatch" in text
+            or isinstance(e, PermissionError)
+        ):
             return f"access denied by the storage: the credentials in use may not read or write {where}"
         if isinstance(e, (UnknownModelError, WeightsError, ResourcesError)):
             return str(e)

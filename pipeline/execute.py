@@ -19,9 +19,9 @@ import math
 import os
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Callable, Iterable
+from datetime import UTC, datetime
 
 import numpy as np
 import ray
@@ -78,7 +78,9 @@ def gpus_to_request(wanted: float) -> float:
 def _field(job: Job, step: int, name: str) -> str:
     """The job-file field that sets ``name`` for a step: its own override, or the job's."""
     own = job.steps[step].resources if job.steps else None  # a generation job has the job's resources only
-    return f"steps[{step}].resources.{name}" if own is not None and getattr(own, name) is not None else f"resources.{name}"
+    return (
+        f"steps[{step}].resources.{name}" if own is not None and getattr(own, name) is not None else f"resources.{name}"
+    )
 
 
 def check_resources(job: Job, steps: list[Resources]) -> None:
@@ -158,7 +160,9 @@ class Encoding:
     alpha: np.ndarray | None = None
 
 
-def encode_output(pixels: np.ndarray, alpha: np.ndarray | None, requested: str, source_format: str, quality: int) -> images.Encoded:
+def encode_output(
+    pixels: np.ndarray, alpha: np.ndarray | None, requested: str, source_format: str, quality: int
+) -> images.Encoded:
     """H×W×C uint8/uint16 model output (+ the input's alpha plane, resized here to H×W) as the
     file ``output.format`` asks for (``requested``; `same` follows ``source_format``)."""
     t0 = time.perf_counter()
@@ -172,7 +176,9 @@ def encode_output(pixels: np.ndarray, alpha: np.ndarray | None, requested: str, 
 def _encode_here(result: Result, encoding: Encoding) -> None:
     """Replace ``result``'s pixels by their file, or by an encode error."""
     try:
-        result.encoded = encode_output(result.pixels, encoding.alpha, encoding.requested, encoding.source_format, encoding.quality)
+        result.encoded = encode_output(
+            result.pixels, encoding.alpha, encoding.requested, encoding.source_format, encoding.quality
+        )
     except Exception as exc:
         result.error, result.error_type, result.stage = str(exc) or repr(exc), type(exc).__name__, "encode"
     result.pixels = None  # freed before Ray copies the result into the object store
@@ -188,7 +194,9 @@ class ModelActor:
         for s, m in zip(steps, models):
             if s.get("weights_sha256") and m.weights_sha256 and m.weights_sha256 != s["weights_sha256"]:
                 planned, now = s["weights_sha256"], m.weights_sha256
-                raise WeightsError(f"{s['model']}: weights changed since the run was planned (sha256 {planned}, now {now})")
+                raise WeightsError(
+                    f"{s['model']}: weights changed since the run was planned (sha256 {planned}, now {now})"
+                )
         device = pick_device(want_gpu)
         outscale = [s.get("outscale") for s in steps]
         self.chain = Chain(models, device, resources.batch_size, resources.tile, resources.tile_pad, outscale)
@@ -257,7 +265,12 @@ class ShardResult:
     seconds: float = 0.0
 
     def as_event(self) -> dict:
-        return {"shard": self.shard, "counts": dict(self.counts), "errors_by_stage": dict(self.errors_by_stage), "seconds": self.seconds}
+        return {
+            "shard": self.shard,
+            "counts": dict(self.counts),
+            "errors_by_stage": dict(self.errors_by_stage),
+            "seconds": self.seconds,
+        }
 
 
 def _fail(row: dict, stage: str, error_type: str, message: str) -> None:
@@ -323,8 +336,12 @@ def _load_mask(uri: str | None, image: images.Decoded, storage_options: dict, ma
     """An input's mask as H×W bool, True = known pixel (the model contract), from a file in
     which any nonzero pixel (in any colour channel; alpha is ignored) marks a hole."""
     if not uri:
-        raise images.ImageError("no_mask", "a step needs a mask and none was planned for this input (input.mask or a mask_uri column)")
-    decoded = images.decode(storage.read_bytes(uri, storage_options), max_pixels)  # EXIF rotation applied, as for the image
+        raise images.ImageError(
+            "no_mask", "a step needs a mask and none was planned for this input (input.mask or a mask_uri column)"
+        )
+    decoded = images.decode(
+        storage.read_bytes(uri, storage_options), max_pixels
+    )  # EXIF rotation applied, as for the image
     if (decoded.height, decoded.width) != (image.height, image.width):
         raise images.ImageError(
             "mask_size_mismatch", f"mask is {decoded.width}×{decoded.height}, image is {image.width}×{image.height}"
@@ -332,7 +349,9 @@ def _load_mask(uri: str | None, image: images.Decoded, storage_options: dict, ma
     return ~decoded.pixels.any(axis=2)
 
 
-def write_output(ctx: ShardContext, row: dict, rel_path: str, result: Result, source_format: str, alpha: np.ndarray | None = None) -> None:
+def write_output(
+    ctx: ShardContext, row: dict, rel_path: str, result: Result, source_format: str, alpha: np.ndarray | None = None
+) -> None:
     """Encode one model output and write it to ``<output>/images/<rel_path>.<ext>``; fill in ``row``.
 
     ``result.pixels``: H×W×C uint8 (or uint16), or ``result.encoded``: the file the actor made.
@@ -422,7 +441,9 @@ def _infer(chain: list, items: list, ref, encodings: list[Encoding | None] | Non
             except RayActorError:  # includes ActorUnavailableError: it was alive when we called
                 deaths += 1
         else:
-            results.append(Result(None, 0.0, f"the model worker died {CRASH_ATTEMPTS} times on this image", "worker_crashed"))
+            results.append(
+                Result(None, 0.0, f"the model worker died {CRASH_ATTEMPTS} times on this image", "worker_crashed")
+            )
     return results
 
 
@@ -443,7 +464,12 @@ def _load_all(ctx: ShardContext, items: list[dict], shard: int, attempt: int) ->
             works.append(ray.get(_load_isolated.remote(ctx, item, shard, attempt)))
         except (WorkerCrashedError, RayTaskError, OutOfMemoryError) as exc:
             work = _Work(row=_base_row(ctx, item, shard, attempt), rel_path=item["rel_path"])
-            _fail(work.row, "decode", "worker_crashed", f"reading or decoding this input killed its worker: {type(exc).__name__}")
+            _fail(
+                work.row,
+                "decode",
+                "worker_crashed",
+                f"reading or decoding this input killed its worker: {type(exc).__name__}",
+            )
             works.append(work)
     return works
 
@@ -458,7 +484,7 @@ class _Batch:
     ref: object  # the last actor's call
 
     @classmethod
-    def submit(cls, chain: list, job: Job, works: list[_Work]) -> "_Batch | None":
+    def submit(cls, chain: list, job: Job, works: list[_Work]) -> _Batch | None:
         """Send the decoded ones of ``works`` to the actors (None if none decoded)."""
         ready = [w for w in works if w.decoded is not None]
         if not ready:
@@ -497,7 +523,7 @@ def commit_shard(ctx: ShardContext, shard: int, rows: list[dict], started: float
     """Write a shard's manifest part (all its rows become visible at once) and count its rows;
     ``started``: the task's ``time.perf_counter()`` at its start."""
     out = ctx.job.output
-    committed_at = datetime.now(timezone.utc)
+    committed_at = datetime.now(UTC)
     rows = [row | {"committed_at": committed_at} for row in rows]
     manifest.write_part(manifest.part_uri(out.uri, ctx.run_id, shard), manifest.to_table(rows), out.storage_options)
     result = ShardResult(shard, seconds=time.perf_counter() - started)
@@ -545,7 +571,7 @@ class _Pool:
         free = ray.available_resources()
         return all(free.get(name, 0) >= amount for name, amount in self.need.items() if amount)
 
-    def grow_if_behind(self, inflight: int, leaves_room: Callable[["_Pool"], bool] = lambda pool: True) -> None:
+    def grow_if_behind(self, inflight: int, leaves_room: Callable[[_Pool], bool] = lambda pool: True) -> None:
         """Shards routed to an actor that can never be placed would wait forever, so without
         an autoscaler the pool only grows into resources that are free now, and only where
         ``leaves_room(self)`` says the actors would still leave a shard task room to run."""
@@ -570,7 +596,10 @@ def execute(
     ``check`` is called between shards and may raise to stop the run (e.g. a lost lease).
     """
     res = ctx.job.resources
-    steps = [r.model_copy(update={"gpus_per_actor": gpus_to_request(r.gpus_per_actor)}) for r in map(res.for_step, ctx.job.steps)]
+    steps = [
+        r.model_copy(update={"gpus_per_actor": gpus_to_request(r.gpus_per_actor)})
+        for r in map(res.for_step, ctx.job.steps)
+    ]
     check_resources(ctx.job, steps)
     steps = with_threads(steps)
     pools = [_Pool(registry, step, weights, r) for step, weights, r in zip(ctx.job.steps, ctx.weights_sha256, steps)]

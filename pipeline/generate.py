@@ -63,12 +63,16 @@ class GeneratorActor:
             raise TypeError(f"{spec['model']} builds a {type(model).__name__}, not a GenerativeModel")
         planned = spec.get("weights_sha256")
         if planned and model.weights_sha256 and model.weights_sha256 != planned:
-            raise WeightsError(f"{spec['model']}: weights changed since the run was planned (sha256 {planned}, now {model.weights_sha256})")
+            raise WeightsError(
+                f"{spec['model']}: weights changed since the run was planned (sha256 {planned}, now {model.weights_sha256})"
+            )
         label = spec.get("class_label")
         if label is not None and not model.num_classes:
             raise ValueError(f"{spec['model']} is unconditional: generate.class_label must not be set")
         if label is not None and label >= model.num_classes:
-            raise ValueError(f"generate.class_label must be < {model.num_classes} ({spec['model']} has {model.num_classes} classes)")
+            raise ValueError(
+                f"generate.class_label must be < {model.num_classes} ({spec['model']} has {model.num_classes} classes)"
+            )
         self.device = pick_device(want_gpu)
         model.module.to(self.device).eval()
         self.model, self.seed, self.label = model, spec["seed"], label
@@ -104,7 +108,9 @@ class GeneratorActor:
         with torch.inference_mode():
             x = self.model.sample(generators, labels, self.device)
         if tuple(x.shape) != (len(indices), *self.model.shape):
-            raise ValueError(f"{self.model.name} returned {tuple(x.shape)}, expected {(len(indices), *self.model.shape)}")
+            raise ValueError(
+                f"{self.model.name} returned {tuple(x.shape)}, expected {(len(indices), *self.model.shape)}"
+            )
         out = (x.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         return list(out)
 

@@ -93,7 +93,9 @@ def decode(data: bytes, max_pixels: int) -> Decoded:
         raise ImageError("corrupt", f"unreadable header: {exc}") from None
     width, height = im.size
     if width * height > max_pixels:
-        raise ImageError("too_many_pixels", f"{width}×{height} = {width * height} pixels exceeds limits.max_pixels={max_pixels}")
+        raise ImageError(
+            "too_many_pixels", f"{width}×{height} = {width * height} pixels exceeds limits.max_pixels={max_pixels}"
+        )
     if width == 0 or height == 0:
         raise ImageError("corrupt", f"image has no pixels ({width}×{height})")
     fmt = im.format or "unknown"
@@ -164,7 +166,9 @@ def encode_png(planes: np.ndarray) -> bytes:
     11–20 % smaller on photos (docs/benchmarks.md); PNG is lossless at every setting.
     """
     planes = np.ascontiguousarray(planes)  # libpng reads rows in place, so they must be contiguous
-    return imagecodecs.png_encode(planes, level=1, filter=imagecodecs.PNG.FILTER.PAETH, strategy=imagecodecs.PNG.STRATEGY.RLE)
+    return imagecodecs.png_encode(
+        planes, level=1, filter=imagecodecs.PNG.FILTER.PAETH, strategy=imagecodecs.PNG.STRATEGY.RLE
+    )
 
 
 def encode_jpeg(planes: np.ndarray, quality: int) -> bytes:

@@ -25,9 +25,9 @@ is looked up only until it is decided, so an all-"unchanged" listing needs one l
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -42,7 +42,9 @@ _HASH_ROWS = 1 << 20  # strings hashed per block: bounds the padded copy of thei
 _MUL = np.uint64(0x9E3779B97F4A7C15)
 _FINAL = np.uint64(0xBF58476D1CE4E5B9)
 _NUL = pa.scalar("\x00", pa.large_string())  # version_keys' separator, for the history's large strings
-_LOW_BYTES = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [(1 << 64) - 1], np.uint64)  # [k]: the low k bytes of a word
+_LOW_BYTES = np.array(
+    [(1 << (8 * k)) - 1 for k in range(8)] + [(1 << 64) - 1], np.uint64
+)  # [k]: the low k bytes of a word
 
 
 def versions(etags: pa.Array, sizes: pa.Array, mtimes: pa.Array) -> pa.Array:
@@ -157,7 +159,7 @@ class History:
     error: np.ndarray
 
     @classmethod
-    def from_tables(cls, tables: Iterable[pa.Table], fingerprint: str) -> "History":
+    def from_tables(cls, tables: Iterable[pa.Table], fingerprint: str) -> History:
         """From manifest tables with (at least) HISTORY_COLUMNS, reduced one at a time."""
         uris, kept, ok, error = [], [], [], []
         for table in tables:
@@ -166,15 +168,19 @@ class History:
             version = versions(table["input_etag"], table["input_size"], table["input_mtime"])
             # large_string: one contiguous array (a chunked take is far slower) of any size
             uris.append(table["input_uri"].combine_chunks().cast(pa.large_string()))
-            kept.append(pc.if_else(same, version, None).combine_chunks().cast(pa.large_string()))  # other fingerprints' are never asked for
+            kept.append(
+                pc.if_else(same, version, None).combine_chunks().cast(pa.large_string())
+            )  # other fingerprints' are never asked for
             ok.append(pc.and_(same, pc.fill_null(is_ok, False)).to_numpy())
             error.append(pc.and_(same, pc.fill_null(pc.invert(is_ok), False)).to_numpy())
         if not uris:
-            return cls(pa.array([], pa.large_string()), pa.array([], pa.large_string()), np.zeros(0, bool), np.zeros(0, bool))
+            return cls(
+                pa.array([], pa.large_string()), pa.array([], pa.large_string()), np.zeros(0, bool), np.zeros(0, bool)
+            )
         return cls(pa.concat_arrays(uris), pa.concat_arrays(kept), np.concatenate(ok), np.concatenate(error))
 
     @classmethod
-    def empty(cls) -> "History":
+    def empty(cls) -> History:
         return cls.from_tables([], "")
 
     def _uris_of(self, rows: np.ndarray) -> pa.Array:
@@ -191,7 +197,9 @@ class History:
     def _key_hashes(self) -> np.ndarray:  # of uri \0 version; rows without a version hash as ""
         n = len(self.uris)
         blocks = [
-            string_hashes(pc.binary_join_element_wise(self.uris.slice(s, _HASH_ROWS), self.versions.slice(s, _HASH_ROWS), _NUL))
+            string_hashes(
+                pc.binary_join_element_wise(self.uris.slice(s, _HASH_ROWS), self.versions.slice(s, _HASH_ROWS), _NUL)
+            )
             for s in range(0, n, _HASH_ROWS)
         ]
         return np.concatenate(blocks) if n else np.zeros(0, np.uint64)
@@ -201,7 +209,9 @@ class History:
         return _Lookup(self._uri_hashes[rows], rows, self._uris_of)
 
     def _key_lookup(self, mask: np.ndarray) -> _Lookup:
-        valid = self.uris.is_valid().to_numpy(zero_copy_only=False) & self.versions.is_valid().to_numpy(zero_copy_only=False)
+        valid = self.uris.is_valid().to_numpy(zero_copy_only=False) & self.versions.is_valid().to_numpy(
+            zero_copy_only=False
+        )
         rows = np.flatnonzero(mask & valid)
         return _Lookup(self._key_hashes[rows], rows, self._keys_of)
 

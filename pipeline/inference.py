@@ -17,8 +17,8 @@ Outscale. A model may be followed by a Lanczos-3 resize of its output to its inp
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -122,7 +122,13 @@ class Chain:
             return [r for img, mask in zip(batch, masks) for r in self._run_isolating([img], [mask])]
 
     def _apply(
-        self, model: ImageModel, x: torch.Tensor, tile: int, out: torch.Tensor | None = None, finish=None, peak: float | None = None
+        self,
+        model: ImageModel,
+        x: torch.Tensor,
+        tile: int,
+        out: torch.Tensor | None = None,
+        finish=None,
+        peak: float | None = None,
     ) -> torch.Tensor:
         """One model over a CPU batch; returns a CPU float32 batch, or fills ``out`` with
         ``finish`` of it and returns ``out``. ``peak``: ``x`` holds integer levels 0…peak, turned
@@ -130,7 +136,15 @@ class Chain:
         with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.half):
             if tile and float(model.scale).is_integer():
                 return tiled_forward(
-                    model.module, x, int(model.scale), tile, self.tile_pad, self.device, out=out, finish=finish, peak=peak
+                    model.module,
+                    x,
+                    int(model.scale),
+                    tile,
+                    self.tile_pad,
+                    self.device,
+                    out=out,
+                    finish=finish,
+                    peak=peak,
                 )
             x = x.to(self.device)
             y = model.module(x.float().div_(peak) if peak else x).float().cpu()
@@ -158,7 +172,9 @@ class Chain:
                     # float copy of its input or output exists whole (4 bytes a sample, and as many
                     # again for each conversion), which is what big images run out of.
                     height, width = source.shape[-2:]
-                    levels = torch.empty(source.shape[0], *model.output_size(height, width), channels, dtype=torch.uint8)
+                    levels = torch.empty(
+                        source.shape[0], *model.output_size(height, width), channels, dtype=torch.uint8
+                    )
                     finish = lambda y: y.mul_(peak).clamp_(0, peak).round_()  # noqa: E731
                     self._run(model, source, out=levels.permute(0, 3, 1, 2), finish=finish, peak=source_peak)
                     return [a.numpy() for a in levels]
@@ -178,7 +194,12 @@ class Chain:
         return [a.astype(dtype) for a in out.permute(0, 2, 3, 1).numpy()]
 
     def _run(
-        self, model: ImageModel, x: torch.Tensor, out: torch.Tensor | None = None, finish=None, peak: float | None = None
+        self,
+        model: ImageModel,
+        x: torch.Tensor,
+        out: torch.Tensor | None = None,
+        finish=None,
+        peak: float | None = None,
     ) -> torch.Tensor:
         """One model over a CPU batch, backing off on out-of-memory errors; into ``out`` if given
         (see _apply)."""
@@ -199,7 +220,9 @@ class Chain:
         self.batch_size = min(self.batch_size, settings.batch_size)
         return x if out is None else out
 
-    def _apply_masked(self, model: ImageModel, x: torch.Tensor, masks: Sequence[np.ndarray | None] | None) -> torch.Tensor:
+    def _apply_masked(
+        self, model: ImageModel, x: torch.Tensor, masks: Sequence[np.ndarray | None] | None
+    ) -> torch.Tensor:
         """A ``needs_mask`` model over a CPU batch: the mask rides along as the last channel."""
         if masks is None or any(m is None for m in masks):
             raise ValueError(f"{model.name} needs a mask (input.mask or a mask_uri column) and this image has none")

@@ -50,7 +50,9 @@ def _mask_pattern(pattern: str | None) -> str | None:
         raise ValueError(f"not a valid pattern ({exc})") from None
     unknown = sorted({f for f in fields if f not in MASK_PLACEHOLDERS})
     if unknown:
-        raise ValueError(f"unknown placeholder(s) {', '.join('{' + f + '}' for f in unknown)}; use {{stem}} or {{name}}")
+        raise ValueError(
+            f"unknown placeholder(s) {', '.join('{' + f + '}' for f in unknown)}; use {{stem}} or {{name}}"
+        )
     if not fields:
         raise ValueError("needs {stem} or {name}, e.g. {stem}_mask.png: each image has its own mask")
     if re.fullmatch(r"\{(stem|name)\}(\.[^./{}]*)?", pattern):
@@ -79,7 +81,9 @@ class InputSpec(Strict):
 
 class OutputSpec(Strict):
     uri: str = Field(description="prefix that receives images, manifest/ and _darkroom/")
-    format: Literal["png", "jpeg", "webp", "same"] = Field("png", description="written format; same = the input's (BMP → png)")
+    format: Literal["png", "jpeg", "webp", "same"] = Field(
+        "png", description="written format; same = the input's (BMP → png)"
+    )
     quality: int = Field(95, ge=1, le=100, description="JPEG/WebP quality")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="passed to fsspec")
 
@@ -91,7 +95,7 @@ class ActorRange(Strict):
     max: int = Field(1, ge=1)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "ActorRange":
+    def _ordered(self) -> ActorRange:
         if self.max < self.min:
             raise ValueError("max must be ≥ min")
         return self
@@ -114,7 +118,9 @@ class StepResources(Strict):
 
 class StepSpec(Strict):
     model: str = Field(description="a registry name (see `darkroom models`)")
-    params: dict[str, Any] = Field(default_factory=dict, description="the model's params (see `darkroom models`), e.g. {scale: 2}")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="the model's params (see `darkroom models`), e.g. {scale: 2}"
+    )
     resources: StepResources | None = Field(None, description="this step's actor pool, if not the job's")
     outscale: float | None = Field(
         None,
@@ -129,9 +135,15 @@ class GenerateSpec(Strict):
     """A generation job: ``samples`` images from one generative model, sample ``i`` seeded by (seed, i)."""
 
     model: str = Field(description="a registry name of task `generation` (see `darkroom models`)")
-    params: dict[str, Any] = Field(default_factory=dict, description="the model's params, e.g. {sampler: ddim, steps: 50}")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="the model's params, e.g. {sampler: ddim, steps: 50}"
+    )
     samples: int = Field(ge=1, description="how many images: sample indices start … start + samples - 1")
-    seed: int = Field(ge=0, le=2**63 - 1, description="the job seed; sample i draws all its noise from a generator seeded by (seed, i)")
+    seed: int = Field(
+        ge=0,
+        le=2**63 - 1,
+        description="the job seed; sample i draws all its noise from a generator seeded by (seed, i)",
+    )
     start: int = Field(0, ge=0, description="first sample index (a later job can extend a range without redoing it)")
     class_label: int | None = Field(
         None, ge=0, description="class of every sample, for class-conditional models (refused for unconditional ones)"
@@ -178,7 +190,7 @@ class Resources(Strict):
 
     _range = field_validator("actors", mode="before")(_actor_range)
 
-    def for_step(self, step: "StepSpec") -> "Resources":
+    def for_step(self, step: StepSpec) -> Resources:
         """These resources with the step's own overrides applied."""
         own = step.resources.model_dump(exclude_none=True) if step.resources else {}
         return self.model_copy(update={k: (ActorRange(**v) if k == "actors" else v) for k, v in own.items()})
@@ -197,13 +209,17 @@ class Job(Strict):
     )
     input: InputSpec | None = Field(None, description="what to read (restoration jobs, with `steps`)")
     output: OutputSpec = Field(description="where images, manifest/ and _darkroom/ go")
-    steps: list[StepSpec] | None = Field(None, min_length=1, description="models applied in order to each image (restoration jobs)")
-    generate: GenerateSpec | None = Field(None, description="what to generate (generation jobs, instead of `input` + `steps`)")
+    steps: list[StepSpec] | None = Field(
+        None, min_length=1, description="models applied in order to each image (restoration jobs)"
+    )
+    generate: GenerateSpec | None = Field(
+        None, description="what to generate (generation jobs, instead of `input` + `steps`)"
+    )
     resources: Resources = Field(default_factory=Resources, description="actors, GPUs, CPUs, batching, sharding")
     limits: Limits = Field(default_factory=Limits, description="per-input limits, checked before decoding")
 
     @model_validator(mode="after")
-    def _one_kind(self) -> "Job":
+    def _one_kind(self) -> Job:
         """A job restores (``input`` + ``steps``) or generates (``generate``); parse_job reports
         these problems at the field concerned (see ``_kind_field``)."""
         if self.generate is not None:
@@ -234,7 +250,13 @@ class Job(Strict):
             g = self.generate
             weights = registry.get(g.model).weights_sha256(g.params)
             what: dict = {
-                "generate": {"model": g.model, "params": g.params, "weights_sha256": weights, "seed": g.seed, "class_label": g.class_label}
+                "generate": {
+                    "model": g.model,
+                    "params": g.params,
+                    "weights_sha256": weights,
+                    "seed": g.seed,
+                    "class_label": g.class_label,
+                }
             }
         else:
             steps = []
@@ -294,7 +316,9 @@ def _step_problems(steps: Any, registry: Registry, source: str, root: yaml.Node 
             problems.append(f"{_where(source, root, ('steps', i, 'model'))}: {exc}")
             continue
         if entry.task == GENERATION_TASK:
-            problems.append(f"{_where(source, root, ('steps', i, 'model'))}: {entry.name} generates images: use it under `generate:`, not in `steps`")
+            problems.append(
+                f"{_where(source, root, ('steps', i, 'model'))}: {entry.name} generates images: use it under `generate:`, not in `steps`"
+            )
             continue
         problems += _param_problems(entry, step.get("params"), ("steps", i, "params"), source, root)
     return problems
@@ -313,13 +337,15 @@ def _mask_problems(data: dict, registry: Registry, source: str, root: yaml.Node 
     problems = []
     for i, step in enumerate(data.get("steps") if isinstance(data.get("steps"), list) else []):
         try:
-            entry = registry.get(step["model"]) if isinstance(step, dict) and isinstance(step.get("model"), str) else None
+            entry = (
+                registry.get(step["model"]) if isinstance(step, dict) and isinstance(step.get("model"), str) else None
+            )
         except UnknownModelError:
             continue
         if entry is not None and entry.needs_mask:
             problems.append(
                 f"{_where(source, root, ('steps', i, 'model'))}: {entry.name} fills holes given a mask: set input.mask "
-                "(e.g. \"{stem}_mask.png\") or use a list file with a mask_uri column"
+                '(e.g. "{stem}_mask.png") or use a list file with a mask_uri column'
             )
     return problems
 
@@ -349,17 +375,23 @@ def _generate_problems(data: dict, registry: Registry, source: str, root: yaml.N
         return [f"{where('model')}: {exc}"]
     if entry.task != GENERATION_TASK:
         known = ", ".join(e.name for e in registry.entries() if e.task == GENERATION_TASK) or "none registered"
-        return [f"{where('model')}: {entry.name} is a {entry.task} model, not a generation model (generation models: {known})"]
+        return [
+            f"{where('model')}: {entry.name} is a {entry.task} model, not a generation model (generation models: {known})"
+        ]
     problems = _param_problems(entry, spec.get("params"), ("generate", "params"), source, root)
     label = spec.get("class_label")
     if isinstance(label, int) and entry.num_classes == 0:
         problems.append(f"{where('class_label')}: {entry.name} is unconditional: it takes no class_label")
     elif isinstance(label, int) and entry.num_classes and label >= entry.num_classes:
-        problems.append(f"{where('class_label')}: must be < {entry.num_classes} ({entry.name} has {entry.num_classes} classes)")
+        problems.append(
+            f"{where('class_label')}: must be < {entry.num_classes} ({entry.name} has {entry.num_classes} classes)"
+        )
     output = data.get("output")
     if isinstance(output, dict) and output.get("format") == "same":
         fmt_loc = _where(source, root, ("output", "format"))
-        problems.append(f"{fmt_loc}: `same` follows an input's format; a generation job has none (use png, jpeg or webp)")
+        problems.append(
+            f"{fmt_loc}: `same` follows an input's format; a generation job has none (use png, jpeg or webp)"
+        )
     return problems
 
 

@@ -134,7 +134,7 @@ class Lease:
                 pass
         self._version = None
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         self.acquire()
         return self
 

@@ -13,7 +13,7 @@ exactly the committed rows of every run: a shard either has its whole part or no
 from __future__ import annotations
 
 import io
-from typing import Iterator
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -40,7 +40,9 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("steps", pa.string(), nullable=False),  # JSON: [{"model": …, "params": {…}}, …]
         pa.field("models", pa.list_(pa.string()), nullable=False),
         pa.field("weights_sha256", pa.list_(pa.string()), nullable=False),  # "" for steps without weights
-        pa.field("fingerprint", pa.string(), nullable=False),  # digest of steps (or generator + seed + class) + weights + output format
+        pa.field(
+            "fingerprint", pa.string(), nullable=False
+        ),  # digest of steps (or generator + seed + class) + weights + output format
         # Generation rows (null on restoration rows); their input_uri is generate://<model>/<seed>/<sample_index>.
         pa.field("seed", pa.int64()),  # the job seed
         pa.field("sample_index", pa.int64()),  # the sample's noise comes from (seed, sample_index) alone
@@ -90,7 +92,11 @@ def part_uris(output_uri: str, storage_options: dict | None = None, run_id: str 
     """Every committed part (of one run, if given), in run then shard order."""
     base = storage.join(output_uri, "manifest")
     if run_id is None:
-        run_ids = sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in storage.list_dir(base, storage_options) if e["type"] == "directory")
+        run_ids = sorted(
+            e["name"].rstrip("/").rsplit("/", 1)[-1]
+            for e in storage.list_dir(base, storage_options)
+            if e["type"] == "directory"
+        )
     else:
         run_ids = [run_id]
     return [
@@ -120,4 +126,6 @@ def iter_tables(
     """``read``, one committed part at a time (for callers that reduce each part as it comes)."""
     names = MANIFEST_SCHEMA.names if columns is None else columns
     for uri in part_uris(output_uri, storage_options, run_id):
-        yield pq.read_table(io.BytesIO(storage.read_bytes(uri, storage_options)), columns=columns, schema=MANIFEST_SCHEMA).select(names)
+        yield pq.read_table(
+            io.BytesIO(storage.read_bytes(uri, storage_options)), columns=columns, schema=MANIFEST_SCHEMA
+        ).select(names)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import posixpath
 import re
 import unicodedata
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -172,7 +172,9 @@ def _list_file_tables(spec: InputSpec, rows: int, summary: PlanSummary) -> Itera
             batches = pajson.read_json(fh).to_batches(max_chunksize=max(rows, LIST_FILE_BATCH_ROWS))
         for batch in batches:
             if "uri" not in batch.schema.names:
-                raise ValueError(f"{spec.uri}: list file has no `uri` column (columns: {', '.join(batch.schema.names)})")
+                raise ValueError(
+                    f"{spec.uri}: list file has no `uri` column (columns: {', '.join(batch.schema.names)})"
+                )
             table = pa.Table.from_batches([batch])
             table = table.filter(pc.is_valid(table["uri"]))
             uris = table["uri"].combine_chunks().cast(pa.string())
@@ -216,7 +218,10 @@ def _mask_uris(given: pa.Array, uris: pa.Array, pattern: str | None) -> pa.Array
     """A list file's ``mask_uri`` column, its gaps filled from ``input.mask`` (if set)."""
     if pattern is None or not given.null_count:
         return given
-    return pa.array([m if m is not None else mask_uri_for(u, pattern) for m, u in zip(given.to_pylist(), uris.to_pylist())], pa.string())
+    return pa.array(
+        [m if m is not None else mask_uri_for(u, pattern) for m, u in zip(given.to_pylist(), uris.to_pylist())],
+        pa.string(),
+    )
 
 
 def _count_skipped(summary: PlanSummary, uris: pa.Array) -> None:
@@ -240,7 +245,9 @@ def _listing_tables(spec: InputSpec, rows: int, summary: PlanSummary) -> Iterato
         if is_mask is not None and is_mask(rel):
             summary.skipped_masks += 1
             continue
-        buffer.append((uri, safe_rel_path(rel), nbytes, etag, mtime, mask_uri_for(uri, spec.mask) if spec.mask else None))
+        buffer.append(
+            (uri, safe_rel_path(rel), nbytes, etag, mtime, mask_uri_for(uri, spec.mask) if spec.mask else None)
+        )
         summary.listed += 1
         if len(buffer) == rows:
             yield _table(buffer)
@@ -257,8 +264,14 @@ def _sample_tables(spec: GenerateSpec, rows: int, summary: PlanSummary) -> Itera
         text = pc.cast(index, pa.string())
         n = len(index)
         summary.listed += n
-        given = {"input_uri": pc.binary_join_element_wise(spec.uri_prefix, text, ""), "rel_path": pc.utf8_lpad(text, 8, "0"), "sample_index": index}
-        columns = [given.get(f.name, pa.nulls(n, f.type)) for f in GENERATION_PLAN_SCHEMA]  # the rest (size, etag, …) null
+        given = {
+            "input_uri": pc.binary_join_element_wise(spec.uri_prefix, text, ""),
+            "rel_path": pc.utf8_lpad(text, 8, "0"),
+            "sample_index": index,
+        }
+        columns = [
+            given.get(f.name, pa.nulls(n, f.type)) for f in GENERATION_PLAN_SCHEMA
+        ]  # the rest (size, etag, …) null
         yield pa.Table.from_arrays(columns, schema=GENERATION_PLAN_SCHEMA)
 
 
@@ -313,4 +326,6 @@ def _shard(summary: PlanSummary, table: pa.Table) -> Shard:
 
 def _table(rows: list[tuple]) -> pa.Table:
     columns = list(zip(*rows))
-    return pa.Table.from_arrays([pa.array(col, type=f.type) for col, f in zip(columns, PLAN_SCHEMA)], schema=PLAN_SCHEMA)
+    return pa.Table.from_arrays(
+        [pa.array(col, type=f.type) for col, f in zip(columns, PLAN_SCHEMA)], schema=PLAN_SCHEMA
+    )

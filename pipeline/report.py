@@ -19,7 +19,7 @@ import io
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -164,8 +164,16 @@ def _item_html(row: dict, before: Preview, after: Preview, root: str) -> str:
     name = _relative(uri, root)
     models = row["models"] or []
     status = row["status"]
-    before_cap = " · ".join(x for x in (_dims(row["width_in"], row["height_in"]), row["format_in"], row["mode_in"], _size(row["input_size"])) if x)
-    after_cap = _dims(row["width_out"], row["height_out"]) + (f" · {row['format_out']}" if row["format_out"] else "") if status == "ok" else "—"
+    before_cap = " · ".join(
+        x
+        for x in (_dims(row["width_in"], row["height_in"]), row["format_in"], row["mode_in"], _size(row["input_size"]))
+        if x
+    )
+    after_cap = (
+        _dims(row["width_out"], row["height_out"]) + (f" · {row['format_out']}" if row["format_out"] else "")
+        if status == "ok"
+        else "—"
+    )
     error = ""
     if status != "ok":
         error = f'<p class="err">{_e(row["error_type"])} at {_e(row["stage"])}: {_e(row["error_message"])}</p>'
@@ -176,7 +184,7 @@ def _item_html(row: dict, before: Preview, after: Preview, root: str) -> str:
             '<input type="range" class="cmp-range" min="0" max="100" value="50" aria-label="split">'
         )
     return f"""
-<article class="item" data-status="{_e(status)}" data-models="{_e('|'.join(models))}">
+<article class="item" data-status="{_e(status)}" data-models="{_e("|".join(models))}">
   <header><span class="badge {_e(status)}">{_e(status)}</span> <span class="name" title="{_e(uri)}">{_e(name)}</span></header>
   <div class="pair">
     <figure class="pane before"><div class="frame">{_frame(before, "before")}</div><figcaption>before · {_e(before_cap)}</figcaption></figure>
@@ -190,14 +198,20 @@ def _sample_html(row: dict, image: Preview) -> str:
     """A generated sample's card: the image alone (there is no "before"), its index and how it was made."""
     status = row["status"]
     models = row["models"] or []
-    made = [" → ".join(models), f"{row['sampler']} {row['sampler_steps']} step{'' if row['sampler_steps'] == 1 else 's'}" if row["sampler"] else "", f"seed {row['seed']}"]
+    made = [
+        " → ".join(models),
+        f"{row['sampler']} {row['sampler_steps']} step{'' if row['sampler_steps'] == 1 else 's'}"
+        if row["sampler"]
+        else "",
+        f"seed {row['seed']}",
+    ]
     if row["class_label"] is not None:
         made.append(f"class {row['class_label']}")
     error = ""
     if status != "ok":
         error = f'<p class="err">{_e(row["error_type"])} at {_e(row["stage"])}: {_e(row["error_message"])}</p>'
     return f"""
-<article class="item sample" data-status="{_e(status)}" data-models="{_e('|'.join(models))}">
+<article class="item sample" data-status="{_e(status)}" data-models="{_e("|".join(models))}">
   <header><span class="badge {_e(status)}">{_e(status)}</span> <span class="name" title="{_e(row["input_uri"])}">#{_e(row["sample_index"])}</span></header>
   <figure class="pane"><div class="frame">{_frame(image, "sample")}</div><figcaption>{_e(_dims(row["width_out"], row["height_out"]) if status == "ok" else "—")}</figcaption></figure>
   <p class="models">{_e(" · ".join(x for x in made if x))}</p>{error}
@@ -205,14 +219,31 @@ def _sample_html(row: dict, image: Preview) -> str:
 
 
 def _runs_html(records: list[runs.RunRecord], means: dict[str, dict]) -> str:
-    head = "".join(f"<th>{h}</th>" for h in ("run", "job", "status", "started", "finished", "listed", "inputs", "shards", "counts"))
+    head = "".join(
+        f"<th>{h}</th>" for h in ("run", "job", "status", "started", "finished", "listed", "inputs", "shards", "counts")
+    )
     head += "".join(f"<th>{s} ms</th>" for s in STAGES)
     body = []
     for r in records:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(r.counts.items())) or "–"
         m = means.get(r.run_id, {})
-        cells = [r.run_id, r.job_name, r.status, r.started_at, r.finished_at or "–", r.listed, r.inputs, r.shards, counts]
-        body.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "".join(f'<td class="num">{_ms(m.get(s))}</td>' for s in STAGES) + "</tr>")
+        cells = [
+            r.run_id,
+            r.job_name,
+            r.status,
+            r.started_at,
+            r.finished_at or "–",
+            r.listed,
+            r.inputs,
+            r.shards,
+            counts,
+        ]
+        body.append(
+            "<tr>"
+            + "".join(f"<td>{_e(c)}</td>" for c in cells)
+            + "".join(f'<td class="num">{_ms(m.get(s))}</td>' for s in STAGES)
+            + "</tr>"
+        )
     return f'<table class="runs"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
@@ -297,10 +328,14 @@ JS = """
 
 
 def _options(values: list[str], label: str) -> str:
-    return f'<option value="">all {label}</option>' + "".join(f'<option value="{_e(v)}">{_e(v)}</option>' for v in values)
+    return f'<option value="">all {label}</option>' + "".join(
+        f'<option value="{_e(v)}">{_e(v)}</option>' for v in values
+    )
 
 
-def render(output_uri: str, storage_options: dict | None = None, run_id: str | None = None, max_items: int = 200) -> str:
+def render(
+    output_uri: str, storage_options: dict | None = None, run_id: str | None = None, max_items: int = 200
+) -> str:
     """The report's HTML (see ``write_report``)."""
     records = [r for r in runs.load_all(output_uri, storage_options) if run_id is None or r.run_id == run_id]
     rows = manifest.read(output_uri, storage_options, run_id)
@@ -308,11 +343,15 @@ def render(output_uri: str, storage_options: dict | None = None, run_id: str | N
         raise LookupError(f"no run {run_id} under {output_uri}" if run_id else f"no runs under {output_uri}")
     means = _stage_means(rows)
     current = _latest_per_input(rows)
-    current = current.sort_by([("seed", "ascending"), ("sample_index", "ascending"), ("input_uri", "ascending")])  # samples in index order
+    current = current.sort_by(
+        [("seed", "ascending"), ("sample_index", "ascending"), ("input_uri", "ascending")]
+    )  # samples in index order
     totals = _counts(current, "status")
 
     errors_table = current.filter(pc.not_equal(current["status"], "ok"))
-    error_rows = errors_table.slice(0, MAX_ERRORS).select(["input_uri", "error_type", "stage", "error_message"]).to_pylist()
+    error_rows = (
+        errors_table.slice(0, MAX_ERRORS).select(["input_uri", "error_type", "stage", "error_message"]).to_pylist()
+    )
 
     shown = current.slice(0, max_items).to_pylist()
     rest = _counts(current.slice(max_items), "status") if current.num_rows > max_items else {}
@@ -320,7 +359,9 @@ def render(output_uri: str, storage_options: dict | None = None, run_id: str | N
 
     def previews(row: dict) -> tuple[Preview, Preview]:
         if row["sample_index"] is not None:  # generated: no input to show
-            return Preview(None, "generated"), _preview(row["output_uri"], storage_options, None if row["status"] == "ok" else "no output")
+            return Preview(None, "generated"), _preview(
+                row["output_uri"], storage_options, None if row["status"] == "ok" else "no output"
+            )
         skip = None
         if row["error_type"] in NO_PREVIEW_ERRORS:
             skip = f"not previewed ({row['error_type']})"
@@ -333,17 +374,24 @@ def render(output_uri: str, storage_options: dict | None = None, run_id: str | N
     with ThreadPoolExecutor(READ_THREADS) as pool:
         pairs = list(pool.map(previews, shown))
     cards = "".join(
-        _sample_html(row, a) if row["sample_index"] is not None else _item_html(row, b, a, root) for row, (b, a) in zip(shown, pairs)
+        _sample_html(row, a) if row["sample_index"] is not None else _item_html(row, b, a, root)
+        for row, (b, a) in zip(shown, pairs)
     )
 
     statuses = sorted({r["status"] for r in shown})
     models = sorted({m for r in shown for m in (r["models"] or [])})
     more = ""
     if rest:
-        more = f'<p class="more" id="not-shown">{sum(rest.values())} more items not shown: ' + ", ".join(f"{n} {_e(s)}" for s, n in rest.items()) + "</p>"
+        more = (
+            f'<p class="more" id="not-shown">{sum(rest.values())} more items not shown: '
+            + ", ".join(f"{n} {_e(s)}" for s, n in rest.items())
+            + "</p>"
+        )
     scope = f"run {_e(run_id)}" if run_id else f"{len(records)} run(s); the latest row of each input"
-    generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    totals_html = "".join(f'<span class="total" data-status="{_e(s)}"><b>{n}</b> {_e(s)}</span>' for s, n in totals.items())
+    generated = datetime.now(UTC).isoformat(timespec="seconds")
+    totals_html = "".join(
+        f'<span class="total" data-status="{_e(s)}"><b>{n}</b> {_e(s)}</span>' for s, n in totals.items()
+    )
     csp = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -387,7 +435,11 @@ def _protocol(uri: str) -> str:
 
 
 def write_report(
-    output_uri: str, storage_options: dict | None = None, run_id: str | None = None, dest: str | None = None, max_items: int = 200
+    output_uri: str,
+    storage_options: dict | None = None,
+    run_id: str | None = None,
+    dest: str | None = None,
+    max_items: int = 200,
 ) -> str:
     """Write the HTML report of ``output_uri`` (one run, if ``run_id``) and return where it went.
 

@@ -11,7 +11,7 @@ import io
 import json
 import secrets
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -40,12 +40,12 @@ class RunRecord:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def new_run_id() -> str:
     """Sortable by start time, unique across concurrent starts."""
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
 def _run_dir(output_uri: str, run_id: str) -> str:
@@ -77,7 +77,9 @@ def plan_uri(output_uri: str, run_id: str, shard: int) -> str:
     return storage.join(_run_dir(output_uri, run_id), "plan", f"shard-{shard:05d}.parquet")
 
 
-def save_plan_shard(output_uri: str, run_id: str, shard: int, table: pa.Table, storage_options: dict | None = None) -> None:
+def save_plan_shard(
+    output_uri: str, run_id: str, shard: int, table: pa.Table, storage_options: dict | None = None
+) -> None:
     buf = io.BytesIO()
     pq.write_table(table, buf)
     storage.write_atomic(plan_uri(output_uri, run_id, shard), buf.getvalue(), storage_options)

@@ -15,8 +15,9 @@ import random
 import re
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 
 import fsspec
 import pyarrow as pa
@@ -99,7 +100,9 @@ def retrying(fn: Callable[[], T], what: str) -> T:
             if attempt == RETRY_ATTEMPTS or not is_transient(exc):
                 raise
             delay = random.uniform(0, min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2**attempt))
-            log.info("%s: transient error (%s), retry %d in %.2f s", redact_text(what), redact_text(str(exc)), attempt, delay)
+            log.info(
+                "%s: transient error (%s), retry %d in %.2f s", redact_text(what), redact_text(str(exc)), attempt, delay
+            )
             time.sleep(delay)
     raise AssertionError("unreachable")
 
@@ -199,7 +202,9 @@ def list_dir(uri: str, storage_options: dict | None = None) -> list[dict]:
 
 def list_names(uri: str, storage_options: dict | None = None) -> list[str]:
     """Names of the files directly under a small bookkeeping folder, sorted."""
-    return sorted(posixpath.basename(e["name"].rstrip("/")) for e in list_dir(uri, storage_options) if e["type"] == "file")
+    return sorted(
+        posixpath.basename(e["name"].rstrip("/")) for e in list_dir(uri, storage_options) if e["type"] == "file"
+    )
 
 
 def split_glob(uri: str) -> tuple[str, str | None]:

@@ -22,9 +22,9 @@ import shlex
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 # Not shipped with a submission (gitignore-style patterns for Ray; plain names for the staging copy).
 EXCLUDES = [
@@ -155,7 +155,9 @@ def _job_name(job_file: Path) -> str:
 @contextlib.contextmanager
 def _quiet_packaging():
     """Ray logs each ignored file and the upload at INFO; keep the terminal to darkroom's own lines."""
-    loggers = [logging.getLogger(n) for n in ("ray._private.runtime_env.packaging", "ray.dashboard.modules.dashboard_sdk")]
+    loggers = [
+        logging.getLogger(n) for n in ("ray._private.runtime_env.packaging", "ray.dashboard.modules.dashboard_sdk")
+    ]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.WARNING)

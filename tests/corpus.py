@@ -46,7 +46,7 @@ def make_corpus() -> dict[str, tuple[bytes, str]]:
     pal.info["transparency"] = 0
     files["png/palette-transparent.png"] = (_save(pal, "PNG", transparency=0), "ok")
     files["png/bilevel.png"] = (_save(rgb.convert("1"), "PNG"), "ok")
-    gray16 = (np.asarray(rgb.convert("L")).astype(np.uint16) * 257)
+    gray16 = np.asarray(rgb.convert("L")).astype(np.uint16) * 257
     gray16[0, 0] = 1  # a value 8-bit cannot hold
     files["png/gray16.png"] = (_save(Image.fromarray(gray16), "PNG"), "ok")
     files["webp/rgb.webp"] = (_save(rgb, "WEBP", quality=90), "ok")

@@ -85,7 +85,7 @@ class FaultProxy:
             self.faults[kind] += 1
             return kind
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> FaultProxy:
         self.thread.start()
         return self
 

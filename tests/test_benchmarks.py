@@ -26,8 +26,17 @@ def bench():
 @pytest.mark.timeout(120)
 def test_quick_run_of_raw_and_one_image(tmp_path):
     """The whole parent/child machinery on the compute workload (N=2 and 4): the table and the JSON."""
-    cmd = [sys.executable, str(SCRIPT), "--quick", "--variants", "raw,one-image", "--workloads", "compute",
-           "--results-dir", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--quick",
+        "--variants",
+        "raw,one-image",
+        "--workloads",
+        "compute",
+        "--results-dir",
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=110)
     assert proc.returncode == 0, proc.stderr[-3000:]
     [path] = tmp_path.glob("throughput-*-quick.json")
@@ -84,8 +93,11 @@ def test_in_run_rate_skips_the_first_quarter_of_outputs(tmp_path, bench):
 
 def test_rounds_give_medians_and_per_round_ratios(bench):
     def runs(spans: list[float], walls: list[tuple[float, float]]) -> list[dict]:
-        return [{"round": k, "n": n, "wall_s": w, "span_img_s": span, "detail": {}}
-                for k, (span, pair) in enumerate(zip(spans, walls)) for n, w in zip((10, 20), pair)]
+        return [
+            {"round": k, "n": n, "wall_s": w, "span_img_s": span, "detail": {}}
+            for k, (span, pair) in enumerate(zip(spans, walls))
+            for n, w in zip((10, 20), pair)
+        ]
 
     # In-run rates: darkroom is 0.8 × raw in every round while the machine's speed changes.
     raw = bench.summarise("raw", "compute", 10, runs([10, 5, 2.5], [(5, 6), (5, 7), (5, 9)]), 2)
@@ -100,7 +112,10 @@ def test_rounds_give_medians_and_per_round_ratios(bench):
 
 def test_darkroom_variants_override_job_resources(tmp_path, bench):
     assert bench.darkroom_overrides("darkroom") == {}
-    assert bench.darkroom_overrides("darkroom:threads_per_actor=1;cpus_per_task=0.5") == {"threads_per_actor": 1, "cpus_per_task": 0.5}
+    assert bench.darkroom_overrides("darkroom:threads_per_actor=1;cpus_per_task=0.5") == {
+        "threads_per_actor": 1,
+        "cpus_per_task": 0.5,
+    }
     with pytest.raises(ValueError):
         bench.darkroom_overrides("darkroom:tile")
     bench.write_job(tmp_path / "job.yaml", "compute", tmp_path / "in", tmp_path / "out", {"tile": 0})
@@ -116,8 +131,13 @@ def test_darkroom_variants_override_job_resources(tmp_path, bench):
 def test_big_image_reports_peak_memory_against_the_output(tmp_path):
     """benchmarks/big_image.py end to end on a small photo (the figures are not asserted)."""
     script = REPO / "benchmarks" / "big_image.py"
-    proc = subprocess.run([sys.executable, str(script), "--width", "96", "--height", "64", "--tile", "32", "--no-save"],
-                          capture_output=True, text=True, cwd=REPO, timeout=230)
+    proc = subprocess.run(
+        [sys.executable, str(script), "--width", "96", "--height", "64", "--tile", "32", "--no-save"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=230,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "output 384×256" in proc.stdout and "× output" in proc.stdout
 

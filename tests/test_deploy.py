@@ -22,7 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 NIGHTLY_JOB = "jobs/nightly-restore.yaml"
 WRAPPER = DEPLOY / "cron" / "darkroom-nightly.sh"
-AWS_SECRETS = re.compile(r"aws_access_key_id|aws_secret_access_key|aws_session_token|secretkey|\b(AKIA|ASIA)[0-9A-Z]{16}\b", re.I)
+AWS_SECRETS = re.compile(
+    r"aws_access_key_id|aws_secret_access_key|aws_session_token|secretkey|\b(AKIA|ASIA)[0-9A-Z]{16}\b", re.I
+)
 
 API_VERSIONS = {
     "ServiceAccount": "v1",
@@ -137,7 +139,11 @@ def test_raycluster_cpu_head_and_autoscaling_gpu_workers_with_irsa():
         [container] = group["template"]["spec"]["containers"]
         assert container["image"] and container["resources"]["limits"]
     assert "nvidia.com/gpu" not in head["template"]["spec"]["containers"][0]["resources"]["limits"]
-    gpu = [g for g in groups if int(g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0)) >= 1]
+    gpu = [
+        g
+        for g in groups
+        if int(g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0)) >= 1
+    ]
     assert gpu and all(0 <= g["minReplicas"] <= g["replicas"] <= g["maxReplicas"] and g["groupName"] for g in gpu)
     accounts = {sa["metadata"]["name"]: sa for sa in _by_kind("ServiceAccount")}
     for group in [head, *groups]:
@@ -166,7 +172,11 @@ def test_cronjob_creates_rayjobs_with_only_the_rights_it_needs():
     assert pod["restartPolicy"] == "Never"
     [container] = pod["containers"]
     [rule] = job_spec["podFailurePolicy"]["rules"]
-    assert rule["action"] == "FailJob" and rule["onExitCodes"] == {"containerName": container["name"], "operator": "In", "values": [2, 3]}
+    assert rule["action"] == "FailJob" and rule["onExitCodes"] == {
+        "containerName": container["name"],
+        "operator": "In",
+        "values": [2, 3],
+    }
 
     # RBAC: the pod's ServiceAccount is bound to a Role that may create (and follow) ray.io rayjobs
     account = pod["serviceAccountName"]
@@ -174,7 +184,9 @@ def test_cronjob_creates_rayjobs_with_only_the_rights_it_needs():
     [binding] = [b for b in _by_kind("RoleBinding") if {"kind": "ServiceAccount", "name": account} in b["subjects"]]
     role = next(r for r in _by_kind("Role") if r["metadata"]["name"] == binding["roleRef"]["name"])
     [rule] = role["rules"]
-    assert rule["apiGroups"] == ["ray.io"] and rule["resources"] == ["rayjobs"] and {"create", "get"} <= set(rule["verbs"])
+    assert (
+        rule["apiGroups"] == ["ray.io"] and rule["resources"] == ["rayjobs"] and {"create", "get"} <= set(rule["verbs"])
+    )
 
     # the ConfigMap it mounts is generated from rayjob.yaml and the script it runs
     kustomization = _one("Kustomization")
@@ -292,15 +304,23 @@ def test_wrapper_exit_2_on_a_bad_job_file_without_retrying(tmp_path):
 
 def test_wrapper_retries_a_failed_run_then_exits_1(tmp_path):
     job = tmp_path / "job.yaml"
-    job.write_text(f"name: x\ninput: {{uri: {tmp_path}/in}}\noutput: {{uri: {tmp_path}/out}}\nsteps: [{{model: identity}}]\n")
+    job.write_text(
+        f"name: x\ninput: {{uri: {tmp_path}/in}}\noutput: {{uri: {tmp_path}/out}}\nsteps: [{{model: identity}}]\n"
+    )
     import socket
 
     with socket.socket() as s:  # a port nobody listens on: the cluster is unreachable
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
-    result = _wrapper(tmp_path, DARKROOM_JOB=str(job), DARKROOM_RETRIES="1", DARKROOM_SUBMIT_ADDRESS=f"http://127.0.0.1:{closed}")
+    result = _wrapper(
+        tmp_path, DARKROOM_JOB=str(job), DARKROOM_RETRIES="1", DARKROOM_SUBMIT_ADDRESS=f"http://127.0.0.1:{closed}"
+    )
     assert result.returncode == 1, result.stdout + result.stderr
-    assert result.stdout.count("attempt ") == 2 and "retrying in 0s" in result.stdout and "after 2 attempt(s)" in result.stdout
+    assert (
+        result.stdout.count("attempt ") == 2
+        and "retrying in 0s" in result.stdout
+        and "after 2 attempt(s)" in result.stdout
+    )
     assert result.stderr.count("error: cannot reach the Ray cluster") == 2
     assert _notified(tmp_path) == [f"1 darkroom nightly ({job}): run failed (exit 1) after 2 attempt(s)"]
 

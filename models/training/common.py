@@ -10,8 +10,8 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -156,7 +156,10 @@ def train(
         recent = (recent + [loss.item()])[-100:]
         done = step + 1
         if done % log_every == 0 or done == steps:
-            print(f"step {done}/{steps} loss(last100) {sum(recent) / len(recent):.5f} cpu {time.process_time() - t0:.0f}s", flush=True)
+            print(
+                f"step {done}/{steps} loss(last100) {sum(recent) / len(recent):.5f} cpu {time.process_time() - t0:.0f}s",
+                flush=True,
+            )
         if on_step is not None:
             on_step(done)
         if time.process_time() - t0 > max_cpu_seconds:
@@ -185,7 +188,12 @@ def init_from(net: torch.nn.Module, path: Path | None) -> dict[str, str]:
 
 
 def save_weights(
-    net: torch.nn.Module, filename: str, seed: int, stats: dict[str, float], extra: dict[str, str], out_dir: Path = WEIGHTS_DIR
+    net: torch.nn.Module,
+    filename: str,
+    seed: int,
+    stats: dict[str, float],
+    extra: dict[str, str],
+    out_dir: Path = WEIGHTS_DIR,
 ) -> Path:
     """Write <out_dir>/<filename> (safetensors + metadata) and print its sha256.
 
@@ -200,7 +208,7 @@ def save_weights(
         "steps": str(int(stats["steps"])),
         "final_loss": f"{stats['final_loss']:.6f}",
         "cpu_seconds": f"{stats['cpu_seconds']:.0f}",
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "licence": "MIT (trained by darkroom on scikit-image sample images)",
         **extra,
@@ -212,4 +220,14 @@ def save_weights(
     return path
 
 
-__all__ = ["HELD_OUT", "TRAIN_IMAGES", "init_from", "quantize", "random_patches", "sample_image", "save_weights", "train", "training_images"]
+__all__ = [
+    "HELD_OUT",
+    "TRAIN_IMAGES",
+    "init_from",
+    "quantize",
+    "random_patches",
+    "sample_image",
+    "save_weights",
+    "train",
+    "training_images",
+]

@@ -58,7 +58,10 @@ class LossLog:
             row = self.means()
             with open(self.path, "a", newline="") as fh:
                 csv.writer(fh).writerow([step, *(f"{row[n]:.5f}" for n in self.names), f"{cpu_seconds:.0f}"])
-            print(f"step {step} " + " ".join(f"{n} {row[n]:.4f}" for n in self.names) + f" cpu {cpu_seconds:.0f}s", flush=True)
+            print(
+                f"step {step} " + " ".join(f"{n} {row[n]:.4f}" for n in self.names) + f" cpu {cpu_seconds:.0f}s",
+                flush=True,
+            )
 
     def means(self) -> dict[str, float]:
         return {n: sum(v) / len(v) for n, v in self.recent.items() if v}

@@ -28,7 +28,15 @@ import torch
 from models.darkroom_colorize import NAME, ColorizeConfig, DarkroomColorize, rgb_to_ycc
 from models.training.common import HELD_OUT, TRAIN_IMAGES, quantize, sample_image, save_weights, synthetic_image
 
-COLOUR_TRAIN_IMAGES = ("rocket", "immunohistochemistry", "retina", "hubble_deep_field", "stereo_motorcycle", "colorwheel", "logo")
+COLOUR_TRAIN_IMAGES = (
+    "rocket",
+    "immunohistochemistry",
+    "retina",
+    "hubble_deep_field",
+    "stereo_motorcycle",
+    "colorwheel",
+    "logo",
+)
 SYNTHETIC = 2
 assert set(COLOUR_TRAIN_IMAGES) <= set(TRAIN_IMAGES) and not set(COLOUR_TRAIN_IMAGES) & set(HELD_OUT)
 
@@ -97,8 +105,14 @@ def leave_one_out(seed: int, cfg: ColorizeConfig, names: tuple[str, ...] = COLOU
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic drawings")
-    ap.add_argument("--hold", choices=COLOUR_TRAIN_IMAGES, help="leave this image out and report on it (a check, not for shipping)")
-    ap.add_argument("--leave-one-out", action="store_true", help="report each colour training image left out in turn, then fit on all")
+    ap.add_argument(
+        "--hold", choices=COLOUR_TRAIN_IMAGES, help="leave this image out and report on it (a check, not for shipping)"
+    )
+    ap.add_argument(
+        "--leave-one-out",
+        action="store_true",
+        help="report each colour training image left out in turn, then fit on all",
+    )
     ap.add_argument("--out-dir", type=Path, help="write the weights here instead of models/weights/")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)

@@ -53,7 +53,19 @@ from models.training.generation import GRID_SEED, provenance
 from models.weights import file_sha256, save_atomic
 
 REPO = Path(__file__).resolve().parents[2]
-RUN_KEYS = ("steps", "batch", "lr", "seed", "loss", "cpu_seconds", "wall_seconds", "final_loss", "weights_sha256", "grids", "loss_curve")
+RUN_KEYS = (
+    "steps",
+    "batch",
+    "lr",
+    "seed",
+    "loss",
+    "cpu_seconds",
+    "wall_seconds",
+    "final_loss",
+    "weights_sha256",
+    "grids",
+    "loss_curve",
+)
 GRID_SAMPLES, GRID_COLUMNS, GRID_STEPS = 40, 10, 50
 
 
@@ -89,7 +101,9 @@ def save_grid(unet, path: Path) -> None:
     shape = (GRID_SAMPLES, CONFIG.in_channels, CONFIG.sample_size, CONFIG.sample_size)
     images = ddim_sample(unet_eps(unet, micro_batch=GRID_SAMPLES), shape, CONFIG.alphas_cumprod(), gens, GRID_STEPS)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(F.interpolate(images, scale_factor=2, mode="nearest"), path, nrow=GRID_COLUMNS, padding=2, pad_value=0.25)
+    save_image(
+        F.interpolate(images, scale_factor=2, mode="nearest"), path, nrow=GRID_COLUMNS, padding=2, pad_value=0.25
+    )
     print(f"wrote {path}", flush=True)
 
 
@@ -119,13 +133,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.init is not None:
         net.unet.load_state_dict(load_pipeline_folder(str(args.init)).state_dict())
         record = json.loads((args.init / "training.json").read_text())
-        earlier = record.get("runs") or [{k: record[k] for k in RUN_KEYS if k in record}]  # a first run: the record is the run
+        earlier = record.get("runs") or [
+            {k: record[k] for k in RUN_KEYS if k in record}
+        ]  # a first run: the record is the run
         for run in earlier:
             run.setdefault("loss", "MSE on the noise")  # records written before the loss was recorded
         prior = {"init_from_sha256": record["weights_sha256"], "steps_before": record["steps"]}
     ema = EMA(net.unet, args.ema)
     params = sum(p.numel() for p in net.parameters())
-    print(f"{data.shape[0]} digits {tuple(data.shape[1:])}; UNet {params:,} parameters; ≤ {args.steps} steps", flush=True)
+    print(
+        f"{data.shape[0]} digits {tuple(data.shape[1:])}; UNet {params:,} parameters; ≤ {args.steps} steps", flush=True
+    )
 
     losses: list[float] = []
     curve: list[tuple[int, float]] = []
@@ -157,8 +175,16 @@ def main(argv: list[str] | None = None) -> None:
             save_grid(ema.net, args.grids / f"ddpm-digits-{grid_steps[step]}.png")
 
     started = time.time()
-    stats = train(net, make_batch, loss_fn, steps=args.steps, lr=args.lr, seed=args.seed,
-                  max_cpu_seconds=args.max_cpu_seconds, on_step=on_step)
+    stats = train(
+        net,
+        make_batch,
+        loss_fn,
+        steps=args.steps,
+        lr=args.lr,
+        seed=args.seed,
+        max_cpu_seconds=args.max_cpu_seconds,
+        on_step=on_step,
+    )
     wall = time.time() - started
     grids["final"] = int(stats["steps"])
     save_grid(ema.net, args.grids / "ddpm-digits-final.png")
@@ -174,11 +200,13 @@ def main(argv: list[str] | None = None) -> None:
         "batch": str(args.batch),
         "lr": str(args.lr),
         "ema_decay": str(args.ema),
-        "loss": f"MSE on the noise, min-SNR weighted (gamma {args.min_snr})" if args.min_snr > 0 else "MSE on the noise",
+        "loss": f"MSE on the noise, min-SNR weighted (gamma {args.min_snr})"
+        if args.min_snr > 0
+        else "MSE on the noise",
         "final_loss": f"{stats['final_loss']:.6f}",
         "cpu_seconds": f"{stats['cpu_seconds'] + sum(float(r['cpu_seconds']) for r in earlier):.0f}",
         "training_runs": str(len(earlier) + 1),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "torch": torch.__version__,
     }
     weights = args.out / WEIGHTS_NAME
@@ -187,12 +215,27 @@ def main(argv: list[str] | None = None) -> None:
     weights.chmod(0o644)
     digest = file_sha256(weights)
     offset = int(prior.get("steps_before", 0))
-    this_run = {"steps": str(int(stats["steps"])), "batch": str(args.batch), "lr": str(args.lr), "seed": str(args.seed), "loss": meta["loss"],
-                "cpu_seconds": f"{stats['cpu_seconds']:.0f}", "wall_seconds": round(wall), "final_loss": meta["final_loss"],
-                "weights_sha256": digest, "grids": {k: v + offset for k, v in grids.items()},
-                "loss_curve": [(s + offset, loss) for s, loss in curve]}
-    record = {**meta, "wall_seconds": round(wall) + sum(r["wall_seconds"] for r in earlier), "parameters": params,
-              "config": asdict(CONFIG), "weights_sha256": digest, "runs": [*earlier, this_run]}
+    this_run = {
+        "steps": str(int(stats["steps"])),
+        "batch": str(args.batch),
+        "lr": str(args.lr),
+        "seed": str(args.seed),
+        "loss": meta["loss"],
+        "cpu_seconds": f"{stats['cpu_seconds']:.0f}",
+        "wall_seconds": round(wall),
+        "final_loss": meta["final_loss"],
+        "weights_sha256": digest,
+        "grids": {k: v + offset for k, v in grids.items()},
+        "loss_curve": [(s + offset, loss) for s, loss in curve],
+    }
+    record = {
+        **meta,
+        "wall_seconds": round(wall) + sum(r["wall_seconds"] for r in earlier),
+        "parameters": params,
+        "config": asdict(CONFIG),
+        "weights_sha256": digest,
+        "runs": [*earlier, this_run],
+    }
     (args.out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {args.out}/ ({weights.stat().st_size / 1e6:.2f} MB weights)\nsha256 {digest}", flush=True)
 

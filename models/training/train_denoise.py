@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--init", type=Path, help="continue from these weights (a second warm-up + cosine cycle)")
     ap.add_argument("--max-cpu-seconds", type=float, default=420)
     ap.add_argument("--max-wall-seconds", type=float, help="also end (annealed) within this wall-clock time")
-    ap.add_argument("--out-dir", type=Path, default=WEIGHTS_DIR, help="where the final weights go (trial runs: elsewhere)")
+    ap.add_argument(
+        "--out-dir", type=Path, default=WEIGHTS_DIR, help="where the final weights go (trial runs: elsewhere)"
+    )
     ap.add_argument("--checkpoint", type=Path, help="save the weights here every 500 steps (to salvage a cut-off run)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -45,7 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     if prior:  # init_from reports steps and sha256; the earlier run's CPU time and patches are in its metadata too
         with safe_open(str(args.init), "pt") as fh:
             meta = fh.metadata() or {}
-        prior.update(cpu_seconds=meta.get("cpu_seconds", "0"), batch=meta.get("batch", "?"), patch=meta.get("patch", "?"))
+        prior.update(
+            cpu_seconds=meta.get("cpu_seconds", "0"), batch=meta.get("batch", "?"), patch=meta.get("patch", "?")
+        )
 
     def make_batch(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         clean = random_patches(images, args.batch, args.patch, gen)
@@ -54,10 +58,21 @@ def main(argv: list[str] | None = None) -> None:
 
     def checkpoint(done: int) -> None:
         if args.checkpoint is not None and done % 500 == 0:
-            save_atomic({k: v.detach().clone() for k, v in net.state_dict().items()}, args.checkpoint, {"steps": str(done)})
+            save_atomic(
+                {k: v.detach().clone() for k, v in net.state_dict().items()}, args.checkpoint, {"steps": str(done)}
+            )
 
-    stats = train(net, make_batch, F.mse_loss, steps=args.steps, lr=args.lr, seed=args.seed, max_cpu_seconds=args.max_cpu_seconds,
-                  max_wall_seconds=args.max_wall_seconds, on_step=checkpoint)
+    stats = train(
+        net,
+        make_batch,
+        F.mse_loss,
+        steps=args.steps,
+        lr=args.lr,
+        seed=args.seed,
+        max_cpu_seconds=args.max_cpu_seconds,
+        max_wall_seconds=args.max_wall_seconds,
+        on_step=checkpoint,
+    )
     run = dict(stats)
     stats["steps"] += int(prior.get("steps", 0))
     # A continued run records the whole history: total steps and CPU time, and what it started from.
@@ -69,9 +84,20 @@ def main(argv: list[str] | None = None) -> None:
         "batch": str(args.batch),
         "patch": str(args.patch),
         **cfg.as_metadata(),
-        **({"init_from_sha256": prior["sha256"], "steps_before": prior["steps"], "cpu_seconds_before": prior["cpu_seconds"],
-            "batch_before": prior["batch"], "patch_before": prior["patch"], "steps_this_run": str(run["steps"]),
-            "cpu_seconds_this_run": f"{run['cpu_seconds']:.0f}", "lr_this_run": str(args.lr)} if prior else {}),
+        **(
+            {
+                "init_from_sha256": prior["sha256"],
+                "steps_before": prior["steps"],
+                "cpu_seconds_before": prior["cpu_seconds"],
+                "batch_before": prior["batch"],
+                "patch_before": prior["patch"],
+                "steps_this_run": str(run["steps"]),
+                "cpu_seconds_this_run": f"{run['cpu_seconds']:.0f}",
+                "lr_this_run": str(args.lr),
+            }
+            if prior
+            else {}
+        ),
     }
     save_weights(net, f"{NAME}.safetensors", args.seed, stats, extra, out_dir=args.out_dir)
 

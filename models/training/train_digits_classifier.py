@@ -46,7 +46,9 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return (x + sigma * torch.randn(x.shape, generator=gen)).clamp(0, 1)
 
 
-def not_one_digit(strokes: torch.Tensor, labels: torch.Tensor, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def not_one_digit(
+    strokes: torch.Tensor, labels: torch.Tensor, n: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """n images that show no single digit, N×1×H×W in [0, 1], with their target probabilities N×10:
     a third colour noise, a third smooth colour blobs (uniform targets) — both seen, as the
     classifier sees everything, through ``shape_channel`` — and a third blends of two augmented
@@ -98,7 +100,15 @@ def main(argv: list[str] | None = None) -> None:
         images = torch.cat([augment(strokes[rows], gen), junk])
         return images, torch.cat([F.one_hot(train_set.labels[rows], 10).float(), junk_target])
 
-    stats = train(net, make_batch, F.cross_entropy, steps=args.steps, lr=args.lr, seed=args.seed, max_cpu_seconds=args.max_cpu_seconds)
+    stats = train(
+        net,
+        make_batch,
+        F.cross_entropy,
+        steps=args.steps,
+        lr=args.lr,
+        seed=args.seed,
+        max_cpu_seconds=args.max_cpu_seconds,
+    )
     held, seen = accuracy(net, held_back), accuracy(net, train_set)
     print(f"accuracy: held-back {held:.4f} ({held_back.labels.numel()} digits), train {seen:.4f}", flush=True)
     extra = {

@@ -46,7 +46,10 @@ def random_shift(x: torch.Tensor, gen: torch.Generator, max_shift: int) -> torch
     n, _, h, w = x.shape
     padded = F.pad(x, (max_shift,) * 4)
     shifts = torch.randint(-max_shift, max_shift + 1, (n, 2), generator=gen) * torch.randint(2, (n, 1), generator=gen)
-    rows = [padded[i, :, max_shift + dy : max_shift + dy + h, max_shift + dx : max_shift + dx + w] for i, (dy, dx) in enumerate(shifts.tolist())]
+    rows = [
+        padded[i, :, max_shift + dy : max_shift + dy + h, max_shift + dx : max_shift + dx + w]
+        for i, (dy, dx) in enumerate(shifts.tolist())
+    ]
     return torch.stack(rows)
 
 
@@ -107,7 +110,10 @@ def main(argv: list[str] | None = None) -> None:
     target_spread = real_spread(images, labels, gen) / (2 / math.pi**0.5)  # E|z1 - z2| = 2/√π per coordinate
     grid_steps = sorted({max(1, args.steps // 20), args.steps // 2})
     log = LossLog(args.out / "loss.csv", ["d_loss", "g_loss", "spread", "d_real", "d_fake"])
-    print(f"generator {sum(p.numel() for p in g_net.parameters())} params, discriminator {sum(p.numel() for p in d_net.parameters())}", flush=True)
+    print(
+        f"generator {sum(p.numel() for p in g_net.parameters())} params, discriminator {sum(p.numel() for p in d_net.parameters())}",
+        flush=True,
+    )
 
     t0, done = time.process_time(), 0
     for step in range(1, args.steps + 1):
@@ -150,7 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     extra = {
         "model": NAME,
         "loss": "non-saturating GAN (softplus) + mode seeking, projection discriminator with spectral norm"
-        + (" and minibatch stddev" if cfg.d_minibatch_std else "") + "; final_loss = generator adversarial loss",
+        + (" and minibatch stddev" if cfg.d_minibatch_std else "")
+        + "; final_loss = generator adversarial loss",
         "final_d_loss": f"{means['d_loss']:.6f}",
         "batch": str(args.batch),
         "lr": str(args.lr),

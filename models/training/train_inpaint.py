@@ -24,7 +24,9 @@ def _uniform(gen: torch.Generator, low: float, high: float) -> float:
     return low + (high - low) * float(torch.rand((), generator=gen))
 
 
-def hole_mask(gen: torch.Generator, height: int, width: int, coverage: tuple[float, float] = (0.03, 0.35)) -> torch.Tensor:
+def hole_mask(
+    gen: torch.Generator, height: int, width: int, coverage: tuple[float, float] = (0.03, 0.35)
+) -> torch.Tensor:
     """A random H×W bool mask, True = hole: what restoration jobs mask out.
 
     Thick polyline scratches, axis-aligned boxes and ellipses, drawn until the holes cover a
@@ -85,7 +87,9 @@ def main(argv: list[str] | None = None) -> None:
         damaged = torch.where(known > 0, clean, torch.rand(clean.shape, generator=gen))
         return torch.cat([damaged, known], dim=1), clean
 
-    stats = train(net, make_batch, F.l1_loss, steps=args.steps, lr=args.lr, seed=args.seed, max_cpu_seconds=args.max_cpu_seconds)
+    stats = train(
+        net, make_batch, F.l1_loss, steps=args.steps, lr=args.lr, seed=args.seed, max_cpu_seconds=args.max_cpu_seconds
+    )
     stats["steps"] += int(prior.get("steps", 0))
     extra = {
         "model": NAME,

@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> None:
         hr = random_patches(images, args.batch, args.patch, gen)
         return quantize(resize(hr, lr_side, lr_side, "bicubic")), hr
 
-    stats = train(net, make_batch, F.l1_loss, steps=args.steps, lr=args.lr, seed=args.seed, max_cpu_seconds=args.max_cpu_seconds)
+    stats = train(
+        net, make_batch, F.l1_loss, steps=args.steps, lr=args.lr, seed=args.seed, max_cpu_seconds=args.max_cpu_seconds
+    )
     stats["steps"] += int(prior.get("steps", 0))
     extra = {
         "model": NAME,

@@ -117,5 +117,7 @@ def check_training_output(module: ModuleType, out: Path) -> None:
     path = out / f"{module.NAME}.safetensors"
     assert {p.name for p in out.glob("*.png")} == {f"{module.NAME}-step1.png", f"{module.NAME}-step2.png"}
     assert (out / "loss.csv").is_file() and (out / "train.json").is_file()
-    built = module.build(spec=WeightsSpec(uri=str(path), sha256=file_sha256(path), format="safetensors", scale=1, licence=module.LICENCE))
+    built = module.build(
+        spec=WeightsSpec(uri=str(path), sha256=file_sha256(path), format="safetensors", scale=1, licence=module.LICENCE)
+    )
     assert built.sample(gens([0, 1]), [0, 9], torch.device("cpu")).shape == (2, 3, 32, 32)

@@ -128,7 +128,9 @@ def test_pin_mismatch_refused_on_s3(s3_bucket, tmp_path, originals):
     save_file(sd, str(path))
     uri = put_s3(s3_bucket, "models/w.safetensors", path)
     wrong = "0" * 64
-    with pytest.raises(WeightsError, match=f"sha256 mismatch \\(pinned {wrong}, file has {sha256_of(path)}\\); refusing"):
+    with pytest.raises(
+        WeightsError, match=f"sha256 mismatch \\(pinned {wrong}, file has {sha256_of(path)}\\); refusing"
+    ):
         build({"uri": uri, "sha256": wrong})
 
 
@@ -188,14 +190,22 @@ def test_shape_mismatch_reported(tmp_path, originals):
     _, sd = originals["realesr-animevideov3"]
     path = tmp_path / "odd.safetensors"
     save_file(sd | {"body.2.weight": torch.zeros(32, 64, 3, 3)}, str(path))
-    with pytest.raises(WeightsError, match=r"shape mismatches \(1; checkpoint vs network\): body.2.weight \[32, 64, 3, 3\] vs \[64, 64, 3, 3\]"):
+    with pytest.raises(
+        WeightsError,
+        match=r"shape mismatches \(1; checkpoint vs network\): body.2.weight \[32, 64, 3, 3\] vs \[64, 64, 3, 3\]",
+    ):
         build({"uri": str(path)})
 
 
 def test_unrelated_state_dict_not_detected(tmp_path):
     path = tmp_path / "classifier.pth"
-    torch.save({"model": {"fc1.weight": torch.zeros(8, 4), "fc1.bias": torch.zeros(8), "fc2.weight": torch.zeros(2, 8)}}, path)
-    with pytest.raises(WeightsError, match=r"architecture not detected: spandrel .* \(3 tensors; keys: fc1.weight, fc1.bias, fc2.weight\)"):
+    torch.save(
+        {"model": {"fc1.weight": torch.zeros(8, 4), "fc1.bias": torch.zeros(8), "fc2.weight": torch.zeros(2, 8)}}, path
+    )
+    with pytest.raises(
+        WeightsError,
+        match=r"architecture not detected: spandrel .* \(3 tensors; keys: fc1.weight, fc1.bias, fc2.weight\)",
+    ):
         build({"uri": str(path)})
 
 
@@ -238,7 +248,9 @@ def test_fingerprint_follows_the_file_content(tmp_path, originals):
 
     def job(params):
         steps = [{"model": "checkpoint", "params": params}]
-        return parse_job({"name": "t", "input": {"uri": str(tmp_path)}, "output": {"uri": str(tmp_path / "o")}, "steps": steps}, reg)
+        return parse_job(
+            {"name": "t", "input": {"uri": str(tmp_path)}, "output": {"uri": str(tmp_path / "o")}, "steps": steps}, reg
+        )
 
     first = job({"uri": str(path)}).fingerprint(reg)
     assert job({"uri": str(path)}).fingerprint(reg) == first
@@ -285,7 +297,9 @@ def test_pipeline_run_records_the_checkpoint_digest(ray_local, s3_bucket, tmp_pa
     rows = duckdb.sql(
         f"SELECT input_uri, output_uri, weights_sha256, models, fingerprint FROM '{tmp_path}/out/manifest/**/*.parquet' ORDER BY 1"
     ).fetchall()
-    assert [(r[2], r[3], r[4]) for r in rows] == [([sha256_of(path)], ["checkpoint"], job.fingerprint(default_registry()))] * 2
+    assert [(r[2], r[3], r[4]) for r in rows] == [
+        ([sha256_of(path)], ["checkpoint"], job.fingerprint(default_registry()))
+    ] * 2
 
     for _, output_uri, *_ in rows:
         assert Image.open(output_uri).size == (4 * 32, 4 * 24)

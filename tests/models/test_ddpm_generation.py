@@ -27,8 +27,15 @@ from models.diffusion import (
 from models.weights import WeightsError, file_sha256, package_file
 from tests.models.generation_checks import gens
 
-TINY = DDPMConfig(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
-                  norm_num_groups=4, num_train_timesteps=50)
+TINY = DDPMConfig(
+    sample_size=8,
+    in_channels=3,
+    out_channels=3,
+    block_out_channels=(8, 16),
+    layers_per_block=1,
+    norm_num_groups=4,
+    num_train_timesteps=50,
+)
 FAST = {"sampler": "ddim", "steps": 3, "micro_batch": 2}
 
 
@@ -63,7 +70,9 @@ def test_shipped_folder_is_pinned_and_documented():
 
 def test_digits_entry_builds_and_samples(reg):
     entry = reg.get("darkroom-ddpm-digits")
-    assert entry.task == "generation" and entry.num_classes == 0 and entry.weights_sha256({}) == ddpm_digits.WEIGHTS.sha256
+    assert (
+        entry.task == "generation" and entry.num_classes == 0 and entry.weights_sha256({}) == ddpm_digits.WEIGHTS.sha256
+    )
     model = reg.build("darkroom-ddpm-digits", FAST)
     assert isinstance(model, GenerativeModel)
     assert (model.shape, model.sampler, model.steps, model.num_classes) == ((3, 32, 32), "ddim", 3, 0)
@@ -80,15 +89,28 @@ def test_default_steps_and_param_validation(reg):
     assert reg.build("darkroom-ddpm-digits", {"sampler": "ddpm"}).steps == 1000
     assert reg.build("darkroom-ddpm-digits").steps == 50  # ddim by default
     entry = reg.get("darkroom-ddpm-digits")
-    for bad in ({"sampler": "ddpm", "eta": 0.5}, {"sampler": "euler"}, {"eta": -1}, {"steps": 0}, {"micro_batch": 0}, {"uri": "x"}):
+    for bad in (
+        {"sampler": "ddpm", "eta": 0.5},
+        {"sampler": "euler"},
+        {"eta": -1},
+        {"steps": 0},
+        {"micro_batch": 0},
+        {"uri": "x"},
+    ):
         with pytest.raises(ValidationError):
             entry.validate_params(bad)
     with pytest.raises(ValueError, match="exceeds"):
         reg.build("darkroom-ddpm-digits", {"steps": 1001})
 
 
-@pytest.mark.parametrize("params", [FAST, {"sampler": "ddim", "steps": 3, "eta": 1.0, "micro_batch": 2},
-                                    {"sampler": "ddpm", "steps": 3, "micro_batch": 2}])
+@pytest.mark.parametrize(
+    "params",
+    [
+        FAST,
+        {"sampler": "ddim", "steps": 3, "eta": 1.0, "micro_batch": 2},
+        {"sampler": "ddpm", "steps": 3, "micro_batch": 2},
+    ],
+)
 def test_a_sample_does_not_depend_on_its_batch(reg, params):
     """Index 5 alone, and in the middle of a batch of 3 (so in another micro-batch position): same bits."""
     model = reg.build("darkroom-ddpm-digits", params)
@@ -103,7 +125,9 @@ def test_shipped_ddpm_draws_recognisable_digits(reg):
     DDPM steps give samples the classifier reads confidently (15 of 16 when shipped), of several
     classes. The classifier is confident about none of what an untrained UNet draws (noise)."""
     model = reg.build("darkroom-ddpm-digits", {"sampler": "ddpm", "steps": 25, "micro_batch": 16})
-    probs = digits_classifier.probabilities(digits_classifier.build(), model.sample(gens(range(16), seed=0), None, torch.device("cpu")))
+    probs = digits_classifier.probabilities(
+        digits_classifier.build(), model.sample(gens(range(16), seed=0), None, torch.device("cpu"))
+    )
     top_p, top = probs.max(1)
     assert float((top_p > 0.9).float().mean()) >= 0.6, top_p
     assert len(set(top.tolist())) >= 5, top
@@ -118,7 +142,9 @@ def test_ddpm_entry_loads_a_local_folder_and_pins_it(reg, tiny_folder):
     assert (model.shape, model.steps, model.weights_sha256) == ((3, 8, 8), 2, digest)
     out = model.sample(gens(range(3)), None, torch.device("cpu"))
     assert out.shape == (3, 3, 8, 8) and 0 <= float(out.min()) and float(out.max()) <= 1
-    assert reg.build("ddpm", {"uri": str(tiny_folder), "sampler": "ddpm"}).steps == TINY.num_train_timesteps  # T from its scheduler_config.json
+    assert (
+        reg.build("ddpm", {"uri": str(tiny_folder), "sampler": "ddpm"}).steps == TINY.num_train_timesteps
+    )  # T from its scheduler_config.json
     assert reg.build("ddpm", {**params, "sha256": digest.upper()}).weights_sha256 == digest
     with pytest.raises(WeightsError, match="sha256 mismatch"):
         reg.build("ddpm", {**params, "sha256": "0" * 64})
@@ -133,13 +159,21 @@ def test_ddpm_entry_reads_a_pipeline_folder_on_s3(reg, tiny_folder, s3_bucket, s
     fs.put(str(tiny_folder / "config.json"), f"{root}/unet/config.json")
     fs.put(str(tiny_folder / WEIGHTS_NAME), f"{root}/unet/{WEIGHTS_NAME}")
     fs.put(str(tiny_folder / SCHEDULER_CONFIG_NAME), f"{root}/scheduler/{SCHEDULER_CONFIG_NAME}")
-    params = {"uri": f"s3://{root}", "storage_options": {"client_kwargs": {"endpoint_url": s3_endpoint}}, "sampler": "ddim", "steps": 2, "micro_batch": 2}
+    params = {
+        "uri": f"s3://{root}",
+        "storage_options": {"client_kwargs": {"endpoint_url": s3_endpoint}},
+        "sampler": "ddim",
+        "steps": 2,
+        "micro_batch": 2,
+    }
     digest = file_sha256(tiny_folder / WEIGHTS_NAME)
     assert reg.get("ddpm").weights_sha256(params) == digest
     remote = reg.build("ddpm", params)
     local = reg.build("ddpm", {**params, "uri": str(tiny_folder), "storage_options": {}})
     assert remote.weights_sha256 == digest
-    assert torch.equal(remote.sample(gens([0, 1]), None, torch.device("cpu")), local.sample(gens([0, 1]), None, torch.device("cpu")))
+    assert torch.equal(
+        remote.sample(gens([0, 1]), None, torch.device("cpu")), local.sample(gens([0, 1]), None, torch.device("cpu"))
+    )
 
 
 def test_unsupported_folders_are_refused(reg, tiny_folder, tmp_path):

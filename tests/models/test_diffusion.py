@@ -71,8 +71,13 @@ def _noise_stream(seed=3, n=SHAPE[0]):
 
 def _ddpm_scheduler():
     return DDPMScheduler(
-        num_train_timesteps=CFG.num_train_timesteps, beta_schedule="linear", beta_start=CFG.beta_start,
-        beta_end=CFG.beta_end, clip_sample=True, variance_type="fixed_small", prediction_type="epsilon",
+        num_train_timesteps=CFG.num_train_timesteps,
+        beta_schedule="linear",
+        beta_start=CFG.beta_start,
+        beta_end=CFG.beta_end,
+        clip_sample=True,
+        variance_type="fixed_small",
+        prediction_type="epsilon",
     )
 
 
@@ -112,8 +117,14 @@ def test_ddim_matches_diffusers_step_by_step(unet, eta):
 
     noise = _noise_stream()
     sched = DDIMScheduler(
-        num_train_timesteps=CFG.num_train_timesteps, beta_schedule="linear", beta_start=CFG.beta_start,
-        beta_end=CFG.beta_end, clip_sample=True, set_alpha_to_one=True, steps_offset=0, prediction_type="epsilon",
+        num_train_timesteps=CFG.num_train_timesteps,
+        beta_schedule="linear",
+        beta_start=CFG.beta_start,
+        beta_end=CFG.beta_end,
+        clip_sample=True,
+        set_alpha_to_one=True,
+        steps_offset=0,
+        prediction_type="epsilon",
     )
     sched.set_timesteps(num_steps)
     x, reference = next(noise), []
@@ -182,7 +193,11 @@ def test_sample_is_bit_identical_whatever_the_batching(unet, sampler):
 
 def test_folder_round_trip_local(unet, tmp_path):
     folder = save_pipeline_folder(unet, CFG, tmp_path / "digits")
-    assert {p.name for p in folder.iterdir()} >= {"config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json"}
+    assert {p.name for p in folder.iterdir()} >= {
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+        "scheduler_config.json",
+    }
     loaded = load_pipeline_folder(str(folder), sha256=file_sha256(folder / "diffusion_pytorch_model.safetensors"))
     for (k, a), (k2, b) in zip(unet.state_dict().items(), loaded.state_dict().items()):
         assert k == k2 and torch.equal(a, b)

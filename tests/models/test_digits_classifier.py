@@ -53,7 +53,9 @@ def test_not_confident_about_what_is_no_digit(net, held_back):
     not count as a recognisable digit (top probability > 0.9) in the generation benchmark."""
     gen = torch.Generator().manual_seed(5)
     noise = torch.rand(64, 3, 32, 32, generator=gen)
-    blobs = torch.nn.functional.interpolate(torch.randn(64, 3, 5, 5, generator=gen), size=(32, 32), mode="bilinear").clamp(0, 1)
+    blobs = torch.nn.functional.interpolate(
+        torch.randn(64, 3, 5, 5, generator=gen), size=(32, 32), mode="bilinear"
+    ).clamp(0, 1)
     first, second = held_back.coloured()[:64], held_back.coloured()[64:128]
     different = held_back.labels[:64] != held_back.labels[64:128]
     overlaid = (0.5 * first + 0.5 * second)[different]

@@ -22,7 +22,9 @@ def model():
 
 
 def test_registry_entry_and_shipped_weights():
-    checks.check_registry_entry_and_shipped_weights(gan, gan.GANConfig(), "package://models/weights/darkroom-gan-digits.safetensors")
+    checks.check_registry_entry_and_shipped_weights(
+        gan, gan.GANConfig(), "package://models/weights/darkroom-gan-digits.safetensors"
+    )
 
 
 def test_built_model(model):
@@ -82,7 +84,12 @@ def test_random_shift_moves_whole_images():
     padded = F.pad(x, (2, 2, 2, 2))
     shifts = []
     for i in range(16):
-        found = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if torch.equal(out[i], padded[i, :, 2 + dy : 10 + dy, 2 + dx : 10 + dx])]
+        found = [
+            (dy, dx)
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+            if torch.equal(out[i], padded[i, :, 2 + dy : 10 + dy, 2 + dx : 10 + dx])
+        ]
         assert len(found) == 1
         shifts.append(found[0])
     assert (0, 0) in shifts and any(s != (0, 0) for s in shifts)  # about half the rows move

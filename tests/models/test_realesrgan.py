@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from models import default_registry, ncnn as ncnn_reader
+from models import default_registry
+from models import ncnn as ncnn_reader
 from models.realesrgan import ANIMEVIDEOV3
 from models.srvgg import SRVGGNetCompact, state_dict_from_ncnn
 from models.weights import WeightsError, fetch, package_file
@@ -13,7 +14,13 @@ from models.weights import WeightsError, fetch, package_file
 def run_ncnn(bin_path, x: np.ndarray) -> np.ndarray:
     ncnn = pytest.importorskip("ncnn")
     net = ncnn.Net()
-    for flag in ("use_vulkan_compute", "use_fp16_packed", "use_fp16_storage", "use_fp16_arithmetic", "use_bf16_storage"):
+    for flag in (
+        "use_vulkan_compute",
+        "use_fp16_packed",
+        "use_fp16_storage",
+        "use_fp16_arithmetic",
+        "use_bf16_storage",
+    ):
         if hasattr(net.opt, flag):
             setattr(net.opt, flag, False)  # fp32 everywhere: the reference must not round
     net.load_param(str(bin_path.with_suffix(".param")))

@@ -27,10 +27,14 @@ def test_registries_are_independent():
 
 def _buildable_without_params() -> list[str]:
     reg = default_registry()  # `checkpoint` needs a uri: tests/models/test_checkpoint.py runs it
-    fixed_size = {name for name, *_ in zeroshot.ENTRIES}  # one input size per prior: tests/models/test_zeroshot.py runs them
+    fixed_size = {
+        name for name, *_ in zeroshot.ENTRIES
+    }  # one input size per prior: tests/models/test_zeroshot.py runs them
     return [
-        n for n in reg.names()
-        if n not in fixed_size and not any(f.is_required() for f in reg.get(n).params.model_fields.values())
+        n
+        for n in reg.names()
+        if n not in fixed_size
+        and not any(f.is_required() for f in reg.get(n).params.model_fields.values())
         and reg.get(n).task != "generation"  # noise in, images out: tests/models/test_{ddpm_generation,gan,vae}.py
     ]
 
@@ -43,7 +47,9 @@ def test_every_model_runs_a_forward_pass(name):
         y = model.module(x)
     assert y.shape == (2, model.channels, *model.output_size(12, 10))
     assert torch.isfinite(y).all()
-    assert model.weights_sha256 == (default_registry().get(name).weights.sha256 if default_registry().get(name).weights else None)
+    assert model.weights_sha256 == (
+        default_registry().get(name).weights.sha256 if default_registry().get(name).weights else None
+    )
 
 
 def test_scale_param_validated():

@@ -10,7 +10,9 @@ def to_tensor(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(arr.astype(np.float32) / 255).permute(2, 0, 1)[None]
 
 
-@pytest.mark.parametrize(("kernel", "pil"), [("bicubic", Image.Resampling.BICUBIC), ("lanczos", Image.Resampling.LANCZOS)])
+@pytest.mark.parametrize(
+    ("kernel", "pil"), [("bicubic", Image.Resampling.BICUBIC), ("lanczos", Image.Resampling.LANCZOS)]
+)
 @pytest.mark.parametrize("size", [(40, 56), (9, 13)])  # up and down
 def test_matches_pillow(kernel, pil, size):
     rng = np.random.default_rng(0)

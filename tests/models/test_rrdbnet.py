@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from models import default_registry, ncnn as ncnn_reader
+from models import default_registry
+from models import ncnn as ncnn_reader
 from models.realesrgan import ANIMEVIDEOV3, X4PLUS, X4PLUS_ANIME
 from models.rrdbnet import RRDBNet, state_dict_from_ncnn
 from models.weights import package_file

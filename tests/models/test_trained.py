@@ -7,7 +7,6 @@ themselves reach.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch

@@ -23,7 +23,9 @@ def model():
 
 
 def test_registry_entry_and_shipped_weights():
-    checks.check_registry_entry_and_shipped_weights(vae, vae.VAEConfig(), "package://models/weights/darkroom-vae-digits.safetensors")
+    checks.check_registry_entry_and_shipped_weights(
+        vae, vae.VAEConfig(), "package://models/weights/darkroom-vae-digits.safetensors"
+    )
 
 
 def test_built_model(model):

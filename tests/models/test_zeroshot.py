@@ -298,11 +298,21 @@ def test_benchmark_script_runs(tmp_path):
     prior = _write_prior(tmp_path / "prior32", DDPMConfig(**{**CFG.__dict__, "sample_size": 32}))
     bench = load_benchmark("zeroshot_quality")
     out = tmp_path / "r.json"
-    result = bench.main(["--prior", prior, "--n", "4", "--batch", "3", "--steps", "2", "--json", str(out), "--doc", "-"])
+    result = bench.main(
+        ["--prior", prior, "--n", "4", "--batch", "3", "--steps", "2", "--json", str(out), "--doc", "-"]
+    )
     assert json.loads(out.read_text())["rows"] == result["rows"]
     methods = [(r["task"].split()[0], r["method"]) for r in result["rows"]]
-    assert methods == [("inpaint", "mean fill"), ("inpaint", "repaint"), ("SR", "bicubic"), ("SR", "ddnm-sr"),
-                       ("SR", "bicubic"), ("SR", "ddnm-sr"), ("colorize", "gray replicated"), ("colorize", "ddnm-colorize")]
+    assert methods == [
+        ("inpaint", "mean fill"),
+        ("inpaint", "repaint"),
+        ("SR", "bicubic"),
+        ("SR", "ddnm-sr"),
+        ("SR", "bicubic"),
+        ("SR", "ddnm-sr"),
+        ("colorize", "gray replicated"),
+        ("colorize", "ddnm-colorize"),
+    ]
     for r in result["rows"]:
         assert r["mse"] > 0 and r["known_err_model"] is not None
         if r["method"] in ("repaint", "ddnm-sr", "ddnm-colorize"):

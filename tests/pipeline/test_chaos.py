@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
-import threading
 import time
 
 import boto3
@@ -24,7 +23,6 @@ from models.registry import ModelEntry, NoParams
 from pipeline import api, manifest, runs, storage
 from pipeline.job import parse_job
 from tests.faults import FaultProxy, kill, pids_of
-
 
 
 def tiny_png(i: int) -> bytes:
@@ -49,7 +47,9 @@ def poison_registry():
             return x
 
     reg = default_registry()
-    reg.register(ModelEntry("poison", "test", "dies on magenta", NoParams, lambda _: ImageModel("poison", Poison(), 1, 3, False)))
+    reg.register(
+        ModelEntry("poison", "test", "dies on magenta", NoParams, lambda _: ImageModel("poison", Poison(), 1, 3, False))
+    )
     return reg
 
 
@@ -63,8 +63,13 @@ def test_poison_input_is_isolated_as_an_error_row(ray_local, tmp_path):
         Image.fromarray(arr).save(root / f"{i}.png")
     reg = poison_registry()
     job = parse_job(
-        {"name": "poison", "input": {"uri": str(root)}, "output": {"uri": str(tmp_path / "out")},
-         "steps": [{"model": "poison"}], "resources": {"batch_size": 3, "shard_size": 6}},
+        {
+            "name": "poison",
+            "input": {"uri": str(root)},
+            "output": {"uri": str(tmp_path / "out")},
+            "steps": [{"model": "poison"}],
+            "resources": {"batch_size": 3, "shard_size": 6},
+        },
         reg,
     )
     summary = api.run(job, registry=reg)
@@ -77,7 +82,12 @@ def test_poison_input_is_isolated_as_an_error_row(ray_local, tmp_path):
 def _driver(job_path, address) -> subprocess.Popen:
     code = "import sys; from pipeline.cli import main; sys.exit(main())"
     env = {**__import__("os").environ, "RAY_ADDRESS": address}
-    return subprocess.Popen([sys.executable, "-c", code, "run", str(job_path), "--log-format", "plain"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, "run", str(job_path), "--log-format", "plain"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def _parts(output_uri: str, run_id_holder: list) -> int:
@@ -130,7 +140,11 @@ def test_chaos_exactly_once(ray_local, s3_bucket, s3_endpoint, tmp_path, n_input
         # Run 2: the same command resumes the unfinished run and completes it.
         driver = _driver(job_path, address)
         output = driver.communicate(timeout=300 + n_inputs / 5)[0].decode()
-        errors = [(r["input_uri"], r["error_type"], r["error_message"]) for r in manifest.read(out).to_pylist() if r["status"] != "ok"]
+        errors = [
+            (r["input_uri"], r["error_type"], r["error_message"])
+            for r in manifest.read(out).to_pylist()
+            if r["status"] != "ok"
+        ]
         assert driver.returncode == 0, (output[-3000:], errors)
         assert f"resumed {run_id[0]}" in output
         faults = dict(proxy.faults)
@@ -141,9 +155,15 @@ def test_chaos_exactly_once(ray_local, s3_bucket, s3_endpoint, tmp_path, n_input
     total, distinct, ok = con.execute(
         f"SELECT count(*), count(DISTINCT input_uri), count(*) FILTER (status = 'ok') FROM read_parquet('{out}/manifest/**/*.parquet')"
     ).fetchone()
-    listed = {f"s3://{s3_bucket}/{o['Key']}" for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket, Prefix="in/") for o in page["Contents"]}
+    listed = {
+        f"s3://{s3_bucket}/{o['Key']}"
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket, Prefix="in/")
+        for o in page["Contents"]
+    }
     seen = {u for (u,) in con.execute(f"SELECT input_uri FROM read_parquet('{out}/manifest/**/*.parquet')").fetchall()}
-    outputs = [u for (u,) in con.execute(f"SELECT output_uri FROM read_parquet('{out}/manifest/**/*.parquet')").fetchall()]
+    outputs = [
+        u for (u,) in con.execute(f"SELECT output_uri FROM read_parquet('{out}/manifest/**/*.parquet')").fetchall()
+    ]
     for uri in outputs:
         assert Image.open(io.BytesIO(storage.read_bytes(uri))).size == (16, 16)
     print(

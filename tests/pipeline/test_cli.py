@@ -45,7 +45,9 @@ def test_run_exit_3_with_error_rows_then_runs_lists_it(ray_local, job_file, tmp_
 
 
 def test_run_exit_0_when_all_ok_with_overrides(ray_local, job_file, tmp_path, corpus_dir):
-    result = CliRunner().invoke(main, ["run", job_file(), "--input", str(corpus_dir / "png"), "--output", str(tmp_path / "o2")])
+    result = CliRunner().invoke(
+        main, ["run", job_file(), "--input", str(corpus_dir / "png"), "--output", str(tmp_path / "o2")]
+    )
     assert result.exit_code == 0, result.output
     # Not a terminal: progress comes as JSON lines, one event per line, ending with the summary.
     events = [json.loads(line) for line in result.output.splitlines()]
@@ -67,7 +69,9 @@ def test_plan_counts_without_writing(job_file, tmp_path, corpus):
 
 def test_bad_job_exit_2_one_line_per_problem_touches_nothing(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text("name: x\ninput: {uri: /in, colour: 1}\noutput: {uri: " + str(tmp_path / "o") + "}\nsteps: [{model: nope}]\n")
+    path.write_text(
+        "name: x\ninput: {uri: /in, colour: 1}\noutput: {uri: " + str(tmp_path / "o") + "}\nsteps: [{model: nope}]\n"
+    )
     for command in (["validate", str(path)], ["run", str(path)], ["plan", str(path)]):
         result = CliRunner().invoke(main, command)
         assert result.exit_code == 2

@@ -1,6 +1,5 @@
 """Where users get stuck: one plain line with the fix, no traceback unless --debug."""
 
-import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main

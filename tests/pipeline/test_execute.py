@@ -14,7 +14,10 @@ from pipeline.job import Resources
 @pytest.fixture
 def bicubic_x2(ray_local):
     actor = execute.ModelActor.remote(
-        default_registry(), [{"model": "bicubic", "params": {"scale": 2}}], Resources(cpus_per_actor=0.5, threads_per_actor=1), False
+        default_registry(),
+        [{"model": "bicubic", "params": {"scale": 2}}],
+        Resources(cpus_per_actor=0.5, threads_per_actor=1),
+        False,
     )
     yield actor
     ray.kill(actor)

@@ -23,7 +23,13 @@ from pipeline import api, cli, manifest, runs
 from pipeline.job import GENERATION_TASK, JobError, load_job, parse_job
 
 TINY = DDPMConfig(
-    sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, num_train_timesteps=100
+    sample_size=8,
+    in_channels=3,
+    out_channels=3,
+    block_out_channels=(8, 16),
+    layers_per_block=1,
+    norm_num_groups=4,
+    num_train_timesteps=100,
 )
 SEED = 7
 POISONED = 5  # tiny-ddpm-flaky fails on this sample index of seed SEED
@@ -73,7 +79,17 @@ def tiny_registry(weights: tuple[str, str]) -> Registry:
         ("tiny-ddpm-flaky", lambda p: build(p, fail_on=poisoned), 0),
         ("tiny-ddpm-unknown", build, None),
     ):
-        reg.register(ModelEntry(name, GENERATION_TASK, "tiny random-init DDPM (tests)", TinyParams, builder, weights=spec, num_classes=classes))
+        reg.register(
+            ModelEntry(
+                name,
+                GENERATION_TASK,
+                "tiny random-init DDPM (tests)",
+                TinyParams,
+                builder,
+                weights=spec,
+                num_classes=classes,
+            )
+        )
     return reg
 
 
@@ -82,12 +98,29 @@ def registry(tiny_weights) -> Registry:
     return tiny_registry(tiny_weights)
 
 
-def gen_job(registry, output: Path, samples=10, start=0, shard_size=4, batch_size=3, model="tiny-ddpm", mode="incremental", **generate):
+def gen_job(
+    registry,
+    output: Path,
+    samples=10,
+    start=0,
+    shard_size=4,
+    batch_size=3,
+    model="tiny-ddpm",
+    mode="incremental",
+    **generate,
+):
     data = {
         "name": "gen",
         "mode": mode,
         "output": {"uri": str(output)},
-        "generate": {"model": model, "params": {"steps": 4}, "samples": samples, "start": start, "seed": SEED, **generate},
+        "generate": {
+            "model": model,
+            "params": {"steps": 4},
+            "samples": samples,
+            "start": start,
+            "seed": SEED,
+            **generate,
+        },
         "resources": {"actors": 1, "batch_size": batch_size, "shard_size": shard_size},
     }
     return parse_job(data, registry)
@@ -117,7 +150,11 @@ def test_same_bytes_whatever_the_sharding_and_batching(ray_local, registry, tiny
     assert pixels.shape == (8, 8, 3) and pixels.std() > 0
 
     con = rows_of(a)
-    assert con.execute("SELECT count(*), count(DISTINCT sample_index), count(DISTINCT shard) FROM m").fetchone() == (10, 10, 3)
+    assert con.execute("SELECT count(*), count(DISTINCT sample_index), count(DISTINCT shard) FROM m").fetchone() == (
+        10,
+        10,
+        3,
+    )
     rows = con.execute(
         "SELECT sample_index, input_uri, output_uri, seed, sampler, sampler_steps, class_label, models, weights_sha256,"
         " status, width_out, height_out, format_out, input_size, width_in, t_model > 0 FROM m ORDER BY sample_index"
@@ -138,9 +175,18 @@ def test_a_failing_sample_is_an_error_row(ray_local, registry, tmp_path):
     summary = api.run(gen_job(registry, flaky, samples=8, model="tiny-ddpm-flaky"), registry)
     assert summary.counts == {"ok": 7, "error": 1}
     assert summary.errors == [
-        {"error_type": "model_error", "stage": "model", "count": 1, "example": f"generate://tiny-ddpm-flaky/{SEED}/{POISONED}"}
+        {
+            "error_type": "model_error",
+            "stage": "model",
+            "count": 1,
+            "example": f"generate://tiny-ddpm-flaky/{SEED}/{POISONED}",
+        }
     ]
-    [bad] = rows_of(flaky).execute("SELECT sample_index, output_uri, error_message FROM m WHERE status = 'error'").fetchall()
+    [bad] = (
+        rows_of(flaky)
+        .execute("SELECT sample_index, output_uri, error_message FROM m WHERE status = 'error'")
+        .fetchall()
+    )
     assert bad[:2] == (POISONED, None) and "poisoned sample" in bad[2]
     # Its batch neighbours were retried one by one: same bytes as in the clean run.
     made, reference = sample_bytes(flaky), sample_bytes(clean)
@@ -162,7 +208,10 @@ def test_resume_after_a_crash_then_extend_the_range(ray_local, registry, tmp_pat
         (parts / f"part-{shard:05d}.parquet").unlink()
         for i in range(4 * shard, 4 * shard + 4):
             (out / "images" / f"{i:08d}.png").unlink()
-    kept = {p: p.stat().st_mtime_ns for p in [parts / "part-00000.parquet", *(out / "images" / f"{i:08d}.png" for i in range(4))]}
+    kept = {
+        p: p.stat().st_mtime_ns
+        for p in [parts / "part-00000.parquet", *(out / "images" / f"{i:08d}.png" for i in range(4))]
+    }
     record.status = "running"
     runs.save(record)
 
@@ -182,7 +231,9 @@ def test_resume_after_a_crash_then_extend_the_range(ray_local, registry, tmp_pat
     assert not third.resumed and third.inputs == 4 and third.counts == {"ok": 4}
     con = rows_of(out)
     assert con.execute("SELECT count(*), count(DISTINCT sample_index) FROM m").fetchone() == (16, 16)
-    ran = con.execute(f"SELECT list(sample_index ORDER BY sample_index) FROM m WHERE run_id = '{third.run_id}'").fetchone()[0]
+    ran = con.execute(
+        f"SELECT list(sample_index ORDER BY sample_index) FROM m WHERE run_id = '{third.run_id}'"
+    ).fetchone()[0]
     assert ran == [12, 13, 14, 15]
     # Another seed is another set of samples: nothing is unchanged.
     assert api.plan(gen_job(registry, out, samples=16, seed=SEED + 1), registry).categories == {"new": 16}
@@ -200,14 +251,20 @@ def test_class_conditional_model_gets_the_label(ray_local, tmp_path):
     registry = default_registry()
 
     def job(label: int, output: Path):
-        data = {"name": "c", "output": {"uri": str(output)}, "generate": {"model": "darkroom-vae-digits", "samples": 4, "seed": 1, "class_label": label}}
+        data = {
+            "name": "c",
+            "output": {"uri": str(output)},
+            "generate": {"model": "darkroom-vae-digits", "samples": 4, "seed": 1, "class_label": label},
+        }
         return parse_job(data | {"resources": {"batch_size": 4, "shard_size": 4}}, registry)
 
     assert api.run(job(3, tmp_path / "three"), registry).counts == {"ok": 4}
     assert api.run(job(5, tmp_path / "five"), registry).counts == {"ok": 4}
     threes, fives = sample_bytes(tmp_path / "three"), sample_bytes(tmp_path / "five")
     assert sorted(threes) == sorted(fives) == [0, 1, 2, 3] and all(threes[i] != fives[i] for i in threes)
-    assert rows_of(tmp_path / "three").execute("SELECT DISTINCT class_label, sampler, sampler_steps FROM m").fetchall() == [(3, "vae", 1)]
+    assert rows_of(tmp_path / "three").execute(
+        "SELECT DISTINCT class_label, sampler, sampler_steps FROM m"
+    ).fetchall() == [(3, "vae", 1)]
     with pytest.raises(JobError, match="generate.class_label: must be < 10"):
         job(10, tmp_path / "ten")
 
@@ -301,13 +358,17 @@ def test_job_file_errors_name_the_field(tmp_path, registry):
     [restorer] = problems(tmp_path, registry, GOOD.replace("model: tiny-ddpm", "model: bicubic"))
     assert "generate.model: bicubic is a resample model, not a generation model (generation models: " in restorer
     assert "tiny-ddpm, tiny-ddpm-flaky" in restorer
-    [in_steps] = problems(tmp_path, registry, "name: x\ninput: {uri: /in}\noutput: {uri: /o}\nsteps: [{model: tiny-ddpm}]\n")
+    [in_steps] = problems(
+        tmp_path, registry, "name: x\ninput: {uri: /in}\noutput: {uri: /o}\nsteps: [{model: tiny-ddpm}]\n"
+    )
     assert ":4: steps.0.model: tiny-ddpm generates images: use it under `generate:`" in in_steps
     [count] = problems(tmp_path, registry, GOOD.replace("samples: 6", "samples: 0"))
     assert ":7: generate.samples: Input should be greater than or equal to 1" in count
     [param] = problems(tmp_path, registry, GOOD.replace("{steps: 4}", "{steps: 4, guidance: 2}"))
     assert "generate.params.guidance: unknown param" in param
-    [same] = problems(tmp_path, registry, GOOD.replace("  uri: /tmp/never-written\n", "  uri: /tmp/never-written\n  format: same\n"))
+    [same] = problems(
+        tmp_path, registry, GOOD.replace("  uri: /tmp/never-written\n", "  uri: /tmp/never-written\n  format: same\n")
+    )
     assert "output.format: `same` follows an input's format" in same
 
 
@@ -317,7 +378,9 @@ def test_fingerprint_covers_what_decides_the_pixels(registry, tmp_path):
     for changed in (
         gen_job(registry, tmp_path, seed=SEED + 1),
         gen_job(registry, tmp_path, model="tiny-ddpm-unknown"),
-        parse_job(gen_job(registry, tmp_path).model_dump() | {"output": {"uri": str(tmp_path), "format": "webp"}}, registry),
+        parse_job(
+            gen_job(registry, tmp_path).model_dump() | {"output": {"uri": str(tmp_path), "format": "webp"}}, registry
+        ),
     ):
         assert changed.fingerprint(registry) != base
     with_params = gen_job(registry, tmp_path).model_dump()

@@ -28,7 +28,11 @@ def _png_claiming(width: int, height: int) -> bytes:
     def chunk(kind, body):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
 
 
 def malformed_corpus() -> dict[str, bytes]:
@@ -91,12 +95,28 @@ def test_malformed_corpus_one_row_each_no_crash(ray_local, tmp_path):
     con = duckdb.connect()
     con.execute(f"CREATE VIEW m AS SELECT * FROM read_parquet('{out}/manifest/**/*.parquet')")
     assert con.execute("SELECT count(*), count(DISTINCT input_uri) FROM m").fetchone() == (len(files), len(files))
-    errors = dict(con.execute("SELECT regexp_extract(input_uri, '/in/(.*)$', 1), error_type FROM m WHERE status = 'error'").fetchall())
-    for name in ("empty/zero.png", "empty/one-byte.jpg", "random/noise.png", "random/html.jpg", "bomb/claims-100k-square.png",
-                 "bomb/claims-zero-width.png", "bomb/real-4mpx-of-zeros.png", "wrong-header/png-magic-then-junk.png"):
+    errors = dict(
+        con.execute(
+            "SELECT regexp_extract(input_uri, '/in/(.*)$', 1), error_type FROM m WHERE status = 'error'"
+        ).fetchall()
+    )
+    for name in (
+        "empty/zero.png",
+        "empty/one-byte.jpg",
+        "random/noise.png",
+        "random/html.jpg",
+        "bomb/claims-100k-square.png",
+        "bomb/claims-zero-width.png",
+        "bomb/real-4mpx-of-zeros.png",
+        "wrong-header/png-magic-then-junk.png",
+    ):
         assert name in errors, name
     assert errors["bomb/claims-100k-square.png"] == "too_many_pixels"
-    assert all(errors[n] == "corrupt" or errors[n] in ("not_an_image", "empty_file") for n in errors if n.startswith("truncated/"))
+    assert all(
+        errors[n] == "corrupt" or errors[n] in ("not_an_image", "empty_file")
+        for n in errors
+        if n.startswith("truncated/")
+    )
     # Files that are fine whatever their name decode under the mode policy.
     assert "wrong-ext/png-named.jpg" not in errors and "wrong-ext/jpeg-named.webp" not in errors
     assert summary.counts["error"] == len(errors)
@@ -131,7 +151,11 @@ def test_hostile_keys_stay_under_the_output_prefix(ray_local, s3_bucket):
     assert summary.counts == {"ok": len(HOSTILE_KEYS)}
     table = manifest.read(out)
     assert table.num_rows == len(set(table.column("input_uri").to_pylist())) == len(HOSTILE_KEYS)
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket) for o in page.get("Contents", [])]
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket)
+        for o in page.get("Contents", [])
+    ]
     written = [k for k in keys if not k.startswith("in/")]
     assert written and all(k.startswith("out/") for k in written)
     images = [k for k in written if k.startswith("out/images/")]
@@ -146,7 +170,10 @@ def test_signed_url_query_strings_never_reach_the_manifest(ray_local, tmp_path):
     # A list file of signed URLs whose server is unreachable: every row is an error, and no
     # signature or password appears anywhere in the manifest.
     listing = tmp_path / "signed.csv"
-    uris = [f"https://user:hunter2@127.0.0.1:9/photos/{i}.jpg?X-Amz-Signature=SECRET{i}&X-Amz-Credential=AKIAEXAMPLE" for i in range(3)]
+    uris = [
+        f"https://user:hunter2@127.0.0.1:9/photos/{i}.jpg?X-Amz-Signature=SECRET{i}&X-Amz-Credential=AKIAEXAMPLE"
+        for i in range(3)
+    ]
     listing.write_text("uri,size\n" + "".join(f"{u},10\n" for u in uris))
     out = tmp_path / "out"
     summary = api.run(job(str(listing), str(out)))
@@ -155,4 +182,6 @@ def test_signed_url_query_strings_never_reach_the_manifest(ray_local, tmp_path):
     text = str(manifest.read(str(out)).to_pylist())
     for secret in ("SECRET", "AKIAEXAMPLE", "hunter2", "X-Amz-Signature"):
         assert secret not in text and secret.encode() not in blob
-    assert {r["input_uri"] for r in manifest.read(str(out)).to_pylist()} == {f"https://127.0.0.1:9/photos/{i}.jpg" for i in range(3)}
+    assert {r["input_uri"] for r in manifest.read(str(out)).to_pylist()} == {
+        f"https://127.0.0.1:9/photos/{i}.jpg" for i in range(3)
+    }

@@ -54,7 +54,14 @@ def test_exif_orientation_applied(corpus):
 
 @pytest.mark.parametrize(
     "name",
-    ["broken/truncated.jpg", "broken/truncated.png", "broken/zero-byte.png", "broken/not-an-image.jpg", "broken/bomb.png", "tiff/float.tif"],
+    [
+        "broken/truncated.jpg",
+        "broken/truncated.png",
+        "broken/zero-byte.png",
+        "broken/not-an-image.jpg",
+        "broken/bomb.png",
+        "tiff/float.tif",
+    ],
 )
 def test_bad_files_raise_image_error_with_type(corpus, name):
     data, expected = corpus[name]
@@ -101,8 +108,13 @@ def test_encode_keeps_gray_and_alpha(fmt):
 
 @pytest.mark.parametrize(
     "shape, dtype, alpha, mode",
-    [((7, 9, 1), np.uint8, False, "L"), ((7, 9, 1), np.uint16, False, "I;16"), ((7, 9, 1), np.uint8, True, "LA"),
-     ((7, 9, 3), np.uint8, False, "RGB"), ((7, 9, 3), np.uint8, True, "RGBA")],
+    [
+        ((7, 9, 1), np.uint8, False, "L"),
+        ((7, 9, 1), np.uint16, False, "I;16"),
+        ((7, 9, 1), np.uint8, True, "LA"),
+        ((7, 9, 3), np.uint8, False, "RGB"),
+        ((7, 9, 3), np.uint8, True, "RGBA"),
+    ],
 )
 def test_png_is_lossless_for_every_written_mode(shape, dtype, alpha, mode):
     rng = np.random.default_rng(0)

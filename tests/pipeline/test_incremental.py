@@ -31,7 +31,9 @@ def job_for(input_uri, output_uri, mode="incremental", scale=2):
 
 
 def rows(output_uri):
-    return duckdb.sql(f"SELECT run_id, input_uri, status FROM read_parquet('{output_uri}/manifest/**/*.parquet')").fetchall()
+    return duckdb.sql(
+        f"SELECT run_id, input_uri, status FROM read_parquet('{output_uri}/manifest/**/*.parquet')"
+    ).fetchall()
 
 
 def test_incremental_cycle(ray_local, corpus_dir, tmp_path, corpus):
@@ -96,8 +98,13 @@ def plan_rows(rows: list[tuple]) -> pa.Table:
     """(uri, etag, size, mtime) tuples → the key columns of a plan table."""
     uris, etags, sizes, mtimes = (list(c) for c in zip(*rows))
     return pa.table(
-        {"input_uri": uris, "rel_path": uris, "size": pa.array(sizes, pa.int64()), "etag": pa.array(etags, pa.string()),
-         "mtime": pa.array(mtimes, pa.float64())}
+        {
+            "input_uri": uris,
+            "rel_path": uris,
+            "size": pa.array(sizes, pa.int64()),
+            "etag": pa.array(etags, pa.string()),
+            "mtime": pa.array(mtimes, pa.float64()),
+        }
     )
 
 
@@ -111,9 +118,23 @@ def test_classify_is_columnar_and_handles_unknown_versions():
         "f",
     )
     plan = plan_rows(
-        [("a", "e1", 1, 1.0), ("b", None, 5, 2.0), ("c", "e3", 1, 1.0), ("d", "x", 1, 1.0), ("e", "y", 1, 1.0), ("list", None, None, None)]
+        [
+            ("a", "e1", 1, 1.0),
+            ("b", None, 5, 2.0),
+            ("c", "e3", 1, 1.0),
+            ("d", "x", 1, 1.0),
+            ("e", "y", 1, 1.0),
+            ("list", None, None, None),
+        ]
     )
-    assert incremental.classify(plan, history).to_pylist() == ["unchanged", "unchanged", "failed", "changed", "new", "unchanged"]
+    assert incremental.classify(plan, history).to_pylist() == [
+        "unchanged",
+        "unchanged",
+        "failed",
+        "changed",
+        "new",
+        "unchanged",
+    ]
     assert incremental.classify(plan, incremental.History.empty()).to_pylist() == ["new"] * 6
 
 
@@ -147,7 +168,18 @@ def test_classify_matches_the_rules_on_awkward_keys():
     # Empty, NUL-bearing, long and non-ASCII URIs and versions; keys that differ only past
     # the first 8 bytes; signed URLs (matched redacted); rows of another fingerprint.
     rng = random.Random(7)
-    uris = ["", "a", "a\0b", "é" * 9, "x" * 63, "x" * 64, "x" * 300, "s3://b/p/1.jpg", "s3://b/p/2.jpg", "https://h/s.jpg"]
+    uris = [
+        "",
+        "a",
+        "a\0b",
+        "é" * 9,
+        "x" * 63,
+        "x" * 64,
+        "x" * 300,
+        "s3://b/p/1.jpg",
+        "s3://b/p/2.jpg",
+        "https://h/s.jpg",
+    ]
     etags = [None, "", "e1", "e1\0", "b\0e1"]
 
     def row(uri_choices):

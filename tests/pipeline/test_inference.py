@@ -7,11 +7,15 @@ from pipeline.inference import Chain, resize_plane
 
 def chain(*names, batch_size=4, registry=None):
     reg = registry or default_registry()
-    return Chain([reg.build(n, {"scale": 2} if n in ("bicubic", "lanczos") else {}) for n in names], torch.device("cpu"), batch_size)
+    return Chain(
+        [reg.build(n, {"scale": 2} if n in ("bicubic", "lanczos") else {}) for n in names],
+        torch.device("cpu"),
+        batch_size,
+    )
 
 
 def test_gray_stays_gray_and_sixteen_bit_stays_sixteen_bit():
-    gray16 = (np.arange(6 * 8, dtype=np.uint16).reshape(6, 8, 1) * 1000)
+    gray16 = np.arange(6 * 8, dtype=np.uint16).reshape(6, 8, 1) * 1000
     [out] = chain("bicubic")([gray16])
     assert out.pixels.shape == (12, 16, 1) and out.pixels.dtype == np.uint16
 

@@ -64,7 +64,9 @@ def test_model_params_validated(tmp_path):
 
 
 def test_inline_credentials_refused(tmp_path):
-    text = GOOD.replace("  uri: s3://archive/photos/\n", "  uri: s3://archive/photos/\n  storage_options: {secret: abc}\n")
+    text = GOOD.replace(
+        "  uri: s3://archive/photos/\n", "  uri: s3://archive/photos/\n  storage_options: {secret: abc}\n"
+    )
     [line] = problems(tmp_path, text)
     assert "input.storage_options" in line and "credentials" in line
 

@@ -78,7 +78,12 @@ def test_heartbeat_renews_and_detects_takeover(output_uri):
     assert json.loads(storage.read_bytes(lease_uri(output_uri)))["expires_at"] > first
     lease.check()
     # Someone overwrites the lease behind its back: the next heartbeat notices.
-    storage.write_atomic(lease_uri(output_uri), json.dumps({"run_id": "intruder", "owner": "h:1:x", "expires_at": time.time() + 60, "heartbeat_at": 0}).encode())
+    storage.write_atomic(
+        lease_uri(output_uri),
+        json.dumps(
+            {"run_id": "intruder", "owner": "h:1:x", "expires_at": time.time() + 60, "heartbeat_at": 0}
+        ).encode(),
+    )
     time.sleep(0.3)
     with pytest.raises(Exception, match="taken over"):
         lease.check()

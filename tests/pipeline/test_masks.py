@@ -65,7 +65,11 @@ def test_mask_files_are_not_inputs_and_each_image_gets_its_mask_uri(tmp_path):
     shards = list(planning.iter_shards(job(str(tmp_path), "/tmp/unused", [{"model": "darkroom-inpaint"}]), summary))
     rows = [r for s in shards for r in s.table.to_pylist()]
     assert [r["rel_path"] for r in rows] == ["a.png", "b.jpg", "sub/c.png"]
-    assert [r["mask_uri"] for r in rows] == [str(tmp_path / "a_mask.png"), str(tmp_path / "b_mask.png"), str(tmp_path / "sub/c_mask.png")]
+    assert [r["mask_uri"] for r in rows] == [
+        str(tmp_path / "a_mask.png"),
+        str(tmp_path / "b_mask.png"),
+        str(tmp_path / "sub/c_mask.png"),
+    ]
     assert summary.skipped_masks == 4 and summary.listed == 3
 
 
@@ -73,16 +77,41 @@ def test_a_mask_pattern_with_a_folder_and_name(tmp_path):
     (tmp_path / "masks").mkdir()
     for rel in ("a.jpg", "masks/a.jpg.png"):
         (tmp_path / rel).write_bytes(b"x")
-    rows = [r for s in planning.iter_shards(job(str(tmp_path), "/tmp/o", [{"model": "darkroom-inpaint"}], mask="masks/{name}.png")) for r in s.table.to_pylist()]
+    rows = [
+        r
+        for s in planning.iter_shards(
+            job(str(tmp_path), "/tmp/o", [{"model": "darkroom-inpaint"}], mask="masks/{name}.png")
+        )
+        for r in s.table.to_pylist()
+    ]
     assert [(r["rel_path"], r["mask_uri"]) for r in rows] == [("a.jpg", str(tmp_path / "masks/a.jpg.png"))]
 
 
 def test_list_file_mask_uri_column_wins_and_the_pattern_fills_gaps(tmp_path):
     path = tmp_path / "list.parquet"
-    pq.write_table(pa.table({"uri": ["s3://b/x/1.png", "s3://b/x/2.png", "s3://b/x/2_mask.png"], "mask_uri": ["s3://m/1.png", None, None]}), path)
-    rows = [r for s in planning.iter_shards(job(str(path), "/tmp/o", [{"model": "darkroom-inpaint"}])) for r in s.table.to_pylist()]
-    assert [(r["input_uri"], r["mask_uri"]) for r in rows] == [("s3://b/x/1.png", "s3://m/1.png"), ("s3://b/x/2.png", "s3://b/x/2_mask.png")]
-    rows = [r for s in planning.iter_shards(job(str(path), "/tmp/o", [{"model": "darkroom-inpaint"}], mask=None)) for r in s.table.to_pylist()]
+    pq.write_table(
+        pa.table(
+            {
+                "uri": ["s3://b/x/1.png", "s3://b/x/2.png", "s3://b/x/2_mask.png"],
+                "mask_uri": ["s3://m/1.png", None, None],
+            }
+        ),
+        path,
+    )
+    rows = [
+        r
+        for s in planning.iter_shards(job(str(path), "/tmp/o", [{"model": "darkroom-inpaint"}]))
+        for r in s.table.to_pylist()
+    ]
+    assert [(r["input_uri"], r["mask_uri"]) for r in rows] == [
+        ("s3://b/x/1.png", "s3://m/1.png"),
+        ("s3://b/x/2.png", "s3://b/x/2_mask.png"),
+    ]
+    rows = [
+        r
+        for s in planning.iter_shards(job(str(path), "/tmp/o", [{"model": "darkroom-inpaint"}], mask=None))
+        for r in s.table.to_pylist()
+    ]
     assert [r["mask_uri"] for r in rows] == ["s3://m/1.png", None, None]
 
 
@@ -147,7 +176,9 @@ def test_only_mask_models_see_the_mask_and_tiles_slice_it():
 def test_masks_follow_an_earlier_resize():
     damaged, _, holes = damaged_pair(1)
     inpaint = ImageModel("probe", SeesChannels(), 1, 3, False, needs_mask=True)
-    [out] = Chain([default_registry().build("bicubic", {"scale": 2}), inpaint], torch.device("cpu"), 1)([damaged], [~holes])
+    [out] = Chain([default_registry().build("bicubic", {"scale": 2}), inpaint], torch.device("cpu"), 1)(
+        [damaged], [~holes]
+    )
     assert out.pixels.shape == (80, 112, 3)
     big_holes = np.kron(holes, np.ones((2, 2), bool))  # the mask, resized like the image
     assert (out.pixels[big_holes] == round(255 * (~holes).mean())).all()
@@ -192,14 +223,18 @@ def test_masked_job_end_to_end(ray_local, tmp_path):
             continue  # c has no mask: one error row
         if name == "d":
             mask_px = mask_px[:20]  # d's mask has the wrong size: one error row
-        (root / f"{name}_mask.png").write_bytes(png(np.repeat(mask_px[..., None], 3, axis=2) if name == "a" else mask_px))
+        (root / f"{name}_mask.png").write_bytes(
+            png(np.repeat(mask_px[..., None], 3, axis=2) if name == "a" else mask_px)
+        )
     out = tmp_path / "out"
     summary = api.run(job(str(root), str(out), [{"model": "darkroom-inpaint"}]))
     assert summary.counts == {"ok": 2, "error": 2}
     con = rows_of(str(out))
     rows = {
         uri.rsplit("/in/", 1)[1]: rest
-        for uri, *rest in con.execute("SELECT input_uri, status, stage, error_type, mask_uri, output_uri FROM m").fetchall()
+        for uri, *rest in con.execute(
+            "SELECT input_uri, status, stage, error_type, mask_uri, output_uri FROM m"
+        ).fetchall()
     }
     assert sorted(rows) == ["a.png", "c.png", "d.png", "sub/b.png"]  # no *_mask.png among the inputs
     assert rows["c.png"][:3] == ["error", "mask", "mask_not_found"]
@@ -228,9 +263,11 @@ def test_list_file_with_mask_uri_column_on_s3_and_outscale(ray_local, s3_bucket)
     resources = {"actors": 1, "cpus_per_actor": 0.5, "cpus_per_task": 0.5, "shard_size": 3, "tile": 32, "tile_pad": 8}
     summary = api.run(job(f"s3://{s3_bucket}/list.csv", output, steps, mask=None, resources=resources))
     assert summary.counts == {"ok": 1}
-    [(mask_uri, w_in, h_in, w_out, h_out, output_uri)] = rows_of(output).execute(
-        "SELECT mask_uri, width_in, height_in, width_out, height_out, output_uri FROM m"
-    ).fetchall()
+    [(mask_uri, w_in, h_in, w_out, h_out, output_uri)] = (
+        rows_of(output)
+        .execute("SELECT mask_uri, width_in, height_in, width_out, height_out, output_uri FROM m")
+        .fetchall()
+    )
     assert mask_uri == f"s3://{s3_bucket}/holes/x-holes.png"
     assert (w_out, h_out) == (round(w_in * 1.5), round(h_in * 1.5)) == (84, 60)
     im = Image.open(io.BytesIO(storage.read_bytes(output_uri)))

@@ -12,8 +12,13 @@ from pipeline.job import parse_job
 
 def job_for(uri: str, shard_size: int = 4):
     return parse_job(
-        {"name": "p", "input": {"uri": uri}, "output": {"uri": "/tmp/unused"}, "steps": [{"model": "identity"}],
-         "resources": {"shard_size": shard_size}},
+        {
+            "name": "p",
+            "input": {"uri": uri},
+            "output": {"uri": "/tmp/unused"},
+            "steps": [{"model": "identity"}],
+            "resources": {"shard_size": shard_size},
+        },
         default_registry(),
     )
 
@@ -116,9 +121,16 @@ def test_list_file_image_test_is_the_extension_after_the_last_dot(tmp_path):
 
     assert all(e.startswith(".") and "." not in e[1:] and "/" not in e for e in IMAGE_EXTENSIONS)
     uris = {
-        "s3://b/A.JPG": True, "s3://b/x.tİf": True, "https://h/x.png?sig=a.txt": True, "s3://b/.jpeg": True,
-        "s3://b/x.jpg/": False, "s3://b/x.jpg.txt": False, "s3://b/dir.png/file": False, "s3://b/xjpg": False,
-        "s3://b/x.jpgs": False, "s3://b/x": False,
+        "s3://b/A.JPG": True,
+        "s3://b/x.tİf": True,
+        "https://h/x.png?sig=a.txt": True,
+        "s3://b/.jpeg": True,
+        "s3://b/x.jpg/": False,
+        "s3://b/x.jpg.txt": False,
+        "s3://b/dir.png/file": False,
+        "s3://b/xjpg": False,
+        "s3://b/x.jpgs": False,
+        "s3://b/x": False,
     }
     path = tmp_path / "l.parquet"
     pq.write_table(pa.table({"uri": list(uris)}), path)

@@ -79,7 +79,9 @@ def test_report_in_headless_chromium(ray_local, corpus_dir, tmp_path, corpus):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.set_default_timeout(5000)
-            page.on("console", lambda m: console.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None)
+            page.on(
+                "console", lambda m: console.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None
+            )
             page.on("pageerror", lambda exc: console.append(f"pageerror: {exc}"))
             page.on("dialog", lambda d: (console.append(f"dialog: {d.message}"), d.dismiss()))
             page.on("request", lambda r: requests.append(r.url))
@@ -138,11 +140,15 @@ def test_report_in_headless_chromium(ray_local, corpus_dir, tmp_path, corpus):
     shutil.copyfile(shot, SCREENSHOT_COPY)
     assert Image.open(shot).size[0] == 1400
     assert console == [], console
-    assert all(u.startswith(("file:", "data:")) for u in requests), [u for u in requests if not u.startswith(("file:", "data:"))]
+    assert all(u.startswith(("file:", "data:")) for u in requests), [
+        u for u in requests if not u.startswith(("file:", "data:"))
+    ]
 
 
 def test_report_on_s3_and_cli(ray_local, s3_bucket, corpus, tmp_path):
-    small = {k: v for k, v in corpus.items() if k in ("jpeg/rgb.jpg", "png/la.png", "png/gray16.png", "broken/truncated.png")}
+    small = {
+        k: v for k, v in corpus.items() if k in ("jpeg/rgb.jpg", "png/la.png", "png/gray16.png", "broken/truncated.png")
+    }
     s3 = boto3.client("s3")
     for name, (data, _) in small.items():
         s3.put_object(Bucket=s3_bucket, Key=f"in/{name}", Body=data)
@@ -158,12 +164,17 @@ def test_report_on_s3_and_cli(ray_local, s3_bucket, corpus, tmp_path):
     assert page.count('<div class="placeholder"') == 2 and "cannot decode (OSError)" in page  # its placeholders
     for name in small:
         assert f">{name}</span>" in page
-    assert f'title="s3://{s3_bucket}/in/broken/truncated.png">broken/truncated.png</td><td>corrupt</td><td>decode</td>' in page
+    assert (
+        f'title="s3://{s3_bucket}/in/broken/truncated.png">broken/truncated.png</td><td>corrupt</td><td>decode</td>'
+        in page
+    )
     assert summary.run_id in page and "http://" not in page and "https://" not in page
 
     # Beyond max_items: counted, not embedded. The CLI writes where --out says and prints it.
     dest = tmp_path / "r.html"
-    result = CliRunner().invoke(main, ["report", output, "--run", summary.run_id, "--out", str(dest), "--max-items", "1"])
+    result = CliRunner().invoke(
+        main, ["report", output, "--run", summary.run_id, "--out", str(dest), "--max-items", "1"]
+    )
     assert result.exit_code == 0, result.output
     assert result.output.strip() == str(dest)
     small_page = dest.read_text()

@@ -42,7 +42,9 @@ def rows_of(output_uri: str):
 
 def check_manifest(con, corpus) -> None:
     expected = {name: status for name, (_, status) in corpus.items() if status != "skip"}
-    got = con.execute("SELECT input_uri, status, error_type, output_uri, width_in, height_in, width_out, height_out FROM m").fetchall()
+    got = con.execute(
+        "SELECT input_uri, status, error_type, output_uri, width_in, height_in, width_out, height_out FROM m"
+    ).fetchall()
     assert con.execute("SELECT count(*), count(DISTINCT input_uri) FROM m").fetchone() == (len(expected), len(expected))
     by_name = {}
     for uri, status, error_type, *rest in got:
@@ -88,7 +90,11 @@ def test_local_job_and_gray_alpha_sixteen_bit_outputs(ray_local, corpus_dir, tmp
     assert summary.error_rows == sum(1 for _, s in corpus.values() if s not in ("ok", "skip"))
     con = rows_of(str(out))
     check_manifest(con, corpus)
-    modes = dict(con.execute("SELECT regexp_extract(input_uri, '[^/]+/[^/]+$'), output_uri FROM m WHERE status = 'ok'").fetchall())
+    modes = dict(
+        con.execute(
+            "SELECT regexp_extract(input_uri, '[^/]+/[^/]+$'), output_uri FROM m WHERE status = 'ok'"
+        ).fetchall()
+    )
     assert Image.open(modes["png/gray16.png"]).mode == "I;16"
     assert Image.open(modes["jpeg/gray.jpg"]).mode == "L"
     assert Image.open(modes["png/la.png"]).mode == "LA"
@@ -102,12 +108,21 @@ def test_same_format_writes_each_kind_with_its_own_encoder(ray_local, corpus_dir
     api.run(job)
     con = rows_of(str(out))
     check_manifest(con, corpus)
-    written = {name: (fmt, uri) for name, fmt, uri in con.execute(
-        "SELECT regexp_extract(input_uri, '[^/]+/[^/]+$'), format_out, output_uri FROM m WHERE status = 'ok'").fetchall()}
+    written = {
+        name: (fmt, uri)
+        for name, fmt, uri in con.execute(
+            "SELECT regexp_extract(input_uri, '[^/]+/[^/]+$'), format_out, output_uri FROM m WHERE status = 'ok'"
+        ).fetchall()
+    }
     expect = {  # input → (format written, Pillow format and mode read back)
-        "jpeg/rgb.jpg": ("jpeg", "JPEG", "RGB"), "jpeg/gray.jpg": ("jpeg", "JPEG", "L"), "jpeg/cmyk.jpg": ("jpeg", "JPEG", "RGB"),
-        "png/rgba.png": ("png", "PNG", "RGBA"), "png/gray16.png": ("png", "PNG", "I;16"), "webp/rgba.webp": ("webp", "WEBP", "RGBA"),
-        "tiff/gray16.tiff": ("tiff", "TIFF", "I;16"), "bmp/rgb.bmp": ("png", "PNG", "RGB"),
+        "jpeg/rgb.jpg": ("jpeg", "JPEG", "RGB"),
+        "jpeg/gray.jpg": ("jpeg", "JPEG", "L"),
+        "jpeg/cmyk.jpg": ("jpeg", "JPEG", "RGB"),
+        "png/rgba.png": ("png", "PNG", "RGBA"),
+        "png/gray16.png": ("png", "PNG", "I;16"),
+        "webp/rgba.webp": ("webp", "WEBP", "RGBA"),
+        "tiff/gray16.tiff": ("tiff", "TIFF", "I;16"),
+        "bmp/rgb.bmp": ("png", "PNG", "RGB"),
     }
     for name, (fmt, pil_format, mode) in expect.items():
         assert written[name][0] == fmt, name
@@ -118,15 +133,28 @@ def test_same_format_writes_each_kind_with_its_own_encoder(ray_local, corpus_dir
 def test_outputs_encoded_by_the_actor_are_the_same_files(ray_local, corpus_dir, tmp_path, corpus):
     """encode_in_actor_above: 0 has the model actor encode every output (alpha re-attached, 16-bit
     kept, `same` followed) instead of the shard tasks: the same rows and byte-identical files."""
-    Image.fromarray(np.zeros((1, 8200, 3), np.uint8)).save(corpus_dir / "wide.webp", lossless=True)  # ×2: over WebP's width limit
+    Image.fromarray(np.zeros((1, 8200, 3), np.uint8)).save(
+        corpus_dir / "wide.webp", lossless=True
+    )  # ×2: over WebP's width limit
     seen = {}
     for above in (0, None):
         out = tmp_path / f"out-{above}"
         resources = {"actors": 1, "batch_size": 3, "shard_size": 5, "encode_in_actor_above": above}
-        api.run(make_job(str(corpus_dir), str(out), output={"uri": str(out), "format": "same", "quality": 90}, resources=resources))
-        rows = rows_of(str(out)).execute(
-            "SELECT input_uri, status, stage, error_type, format_out, width_out, height_out, output_uri FROM m ORDER BY input_uri"
-        ).fetchall()
+        api.run(
+            make_job(
+                str(corpus_dir),
+                str(out),
+                output={"uri": str(out), "format": "same", "quality": 90},
+                resources=resources,
+            )
+        )
+        rows = (
+            rows_of(str(out))
+            .execute(
+                "SELECT input_uri, status, stage, error_type, format_out, width_out, height_out, output_uri FROM m ORDER BY input_uri"
+            )
+            .fetchall()
+        )
         seen[above] = [(*row[:-1], Path(row[-1]).read_bytes() if row[-1] else None) for row in rows]
     assert seen[0] == seen[None]
     assert sum(1 for row in seen[0] if row[1] == "ok") == sum(1 for _, status in corpus.values() if status == "ok")
@@ -190,7 +218,9 @@ def test_resume_a_named_run(ray_local, corpus_dir, tmp_path):
 
 def test_list_file_input(ray_local, corpus_dir, tmp_path):
     listing = tmp_path / "list.csv"
-    listing.write_text("uri\n" + "\n".join(str(corpus_dir / n) for n in ("jpeg/rgb.jpg", "png/rgb.png", "broken/bomb.png")) + "\n")
+    listing.write_text(
+        "uri\n" + "\n".join(str(corpus_dir / n) for n in ("jpeg/rgb.jpg", "png/rgb.png", "broken/bomb.png")) + "\n"
+    )
     summary = api.run(make_job(str(listing), str(tmp_path / "out")))
     assert summary.counts == {"ok": 2, "error": 1}
 
@@ -207,7 +237,11 @@ def test_each_step_has_its_own_actor_pool(ray_local, corpus_dir, tmp_path):
         str(tmp_path / "out"),
         steps=[
             {"model": "bicubic", "params": {"scale": 2}},
-            {"model": "lanczos", "params": {"scale": 1.5}, "resources": {"actors": {"min": 1, "max": 2}, "cpus_per_actor": 0.5}},
+            {
+                "model": "lanczos",
+                "params": {"scale": 1.5},
+                "resources": {"actors": {"min": 1, "max": 2}, "cpus_per_actor": 0.5},
+            },
         ],
         resources={"shard_size": 2, "cpus_per_task": 0.5, "max_inflight_shards": 4},
     )
@@ -233,7 +267,9 @@ def test_actors_that_leave_no_cpu_for_shards_are_refused_in_one_line(ray_local, 
         api.run(make_job(str(corpus_dir / "png"), str(tmp_path / "out"), steps=steps))
     assert not (tmp_path / "out" / "images").exists()
     # What fits still runs: the actor's one CPU and a shard task's one.
-    summary = api.run(make_job(str(corpus_dir / "png"), str(tmp_path / "out"), resources={"cpus_per_actor": 1, "shard_size": 4}))
+    summary = api.run(
+        make_job(str(corpus_dir / "png"), str(tmp_path / "out"), resources={"cpus_per_actor": 1, "shard_size": 4})
+    )
     assert summary.counts.get("ok") and not summary.error_rows
 
 
@@ -250,7 +286,9 @@ def test_cpu_actors_share_the_node_threads(ray_local):
     gpu = Resources(gpus_per_actor=1, cpus_per_actor=1.5)  # feeds a GPU: threads follow its reservation
     assert [r.threads_per_actor for r in execute.with_threads([gpu, one])] == [2, 2]
     # The actor really runs with them.
-    actor = execute.ModelActor.options(num_cpus=1).remote(default_registry(), [{"model": "identity", "params": {}}], alone, False)
+    actor = execute.ModelActor.options(num_cpus=1).remote(
+        default_registry(), [{"model": "identity", "params": {}}], alone, False
+    )
     try:
         assert ray_local.get(actor.__ray_call__.remote(lambda self: torch.get_num_threads())) == 2
     finally:

@@ -112,7 +112,10 @@ def ray_cluster():
         start("head", ["--head", "--port", str(gcs_port), "--num-cpus", "2", "--dashboard-host", "127.0.0.1",
                        "--dashboard-port", str(dashboard_port), "--ray-client-server-port", str(_free_port())])  # fmt: skip
         _wait("head GCS", lambda: _port_open(gcs_port), procs)
-        start("decoder-node", ["--address", f"127.0.0.1:{gcs_port}", "--num-cpus", "1", "--resources", json.dumps({"decoder": 1})])
+        start(
+            "decoder-node",
+            ["--address", f"127.0.0.1:{gcs_port}", "--num-cpus", "1", "--resources", json.dumps({"decoder": 1})],
+        )
         _wait("two alive nodes", lambda: len(_alive_nodes(url)) == 2, procs)
         yield Cluster(url=url, gcs_port=gcs_port, temp_dir=temp_dir)
     finally:
@@ -162,7 +165,9 @@ def wait_for(submission_id: str, url: str, statuses: set[str], timeout: float) -
         state = cluster.status(submission_id, url)
         if state.status in statuses:
             return state.status
-        assert not state.terminal, f"{submission_id} ended {state.status}: {state.message}\n{''.join(cluster.logs(submission_id, url))}"
+        assert not state.terminal, (
+            f"{submission_id} ended {state.status}: {state.message}\n{''.join(cluster.logs(submission_id, url))}"
+        )
         assert time.monotonic() < deadline, f"{submission_id} still {state.status} after {timeout} s"
         time.sleep(0.5)
 
@@ -192,7 +197,10 @@ def test_submit_runs_the_job_on_the_cluster_and_reports_it(ray_cluster, tmp_path
     assert line.split()[1:4] == ["submitted", "SUCCEEDED", "0"], listed.output
 
     info = cluster.client(url).get_job_info(submission_id)
-    assert info.entrypoint == f"python -m pipeline.cli run {cluster.STAGED_JOBS_DIR}/job.yaml --log-format plain --output {shlex.quote(str(out))}"
+    assert (
+        info.entrypoint
+        == f"python -m pipeline.cli run {cluster.STAGED_JOBS_DIR}/job.yaml --log-format plain --output {shlex.quote(str(out))}"
+    )
     rows = duckdb.sql(
         f"SELECT input_uri, status, width_in, height_in, width_out, height_out FROM read_parquet('{out}/manifest/**/*.parquet')"
     ).fetchall()
@@ -260,7 +268,9 @@ def test_stop_ends_a_running_job_as_stopped(ray_cluster, tmp_path):
     # and finishes it: every input exactly once, all under the same run id.
     resumed = cli("submit", str(job), "--address", url, "--wait")
     assert resumed.exit_code == 0, resumed.output
-    rows = duckdb.sql(f"SELECT run_id, count(*), count(DISTINCT input_uri) FROM read_parquet('{out}/manifest/**/*.parquet') GROUP BY run_id").fetchall()
+    rows = duckdb.sql(
+        f"SELECT run_id, count(*), count(DISTINCT input_uri) FROM read_parquet('{out}/manifest/**/*.parquet') GROUP BY run_id"
+    ).fetchall()
     assert rows == [(record["run_id"], 60, 60)]
 
 
@@ -278,7 +288,9 @@ def test_nightly_wrapper_submits_waits_and_exits_3_on_error_rows(ray_cluster, tm
         DARKROOM_HOME=str(root), DARKROOM_JOB=str(job), DARKROOM_BIN=str(Path(sys.executable).parent / "darkroom"),
         DARKROOM_SUBMIT_ADDRESS=ray_cluster.url, DARKROOM_NOTIFY=str(notify), DARKROOM_LOCK=str(tmp_path / "lock"),
     )  # fmt: skip
-    result = subprocess.run([str(root / "deploy/cron/darkroom-nightly.sh")], env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(root / "deploy/cron/darkroom-nightly.sh")], env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 3, result.stdout + result.stderr
     assert "2 ok" in result.stdout and "1 error" in result.stdout  # the job's own output, followed live
     assert "finished with error rows (exit 3)" in result.stdout
@@ -290,15 +302,27 @@ def test_nightly_wrapper_submits_waits_and_exits_3_on_error_rows(ray_cluster, tm
 
 def test_errors_are_one_line_and_exit_1(ray_cluster, tmp_path):
     closed = _free_port()
-    for args in (["status", "x", "--address", f"http://127.0.0.1:{closed}"], ["jobs", "--address", f"127.0.0.1:{closed}"]):
+    for args in (
+        ["status", "x", "--address", f"http://127.0.0.1:{closed}"],
+        ["jobs", "--address", f"127.0.0.1:{closed}"],
+    ):
         result = cli(*args)
         assert result.exit_code == 1, result.output
-        assert result.output.count("\n") == 1 and result.output.startswith("error: cannot reach the Ray cluster at http://127.0.0.1:")
+        assert result.output.count("\n") == 1 and result.output.startswith(
+            "error: cannot reach the Ray cluster at http://127.0.0.1:"
+        )
         assert "Traceback" not in result.output
-    for args in (["status", "raysubmit_nope"], ["logs", "raysubmit_nope"], ["logs", "raysubmit_nope", "--follow"], ["stop", "raysubmit_nope"]):
+    for args in (
+        ["status", "raysubmit_nope"],
+        ["logs", "raysubmit_nope"],
+        ["logs", "raysubmit_nope", "--follow"],
+        ["stop", "raysubmit_nope"],
+    ):
         result = cli(*args, "--address", ray_cluster.url)
         assert result.exit_code == 1, result.output
-        assert result.output.count("\n") == 1 and "raysubmit_nope" in result.output and "does not exist" in result.output, result.output
+        assert (
+            result.output.count("\n") == 1 and "raysubmit_nope" in result.output and "does not exist" in result.output
+        ), result.output
 
     job = write_job(tmp_path / "job.yaml", tmp_path, tmp_path / "out", "x")
     no_address = cli("submit", str(job), env={"RAY_ADDRESS": None, "RAY_API_SERVER_ADDRESS": None})
