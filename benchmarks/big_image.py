@@ -93,9 +93,10 @@ def memory_of(pid: int) -> dict | None:
         argv = (Path(f"/proc/{pid}") / "cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return None
-    kib = lambda text, key: (
-        int(next((line.split()[1] for line in text.splitlines() if line.startswith(key + ":")), 0)) * 1024
-    )
+
+    def kib(text, key):
+        return int(next((line.split()[1] for line in text.splitlines() if line.startswith(key + ":")), 0)) * 1024
+
     return {"pss": kib(rollup, "Pss"), "hwm": kib(status, "VmHWM"), "title": " ".join(Path(a).name for a in argv[:2])}
 
 
@@ -181,8 +182,10 @@ def main(argv: list[str] | None = None) -> int:
                 ratio_peak_sum_pss=r["peak_sum_pss"] / out,
             )
             print(
-                f"darkroom run, {args.width}×{args.height} through {args.model} (tile {args.tile}): output {out / gib:.2f} GiB, "
-                f"{r['wall_s']:.0f} s; peak of all its processes' PSS {r['peak_sum_pss'] / gib:.2f} GiB = {r['ratio_peak_sum_pss']:.2f} × output"
+                f"darkroom run, {args.width}×{args.height} through {args.model} (tile {args.tile}): output "
+                f"{out / gib:.2f} GiB, "
+                f"{r['wall_s']:.0f} s; peak of all its processes' PSS {r['peak_sum_pss'] / gib:.2f} GiB = "
+                f"{r['ratio_peak_sum_pss']:.2f} × output"
             )
             for m in r["processes"]:
                 print(f"  {m['title']:<60} peak RSS {m['peak_rss'] / gib:.2f} GiB = {m['peak_rss'] / out:.2f} × output")
@@ -206,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"{args.width}×{args.height} through {args.model} (tile {args.tile}, {args.threads} thread(s)): "
-        f"output {r['output_shape'][1]}×{r['output_shape'][0]}, {out / gib:.2f} GiB; model {r['model_s']:.0f} s, encode {r['encode_s']:.0f} s"
+        f"output {r['output_shape'][1]}×{r['output_shape'][0]}, {out / gib:.2f} GiB; model {r['model_s']:.0f} s, "
+        f"encode {r['encode_s']:.0f} s"
     )
     print(
         f"RSS after loading the model {r['rss_after_model_load'] / gib:.2f} GiB; peak after the model "

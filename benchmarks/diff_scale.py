@@ -42,7 +42,8 @@ for k, start in enumerate(range(0, n, part)):
     cols = {f.name: pa.nulls(m, f.type) for f in manifest.MANIFEST_SCHEMA}
     cols.update(run_id=pa.array(["r1"] * m), shard=pa.array([k] * m, pa.int32()), input_uri=uris.slice(start, m),
                 input_size=sizes.slice(start, m), input_etag=etags.slice(start, m), steps=pa.array(["[]"] * m),
-                models=pa.array([["identity"]] * m, pa.list_(pa.string())), weights_sha256=pa.array([[""]] * m, pa.list_(pa.string())),
+                models=pa.array([["identity"]] * m, pa.list_(pa.string())),
+                weights_sha256=pa.array([[""]] * m, pa.list_(pa.string())),
                 fingerprint=pa.array([job.fingerprint(default_registry())] * m), status=pa.array(["ok"] * m),
                 attempt=pa.array([1] * m, pa.int32()), committed_at=pa.array([0] * m, pa.timestamp("ms", tz="UTC")))
     pq.write_table(pa.table(cols, schema=manifest.MANIFEST_SCHEMA), f"{tmp}/out/manifest/r1/part-{k:05d}.parquet")
@@ -88,7 +89,8 @@ def main() -> None:
             }
         )
     print(
-        f"{'manifest rows = listed':>24} {'plan s':>8} {'CPU s':>7} {'RSS before MiB':>15} {'peak RSS MiB':>13} {'load':>5}"
+        f"{'manifest rows = listed':>24} {'plan s':>8} {'CPU s':>7} {'RSS before MiB':>15} {'peak RSS MiB':>13} "
+        f"{'load':>5}"
     )
     for r in rows:
         print(

@@ -144,12 +144,15 @@ def table(rows: list[dict], held: dict[str, float]) -> str:
     for r in rows:
         nn = r["nearest_train_l2"]
         lines.append(
-            f"| {r['model']} | {sampler_label(r)} | {r['steps']} | **{pct(r['confident'])}** | {pct(r['min_class_share'])} "
-            f"| {pct(r['label_agrees'])} | {pct(r['colour_agrees'])} | {nn['median']:.2f} ({nn['p5']:.2f}) | {pct(r['copies'])} "
+            f"| {r['model']} | {sampler_label(r)} | {r['steps']} | **{pct(r['confident'])}** | "
+            f"{pct(r['min_class_share'])} "
+            f"| {pct(r['label_agrees'])} | {pct(r['colour_agrees'])} | {nn['median']:.2f} ({nn['p5']:.2f}) | "
+            f"{pct(r['copies'])} "
             f"| {r['images_per_s']:.2f} | {r['images_per_cpu_s']:.2f} |"
         )
     lines.append(
-        f"| *held-back digits (real, never trained on)* | | | | | | | {held['median']:.2f} ({held['p5']:.2f}) | min {held['min']:.2f} | | |"
+        f"| *held-back digits (real, never trained on)* | | | | | | | {held['median']:.2f} ({held['p5']:.2f}) | min "
+        f"{held['min']:.2f} | | |"
     )
     return "\n".join(lines)
 
@@ -275,7 +278,8 @@ def main(argv: list[str] | None = None) -> dict:
     md = (
         f"Measured by `{COMMAND}` on {result['date'][:10]}: {args.samples} samples per row (seed {args.seed}), "
         f"torch {torch.__version__}, {args.threads} thread, {os.cpu_count()} CPU cores shared with other jobs "
-        f"(load average {result['machine']['load_average'][0]}). The classifier: {100 * c['held_back_accuracy']:.1f} % accurate "
+        f"(load average {result['machine']['load_average'][0]}). The classifier: {100 * c['held_back_accuracy']:.1f} "
+        "% accurate "
         f"on the 297 held-back digits, {100 * c['held_back_confident']:.1f} % of them with top probability > 0.9.\n\n"
         + table(rows, held)
         + "\n\nClass histogram (% of samples per top class):\n\n"

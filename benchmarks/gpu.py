@@ -14,7 +14,8 @@ q 90, ``--size``² pixels) and the same model from darkroom's registry:
 Each variant runs in a fresh process at N and 2N inputs; steady img/s is the 2N run's in-run rate
 (outputs after its first quarter over their time span, ``throughput.span_rate``), with the
 marginal N / (wall(2N) − wall(N)) beside it, as in benchmarks/throughput.py. The raw loop
-encodes PNG with darkroom's encoder (``pipeline.images.encode_png``). ``nvidia-smi`` is sampled every 200 ms during every run; **GPU
+encodes PNG with darkroom's encoder (``pipeline.images.encode_png``). ``nvidia-smi`` is sampled every 200 ms during
+every run; **GPU
 busy %** is the mean ``utilization.gpu`` (the share of time a kernel was running) over the
 samples between the 2N run's first and last output file (its steady phase, start-up and
 tear-down excluded).
@@ -293,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(run_variant(variant, args, dirs[k], work, k))
                 r = runs[-1]
                 print(
-                    f"  {r['wall_s']:.2f} s, GPU busy {throughput._fmt(r['gpu_busy_pct'], '.0f')} % over {r['samples']} samples",
+                    f"  {r['wall_s']:.2f} s, GPU busy {throughput._fmt(r['gpu_busy_pct'], '.0f')} % over "
+                    f"{r['samples']} samples",
                     flush=True,
                 )
             delta = runs[1]["wall_s"] - runs[0]["wall_s"]
@@ -317,14 +319,17 @@ def main(argv: list[str] | None = None) -> int:
 
     raw = next((r for r in rows if r["variant"] == "raw"), None)
     print(
-        f"\n{'variant':<9} {'N':>4} {'wall N':>7} {'wall 2N':>8} {'steady img/s':>12} {'vs raw':>7} {'GPU busy %':>10} {'model img/s':>11}"
+        f"\n{'variant':<9} {'N':>4} {'wall N':>7} {'wall 2N':>8} {'steady img/s':>12} {'vs raw':>7} "
+        f"{'GPU busy %':>10} {'model img/s':>11}"
     )
     for r in rows:
         ratio = r["steady_img_s"] / raw["steady_img_s"] if raw and raw["steady_img_s"] and r["steady_img_s"] else None
         r["ratio_vs_raw"] = ratio
         print(
-            f"{r['variant']:<9} {r['n']:>4} {r['wall_s_n']:>7.2f} {r['wall_s_2n']:>8.2f} {throughput._fmt(r['steady_img_s'], '.2f'):>12} "
-            f"{throughput._fmt(ratio, '.2f'):>7} {throughput._fmt(r['gpu_busy_pct'], '.0f'):>10} {throughput._fmt(r.get('model_only_img_s'), '.2f'):>11}"
+            f"{r['variant']:<9} {r['n']:>4} {r['wall_s_n']:>7.2f} {r['wall_s_2n']:>8.2f} "
+            f"{throughput._fmt(r['steady_img_s'], '.2f'):>12} "
+            f"{throughput._fmt(ratio, '.2f'):>7} {throughput._fmt(r['gpu_busy_pct'], '.0f'):>10} "
+            f"{throughput._fmt(r.get('model_only_img_s'), '.2f'):>11}"
         )
     dr = next((r for r in rows if r["variant"] == "darkroom"), None)
     if dr:

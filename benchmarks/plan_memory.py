@@ -76,7 +76,8 @@ def main() -> None:
     for r in rows:
         seconds = r["run_seconds" if run else "plan_seconds"]
         print(
-            f"{r['inputs']:>10} {r['shards']:>7} {seconds:>8.2f} {r['rss_before_plan_mib']:>15.0f} {r['peak_rss_mib']:>13.0f}"
+            f"{r['inputs']:>10} {r['shards']:>7} {seconds:>8.2f} {r['rss_before_plan_mib']:>15.0f} "
+            f"{r['peak_rss_mib']:>13.0f}"
         )
     results = Path(__file__).parent / "results"
     results.mkdir(exist_ok=True)

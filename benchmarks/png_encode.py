@@ -60,7 +60,8 @@ def main() -> None:
         for data in (pil, dr):
             assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), pixels)
         print(
-            f"{name:<22} {t_pil:>9.3f} {len(pil) / 1e6:>10.2f} {t_dr:>11.3f} {len(dr) / 1e6:>12.2f} {t_pil / t_dr:>8.2f}×"
+            f"{name:<22} {t_pil:>9.3f} {len(pil) / 1e6:>10.2f} {t_dr:>11.3f} {len(dr) / 1e6:>12.2f} "
+            f"{t_pil / t_dr:>8.2f}×"
         )
 
 

@@ -192,7 +192,7 @@ def inpaint_rows(reg) -> list[dict]:
         outs = {}
         t = time.process_time()
         outs["mean fill"] = (np.where(holes[..., None], ref[~holes].mean(axis=0), ref), time.process_time() - t)
-        filled, secs = run_module(lambda x: pushpull_fill(x, known), to_t(damaged))
+        filled, secs = run_module(lambda x, known=known: pushpull_fill(x, known), to_t(damaged))
         outs["push-pull fill"] = (to_np(filled), secs)
         t = time.process_time()
         outs["biharmonic (skimage)"] = (
@@ -385,7 +385,8 @@ def inpaint_note(result: dict) -> str:
     where = f" Biharmonic is better on {', '.join(losses)} (smooth, slowly varying regions)." if losses else ""
     return (
         f"darkroom-inpaint's gain over biharmonic comes mostly from its first stage, the multigrid membrane fill "
-        f"({fill['mean_psnr'] - bih['mean_psnr']:+.2f} dB); the U-Net adds {net['mean_psnr'] - fill['mean_psnr']:+.2f} dB "
+        f"({fill['mean_psnr'] - bih['mean_psnr']:+.2f} dB); the U-Net adds "
+        f"{net['mean_psnr'] - fill['mean_psnr']:+.2f} dB "
         f"on whole images (more where edges cross holes: tests/models/test_trained.py measures +2.25 dB in the holes "
         f"of a 128² crop of coffee).{where}\n\n"
     )
@@ -425,7 +426,8 @@ darkroom-colorize only on the colour ones among them, `COLOUR_TRAIN_IMAGES` in
   to darkroom-colorize as three equal channels, compared in colour with the original: PSNR on RGB
   and the RMS error of the chroma planes (Cb, Cr). The baseline is the gray image itself.
 * **inpaint-{int(result["hole_coverage"] * 100)}%**: a fixed seeded hole mask per image (`hole_mask` in
-  `models/training/train_inpaint.py`: scratches, boxes, ellipses over {int(result["hole_coverage"] * 100)}% of the image);
+  `models/training/train_inpaint.py`: scratches, boxes, ellipses over {int(result["hole_coverage"] * 100)}% of the
+image);
   PSNR on RGB over the whole image (known pixels are exact for every method) and over the holes
   alone. Baselines: the per-channel mean of the known pixels; the push-pull fill alone
   (darkroom-inpaint's first stage, no network); scikit-image's `inpaint_biharmonic` (the classical
@@ -439,11 +441,15 @@ darkroom-colorize only on the colour ones among them, `COLOUR_TRAIN_IMAGES` in
 {md}
 
 Targets: darkroom-sr-x4 ≥ bicubic + 1.0 dB — {yes(t["sr_target_met"])} (gain {t["sr_gain_over_bicubic_db"]:+.2f} dB);
-darkroom-denoise ≥ the better non-local means + 1.0 dB — {yes(t["denoise_target_met"])} (gain {t["denoise_gain_over_best_nlm_db"]:+.2f} dB);
-darkroom-colorize ≥ the gray image + {CZ_TARGET_DB:.1f} dB — {yes(t["colorize_target_met"])} (gain {t["colorize_gain_over_gray_db"]:+.2f} dB);
-darkroom-inpaint > biharmonic — {yes(t["inpaint_target_met"])} (gain {t["inpaint_gain_over_biharmonic_db"]:+.2f} dB; over mean fill {t["inpaint_gain_over_mean_fill_db"]:+.2f} dB).
+darkroom-denoise ≥ the better non-local means + 1.0 dB — {yes(t["denoise_target_met"])} (gain
+{t["denoise_gain_over_best_nlm_db"]:+.2f} dB);
+darkroom-colorize ≥ the gray image + {CZ_TARGET_DB:.1f} dB — {yes(t["colorize_target_met"])} (gain
+{t["colorize_gain_over_gray_db"]:+.2f} dB);
+darkroom-inpaint > biharmonic — {yes(t["inpaint_target_met"])} (gain {t["inpaint_gain_over_biharmonic_db"]:+.2f} dB;
+over mean fill {t["inpaint_gain_over_mean_fill_db"]:+.2f} dB).
 
-{colorize_limits()}{inpaint_note(result)}{caveat}Three images are a small sample: these numbers show the models work as intended on unseen
+{colorize_limits()}{inpaint_note(result)}{caveat}Three images are a small sample: these numbers show the models work
+as intended on unseen
 photos; they are not a comparison with published results on standard benchmark sets.
 """
 

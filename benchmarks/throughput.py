@@ -52,7 +52,8 @@ the medians of ratios taken within each round. ``make bench`` runs 3 rounds.
     .venv/bin/python benchmarks/throughput.py --repeat 3      # full run (make bench), ~25 min on 2 cores
     .venv/bin/python benchmarks/throughput.py --quick         # smoke run, small N
     .venv/bin/python benchmarks/throughput.py --quick --variants raw,one-image --workloads compute --no-save
-    .venv/bin/python benchmarks/throughput.py --variants 'darkroom,darkroom:threads_per_actor=1' --workloads compute --no-startup
+    .venv/bin/python benchmarks/throughput.py --variants 'darkroom,darkroom:threads_per_actor=1' \
+        --workloads compute --no-startup
 
 Writes benchmarks/results/throughput-<date>.json (unless --no-save) and prints a table.
 """
@@ -719,34 +720,45 @@ def _inner_steady(variant: str, n: int, runs: list[dict]) -> float | None:
 def print_table(rows: list[dict], pillow: dict | None, startup: dict | None) -> None:
     width = max([11] + [len(r["variant"]) for r in rows])
     head = (
-        f"{'variant':<{width}} {'workload':<8} {'threads':>7} {'wall s N':>9} {'wall s 2N':>9} {'N':>4} {'steady img/s':>12} "
-        f"{'startup s':>9} {'vs raw':>7} {'vs RayData':>10} {'marginal img/s':>14} {'marginal vs raw':>15} {'inner img/s':>11} {'others':>6}"
+        f"{'variant':<{width}} {'workload':<8} {'threads':>7} {'wall s N':>9} {'wall s 2N':>9} {'N':>4} "
+        f"{'steady img/s':>12} "
+        f"{'startup s':>9} {'vs raw':>7} {'vs RayData':>10} {'marginal img/s':>14} {'marginal vs raw':>15} "
+        f"{'inner img/s':>11} {'others':>6}"
     )
     print(head)
     print("-" * len(head))
     for r in rows:
         print(
-            f"{r['variant']:<{width}} {r['workload']:<8} {r['model_threads']:>7} {r['wall_s_n']:>9.2f} {r['wall_s_2n']:>9.2f} {r['n']:>4} "
-            f"{_fmt(r['steady_img_s'], '.3f'):>12} {_fmt(r['startup_s'], '.2f'):>9} {_fmt(r['ratio_vs_raw'], '.2f'):>7} {_fmt(r['ratio_vs_ray_data'], '.2f'):>10} "
-            f"{_fmt(r['marginal_img_s'], '.3f'):>14} {_fmt(r['marginal_ratio_vs_raw'], '.2f'):>15} {_fmt(r['inner_steady_img_s'], '.3f'):>11} "
+            f"{r['variant']:<{width}} {r['workload']:<8} {r['model_threads']:>7} {r['wall_s_n']:>9.2f} "
+            f"{r['wall_s_2n']:>9.2f} {r['n']:>4} "
+            f"{_fmt(r['steady_img_s'], '.3f'):>12} {_fmt(r['startup_s'], '.2f'):>9} "
+            f"{_fmt(r['ratio_vs_raw'], '.2f'):>7} {_fmt(r['ratio_vs_ray_data'], '.2f'):>10} "
+            f"{_fmt(r['marginal_img_s'], '.3f'):>14} {_fmt(r['marginal_ratio_vs_raw'], '.2f'):>15} "
+            f"{_fmt(r['inner_steady_img_s'], '.3f'):>11} "
             f"{max(x['others_cores_during'] for x in r['runs']):>6.2f}"
         )
     print(
-        "(threads: torch threads of the model; steady: the 2N run's outputs after its first quarter over their time span;\n"
-        " marginal: N / (wall(2N) - wall(N)); inner: the marginal rate from the children's own clocks; with rounds > 1\n"
-        " every figure is the median over rounds and each ratio the median of per-round ratios; others: most CPU cores\n"
+        "(threads: torch threads of the model; steady: the 2N run's outputs after its first quarter over their time "
+        "span;\n"
+        " marginal: N / (wall(2N) - wall(N)); inner: the marginal rate from the children's own clocks; with rounds > "
+        "1\n"
+        " every figure is the median over rounds and each ratio the median of per-round ratios; others: most CPU "
+        "cores\n"
         " other people's processes used during one of the row's runs)"
     )
     if pillow:
         print(
-            f"pillow     decode   decode+encode {pillow['per_core_img_s']:.3f} img/s per core × {pillow['cores']} = {pillow['limit_img_s']:.3f} img/s "
+            f"pillow     decode   decode+encode {pillow['per_core_img_s']:.3f} img/s per core × {pillow['cores']} = "
+            f"{pillow['limit_img_s']:.3f} img/s "
             f"(measured with {pillow['cores']} processes: {pillow['measured_parallel_img_s']:.3f}); "
             f"decode {pillow['decode_ms_per_image']:.0f} ms + encode {pillow['encode_ms_per_image']:.0f} ms per image; "
-            f"with darkroom's encoder ({pillow['darkroom_encoder_ms_per_image']:.0f} ms) {pillow['darkroom_encoder_limit_img_s']:.3f} img/s"
+            f"with darkroom's encoder ({pillow['darkroom_encoder_ms_per_image']:.0f} ms) "
+            f"{pillow['darkroom_encoder_limit_img_s']:.3f} img/s"
         )
     if startup:
         print(
-            f"start-up   darkroom run, {startup['images']} images: first output after {_fmt(startup['first_output_s'], '.2f')} s, done after {startup['wall_s']:.2f} s"
+            f"start-up   darkroom run, {startup['images']} images: first output after "
+            f"{_fmt(startup['first_output_s'], '.2f')} s, done after {startup['wall_s']:.2f} s"
         )
 
 
@@ -878,7 +890,8 @@ def main(argv: list[str] | None = None) -> int:
                 for variant in timed:
                     for k in (n, 2 * n):
                         print(
-                            f"[{time.time() - started:6.1f}s] {variant} / {workload} / N={k} round {round_ + 1} (load {os.getloadavg()[0]:.2f})",
+                            f"[{time.time() - started:6.1f}s] {variant} / {workload} / N={k} round {round_ + 1} "
+                            f"(load {os.getloadavg()[0]:.2f})",
                             flush=True,
                         )
                         r = run_variant(variant, workload, dirs[k], work, k, args.threads, args.timeout) | {
@@ -886,8 +899,10 @@ def main(argv: list[str] | None = None) -> int:
                         }
                         runs[variant].append(r)
                         print(
-                            f"          {r['wall_s']:.2f} s, in-run {_fmt(r['span_img_s'], '.2f')} img/s (other processes: "
-                            f"{_fmt(r['busy_cores_before'], '.2f')} cores just before, {r['others_cores_during']:.2f} cores during)",
+                            f"          {r['wall_s']:.2f} s, in-run {_fmt(r['span_img_s'], '.2f')} img/s (other "
+                            "processes: "
+                            f"{_fmt(r['busy_cores_before'], '.2f')} cores just before, "
+                            f"{r['others_cores_during']:.2f} cores during)",
                             flush=True,
                         )
             rows += [
@@ -918,14 +933,16 @@ def main(argv: list[str] | None = None) -> int:
     for t in targets:
         state = "n/a" if t["met"] is None else ("met" if t["met"] else "NOT met")
         print(
-            f"target  {t['target']}: {_fmt(t['value'], '.2f')} {t['unit']} (target {'≤' if t['unit'] == 's' else '≥'} {t['threshold']}) → {state}"
+            f"target  {t['target']}: {_fmt(t['value'], '.2f')} {t['unit']} (target "
+            f"{'≤' if t['unit'] == 's' else '≥'} {t['threshold']}) → {state}"
         )
     loads = [r["load_before"] for row in rows for r in row["runs"]]
     busy = [r["busy_cores_before"] for row in rows for r in row["runs"] if r["busy_cores_before"] is not None]
     during = [r["others_cores_during"] for row in rows for r in row["runs"]]
     print(
         f"\nload average (1 min) before each run: min {min(loads, default=0):.2f}, max {max(loads, default=0):.2f}; "
-        f"cores used by other processes just before / during each run: max {max(busy, default=0):.2f} / {max(during, default=0):.2f}; "
+        f"cores used by other processes just before / during each run: max {max(busy, default=0):.2f} / "
+        f"{max(during, default=0):.2f}; "
         f"at end {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}; total {time.time() - started:.0f} s"
     )
 
@@ -945,7 +962,8 @@ def main(argv: list[str] | None = None) -> int:
             "per_run_others_cores_during": during,
         },
         "method": "steady img/s = outputs after the 2N run's first quarter / their time span (output files' mtimes); "
-        "marginal img/s = N / (wall(2N) - wall(N)), wall = launch to exit of a fresh process; startup_s = wall(N) - N / steady; "
+        "marginal img/s = N / (wall(2N) - wall(N)), wall = launch to exit of a fresh process; startup_s = wall(N) - "
+        "N / steady; "
         "with --repeat R: medians over R alternating rounds, ratios taken per round",
         "rows": rows,
         "pillow_limit": pillow,

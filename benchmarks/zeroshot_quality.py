@@ -22,7 +22,8 @@ float output of the model (``model``) and after 8-bit rounding (``8-bit``: round
 block mean by up to 0.5). Speed: images per second of process CPU time (busy shared machines
 distort wall time), torch threads as given, model loading excluded; wall-clock rate alongside.
 
-    .venv/bin/python benchmarks/zeroshot_quality.py     # table; benchmarks/results/zeroshot_quality.json; docs/zeroshot.md
+    .venv/bin/python benchmarks/zeroshot_quality.py
+    # table; benchmarks/results/zeroshot_quality.json; docs/zeroshot.md
 """
 
 from __future__ import annotations
@@ -158,13 +159,16 @@ def _fmt(v, spec: str) -> str:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| task | method | PSNR (dB) | MSE | known err, model (8-bit levels) | known err, 8-bit | hue accuracy | CPU images/s | wall images/s |",
+        "| task | method | PSNR (dB) | MSE | known err, model (8-bit levels) | known err, 8-bit | hue accuracy | CPU "
+        "images/s | wall images/s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['task']} | {r['method']} | **{r['psnr']:.2f}** | {r['mse']:.5f} | {_fmt(r['known_err_model'], '.3f')} "
-            f"| {_fmt(r['known_err_8bit'], '.3f')} | {_fmt(r.get('hue_accuracy'), '.0%')} | {_fmt(r['cpu_images_per_s'], '.2f')} "
+            f"| {r['task']} | {r['method']} | **{r['psnr']:.2f}** | {r['mse']:.5f} | "
+            f"{_fmt(r['known_err_model'], '.3f')} "
+            f"| {_fmt(r['known_err_8bit'], '.3f')} | {_fmt(r.get('hue_accuracy'), '.0%')} | "
+            f"{_fmt(r['cpu_images_per_s'], '.2f')} "
             f"| {_fmt(r['wall_images_per_s'], '.2f')} |"
         )
     return "\n".join(lines)
@@ -255,7 +259,8 @@ def results_md(result: dict) -> str:
     )
     return (
         f"Measured {result['date'][:10]} with `{result['command']}` on {result['images']} held-back digits "
-        f"({result['machine']['processor']}, {result['machine']['torch_threads']} torch thread(s), batch {result['batch']}); "
+        f"({result['machine']['processor']}, {result['machine']['torch_threads']} torch thread(s), batch "
+        f"{result['batch']}); "
         f"prior `{prior['uri']}` (weights sha256 `{prior['weights_sha256'][:12]}…`{trained}); {steps}.\n\n"
         + table(result["rows"])
         + "\n"

@@ -31,7 +31,8 @@ CONFIG = DDPMConfig(
 FOLDER_URI = "package://models/weights/ddpm-digits"
 WEIGHTS = WeightsSpec(
     uri=f"{FOLDER_URI}/diffusion_pytorch_model.safetensors",
-    sha256="2e7857f83a8c95992de3b8a534b728037fc3259840a0a3545918346d374539c3",  # the digest train_ddpm_digits.py printed
+    # the digest train_ddpm_digits.py printed
+    sha256="2e7857f83a8c95992de3b8a534b728037fc3259840a0a3545918346d374539c3",
     format="safetensors",
     scale=1,
     licence=LICENCE,

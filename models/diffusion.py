@@ -442,7 +442,8 @@ class DDPMFolderParams(SamplerParams):
     """A user's diffusers-format DDPM folder, plus how to sample it."""
 
     uri: str = Field(
-        description="diffusers folder (config.json + diffusion_pytorch_model.safetensors [+ scheduler_config.json]), or a full pipeline folder with unet/: fsspec URI, local path or package://"
+        description="diffusers folder (config.json + diffusion_pytorch_model.safetensors [+ scheduler_config.json]), "
+        "or a full pipeline folder with unet/: fsspec URI, local path or package://"
     )
     sha256: str | None = Field(
         None,

@@ -7,7 +7,8 @@ its hue — and returns class probabilities. Trained by
 ``models/training/digits.py`` with augmentation (shifts, small rotations and scalings, stroke
 strength, blur, noise) so that it also reads generated digits, and with images that show no
 single digit (noise, blobs, two digits blended) and soft targets, so that it is *not* confident
-about them; its accuracy is measured on the 297 held-back digits. ``benchmarks/generation_quality.py`` uses it; the pipeline never does.
+about them; its accuracy is measured on the 297 held-back digits. ``benchmarks/generation_quality.py`` uses it; the
+pipeline never does.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ NAME = "darkroom-digits-classifier"
 LICENCE = "MIT (trained by darkroom on scikit-learn's digits)"
 WEIGHTS = WeightsSpec(
     uri="package://models/weights/digits-classifier.safetensors",
-    sha256="c26cbacbce769afbbe6d281c6080fc71037fb7032c00f78fd876711a99cbab44",  # the digest train_digits_classifier.py printed
+    # the digest train_digits_classifier.py printed
+    sha256="c26cbacbce769afbbe6d281c6080fc71037fb7032c00f78fd876711a99cbab44",
     format="safetensors",
     scale=1,
     licence=LICENCE,

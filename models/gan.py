@@ -30,7 +30,8 @@ NAME = "darkroom-gan-digits"
 LICENCE = "MIT (trained by darkroom on scikit-learn's digits)"
 WEIGHTS = WeightsSpec(
     uri="package://models/weights/darkroom-gan-digits.safetensors",
-    sha256="6b11d6bc72c4ceb14d8431dfeadc1cb34d25c17d8009da6e2a8d7799cf7acbe3",  # train_gan_digits.py's file, its "loss" metadata string corrected after training
+    # train_gan_digits.py's file, its "loss" metadata string corrected after training
+    sha256="6b11d6bc72c4ceb14d8431dfeadc1cb34d25c17d8009da6e2a8d7799cf7acbe3",
     format="safetensors",
     scale=1,
     licence=LICENCE,

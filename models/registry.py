@@ -179,13 +179,15 @@ def default_registry() -> Registry:
         (
             "darkroom-colorize",
             "colorization",
-            "darkroom's own colorizer: keeps the luma, chroma from a fitted luma→chroma curve (10 params); RGB out; docs/quality.md",
+            "darkroom's own colorizer: keeps the luma, chroma from a fitted luma→chroma curve (10 params); RGB out; "
+            "docs/quality.md",
             darkroom_colorize,
         ),
         (
             "darkroom-inpaint",
             "inpainting",
-            "darkroom's own inpainter: multigrid membrane fill + U-Net correction (256k params); needs a mask; docs/quality.md",
+            "darkroom's own inpainter: multigrid membrane fill + U-Net correction (256k params); needs a mask; "
+            "docs/quality.md",
             darkroom_inpaint,
         ),
     ):
@@ -205,7 +207,8 @@ def default_registry() -> Registry:
         ModelEntry(
             name="checkpoint",
             task="any",
-            description="a public restoration checkpoint (ESRGAN, SwinIR, HAT, DAT, SCUNet, DRUNet, …) loaded with spandrel",
+            description="a public restoration checkpoint (ESRGAN, SwinIR, HAT, DAT, SCUNet, DRUNet, …) loaded with "
+            "spandrel",
             params=checkpoint.CheckpointParams,
             build=checkpoint.build,
             licence=checkpoint.LICENCE,
@@ -216,7 +219,8 @@ def default_registry() -> Registry:
         ModelEntry(
             name=ddpm_digits.NAME,
             task="generation",
-            description="darkroom's own 32×32 DDPM of class-coloured digits (637k params; ddim 50 steps or ddpm 1000); docs/generation.md",
+            description="darkroom's own 32×32 DDPM of class-coloured digits (637k params; ddim 50 steps or ddpm "
+            "1000); docs/generation.md",
             params=diffusion.SamplerParams,
             build=ddpm_digits.build,
             weights=ddpm_digits.WEIGHTS,
@@ -228,7 +232,8 @@ def default_registry() -> Registry:
         ModelEntry(
             name="ddpm",
             task="generation",
-            description="an unconditional ε-prediction DDPM in diffusers format (UNet2DModel folder) from any fsspec URI",
+            description="an unconditional ε-prediction DDPM in diffusers format (UNet2DModel folder) from any fsspec "
+            "URI",
             params=diffusion.DDPMFolderParams,
             build=diffusion.build_folder,
             licence="that of the weights (user-supplied)",
@@ -239,7 +244,8 @@ def default_registry() -> Registry:
     for module, description in (
         (
             gan,
-            "darkroom's own class-conditional DCGAN of 32×32 class-coloured digits (141k generator params); docs/generation.md",
+            "darkroom's own class-conditional DCGAN of 32×32 class-coloured digits (141k generator params); "
+            "docs/generation.md",
         ),
         (vae, "darkroom's own class-conditional VAE of 32×32 class-coloured digits (133k params); docs/generation.md"),
     ):

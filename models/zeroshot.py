@@ -309,7 +309,8 @@ class PriorParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prior: str = Field(
         DEFAULT_PRIOR,
-        description="diffusers folder (config.json + diffusion_pytorch_model.safetensors) of an unconditional ε-prediction DDPM: fsspec URI, local path or package://",
+        description="diffusers folder (config.json + diffusion_pytorch_model.safetensors) of an unconditional "
+        "ε-prediction DDPM: fsspec URI, local path or package://",
     )
     prior_sha256: str | None = Field(
         None,
@@ -378,7 +379,8 @@ class ZeroShotModule(nn.Module):
             (h, w), (ph, pw) = self.in_size, _size(self.unet)
             makes = f" (it generates {pw}×{ph})" if (h, w) != (ph, pw) else ""
             raise ValueError(
-                f"{self.name} restores {w}×{h} images with this prior{makes}; got {x.shape[-1]}×{x.shape[-2]}: resize or crop the inputs"
+                f"{self.name} restores {w}×{h} images with this prior{makes}; got {x.shape[-1]}×{x.shape[-2]}: "
+                "resize or crop the inputs"
             )
         eps = unet_eps(self.unet, self.micro_batch)  # here: the engine may move the UNet after building
         return self.restore(eps, x.float(), input_generators(x, self.seed), self.acp, self.clip_sample)

@@ -142,7 +142,8 @@ def plan(job_file: str, input_uri: str | None, output_uri: str | None, mode: str
     click.echo(f"bytes:   {summary.bytes}")
     if summary.skipped_not_image:
         click.echo(
-            f"skipped: {summary.skipped_not_image} files without an image extension (e.g. {summary.examples_skipped[0]})"
+            f"skipped: {summary.skipped_not_image} files without an image extension (e.g. "
+            f"{summary.examples_skipped[0]})"
         )
     if summary.skipped_masks:
         click.echo(f"masks:   {summary.skipped_masks} files matching input.mask (masks, not inputs)")

@@ -45,7 +45,10 @@ def explain(exc: BaseException, uris: dict[str, str] | None = None) -> str:
             )
         ):
             endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "the AWS default"
-            return f"cannot reach the storage endpoint ({endpoint}): check the network, or AWS_ENDPOINT_URL for S3-compatible stores"
+            return (
+                f"cannot reach the storage endpoint ({endpoint}): check the network, "
+                "or AWS_ENDPOINT_URL for S3-compatible stores"
+            )
         if (
             "AccessDenied" in text
             or "InvalidAccessKeyId" in text

@@ -96,14 +96,16 @@ def check_resources(job: Job, steps: list[Resources]) -> None:
         if not any(n.get("CPU", 0) >= r.cpus_per_actor and n.get("GPU", 0) >= r.gpus_per_actor for n in nodes):
             most = max(n.get("CPU", 0) for n in nodes) if nodes else 0
             raise ResourcesError(
-                f"{_field(job, i, 'cpus_per_actor')}={r.cpus_per_actor:g} (with gpus_per_actor={r.gpus_per_actor:g}) fits on no "
+                f"{_field(job, i, 'cpus_per_actor')}={r.cpus_per_actor:g} (with gpus_per_actor={r.gpus_per_actor:g}) "
+                "fits on no "
                 f"node of the cluster (the largest has {most:g} CPUs): lower it"
             )
     need_gpus = sum(r.actors.min * r.gpus_per_actor for r in steps)
     if need_gpus > gpus:
         i = max(range(len(steps)), key=lambda k: steps[k].actors.min * steps[k].gpus_per_actor)
         raise ResourcesError(
-            f"{_field(job, i, 'gpus_per_actor')}={steps[i].gpus_per_actor:g}: the model actors need {need_gpus:g} GPUs, "
+            f"{_field(job, i, 'gpus_per_actor')}={steps[i].gpus_per_actor:g}: the model actors need {need_gpus:g} "
+            "GPUs, "
             f"the cluster has {gpus:g}; lower it or {_field(job, i, 'actors')}"
         )
     need_cpus = sum(r.actors.min * r.cpus_per_actor for r in steps) + job.resources.cpus_per_task
@@ -111,7 +113,8 @@ def check_resources(job: Job, steps: list[Resources]) -> None:
         i = max(range(len(steps)), key=lambda k: steps[k].actors.min * steps[k].cpus_per_actor)
         raise ResourcesError(
             f"{_field(job, i, 'cpus_per_actor')}={steps[i].cpus_per_actor:g}: the model actors and one shard task "
-            f"(resources.cpus_per_task={job.resources.cpus_per_task:g}) need {need_cpus:g} CPUs, the cluster has {cpus:g}, "
+            f"(resources.cpus_per_task={job.resources.cpus_per_task:g}) need {need_cpus:g} CPUs, the cluster has "
+            f"{cpus:g}, "
             f"so no shard could ever start; lower it (torch threads are set apart: threads_per_actor)"
         )
 

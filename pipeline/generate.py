@@ -64,7 +64,8 @@ class GeneratorActor:
         planned = spec.get("weights_sha256")
         if planned and model.weights_sha256 and model.weights_sha256 != planned:
             raise WeightsError(
-                f"{spec['model']}: weights changed since the run was planned (sha256 {planned}, now {model.weights_sha256})"
+                f"{spec['model']}: weights changed since the run was planned (sha256 {planned}, now "
+                f"{model.weights_sha256})"
             )
         label = spec.get("class_label")
         if label is not None and not model.num_classes:

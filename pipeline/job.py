@@ -65,11 +65,13 @@ def _mask_pattern(pattern: str | None) -> str | None:
 
 class InputSpec(Strict):
     uri: str = Field(
-        description="prefix, glob (s3://b/**/*.jpg) or list file (.parquet/.csv/.jsonl with a `uri` column, optional `mask_uri`)"
+        description="prefix, glob (s3://b/**/*.jpg) or list file (.parquet/.csv/.jsonl with a `uri` column, optional "
+        "`mask_uri`)"
     )
     mask: str | None = Field(
         None,
-        description="inpainting masks: a file next to each image, e.g. `{stem}_mask.png` ({stem}: the image's name without "
+        description="inpainting masks: a file next to each image, e.g. `{stem}_mask.png` ({stem}: the image's name "
+        "without "
         "extension, {name}: with it; a subfolder such as `masks/{stem}.png` works too); nonzero pixel = hole. "
         "Files matching the pattern are never inputs. A list file's `mask_uri` column takes precedence",
     )
@@ -158,7 +160,8 @@ class GenerateSpec(Strict):
 class Resources(Strict):
     actors: ActorRange = Field(
         default_factory=ActorRange,
-        description="model actors per step: a number, or {min, max} to grow while shards wait (one per GPU when GPUs exist)",
+        description="model actors per step: a number, or {min, max} to grow while shards wait (one per GPU when GPUs "
+        "exist)",
     )
     gpus_per_actor: float = Field(0, ge=0, description="GPUs each actor reserves; 0 runs on CPU; fractions share a GPU")
     cpus_per_actor: float = Field(1, gt=0, description="CPUs each actor reserves in Ray's accounting")
@@ -172,7 +175,8 @@ class Resources(Strict):
     cpus_per_task: float = Field(
         0.5,
         gt=0,
-        description="CPUs each shard task reserves (read, decode, encode, write); a task waits for the model between its "
+        description="CPUs each shard task reserves (read, decode, encode, write); a task waits for the model between "
+        "its "
         "decoding and encoding, so two per core keep an actor fed (docs/benchmarks.md)",
     )
     batch_size: int = Field(4, ge=1, description="images per forward pass")
@@ -183,8 +187,10 @@ class Resources(Strict):
     encode_in_actor_above: int | None = Field(
         256 * 2**20,
         ge=0,
-        description="outputs whose pixels take more bytes than this are encoded by the last step's actor, which sends the "
-        "file back instead of the pixels: one copy of a big image less in the actor's and the object store's memory, while "
+        description="outputs whose pixels take more bytes than this are encoded by the last step's actor, which "
+        "sends the "
+        "file back instead of the pixels: one copy of a big image less in the actor's and the object store's memory, "
+        "while "
         "the actor's device waits for the encoder; null = never",
     )
 
@@ -205,7 +211,8 @@ class Job(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="job name, recorded in run records")
     mode: Literal["incremental", "retry-errors", "overwrite"] = Field(
         "incremental",
-        description="incremental: skip inputs already done by this pipeline; retry-errors: only inputs that failed; overwrite: all",
+        description="incremental: skip inputs already done by this pipeline; retry-errors: only inputs that failed; "
+        "overwrite: all",
     )
     input: InputSpec | None = Field(None, description="what to read (restoration jobs, with `steps`)")
     output: OutputSpec = Field(description="where images, manifest/ and _darkroom/ go")
@@ -317,7 +324,8 @@ def _step_problems(steps: Any, registry: Registry, source: str, root: yaml.Node 
             continue
         if entry.task == GENERATION_TASK:
             problems.append(
-                f"{_where(source, root, ('steps', i, 'model'))}: {entry.name} generates images: use it under `generate:`, not in `steps`"
+                f"{_where(source, root, ('steps', i, 'model'))}: {entry.name} generates images: use it under "
+                "`generate:`, not in `steps`"
             )
             continue
         problems += _param_problems(entry, step.get("params"), ("steps", i, "params"), source, root)
@@ -357,7 +365,8 @@ def _param_problems(entry, params: Any, loc: tuple, source: str, root: yaml.Node
         entry.validate_params(params or {})
     except ValidationError as exc:
         return [
-            f"{_where(source, root, (*loc, *err['loc']))}: {'unknown param' if err['type'] == 'extra_forbidden' else err['msg']}"
+            f"{_where(source, root, (*loc, *err['loc']))}: "
+            f"{'unknown param' if err['type'] == 'extra_forbidden' else err['msg']}"
             for err in exc.errors()
         ]
     return []
@@ -376,7 +385,8 @@ def _generate_problems(data: dict, registry: Registry, source: str, root: yaml.N
     if entry.task != GENERATION_TASK:
         known = ", ".join(e.name for e in registry.entries() if e.task == GENERATION_TASK) or "none registered"
         return [
-            f"{where('model')}: {entry.name} is a {entry.task} model, not a generation model (generation models: {known})"
+            f"{where('model')}: {entry.name} is a {entry.task} model, not a generation model (generation models: "
+            f"{known})"
         ]
     problems = _param_problems(entry, spec.get("params"), ("generate", "params"), source, root)
     label = spec.get("class_label")

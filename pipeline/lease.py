@@ -88,7 +88,8 @@ class Lease:
                     host, pid, _ = current.owner.rsplit(":", 2)
                     raise LeaseHeld(
                         f"output {self.output_uri} is in use by run {current.run_id} (host {host}, pid {pid}); "
-                        f"its lease expires at {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(current.expires_at))} UTC "
+                        f"its lease expires at {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(current.expires_at))} "
+                        "UTC "
                         "unless renewed: wait for it to finish, or rerun after that time if it died"
                     )
             try:

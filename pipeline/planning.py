@@ -194,7 +194,7 @@ def _list_file_tables(spec: InputSpec, rows: int, summary: PlanSummary) -> Itera
             if not n:
                 continue
 
-            def column(name: str, type_: pa.DataType) -> pa.Array:
+            def column(name: str, type_: pa.DataType, table: pa.Table = table) -> pa.Array:
                 if name not in table.column_names:
                     return pa.nulls(len(table), type_)
                 return table[name].combine_chunks().cast(type_)

@@ -48,7 +48,8 @@ def reference() -> str:
     lines = [
         "# Job-file reference",
         "",
-        "Generated from the pydantic models in `pipeline/job.py` by `python -m pipeline.reference`; do not edit by hand.",
+        "Generated from the pydantic models in `pipeline/job.py` by `python -m pipeline.reference`; do not edit by "
+        "hand.",
         "Unknown keys are errors. `darkroom schema` prints the same as JSON schema.",
         "",
     ]

@@ -185,10 +185,13 @@ def _item_html(row: dict, before: Preview, after: Preview, root: str) -> str:
         )
     return f"""
 <article class="item" data-status="{_e(status)}" data-models="{_e("|".join(models))}">
-  <header><span class="badge {_e(status)}">{_e(status)}</span> <span class="name" title="{_e(uri)}">{_e(name)}</span></header>
+  <header><span class="badge {_e(status)}">{_e(status)}</span>
+    <span class="name" title="{_e(uri)}">{_e(name)}</span></header>
   <div class="pair">
-    <figure class="pane before"><div class="frame">{_frame(before, "before")}</div><figcaption>before · {_e(before_cap)}</figcaption></figure>
-    <figure class="pane after"><div class="frame">{_frame(after, "after")}</div><figcaption>after · {_e(after_cap)}</figcaption></figure>
+    <figure class="pane before"><div class="frame">{_frame(before, "before")}</div>
+      <figcaption>before · {_e(before_cap)}</figcaption></figure>
+    <figure class="pane after"><div class="frame">{_frame(after, "after")}</div>
+      <figcaption>after · {_e(after_cap)}</figcaption></figure>
   </div>
   <p class="models">{_e(" → ".join(models))}</p>{error}{compare}
 </article>"""
@@ -210,10 +213,13 @@ def _sample_html(row: dict, image: Preview) -> str:
     error = ""
     if status != "ok":
         error = f'<p class="err">{_e(row["error_type"])} at {_e(row["stage"])}: {_e(row["error_message"])}</p>'
+    dims = _dims(row["width_out"], row["height_out"]) if status == "ok" else "—"
     return f"""
 <article class="item sample" data-status="{_e(status)}" data-models="{_e("|".join(models))}">
-  <header><span class="badge {_e(status)}">{_e(status)}</span> <span class="name" title="{_e(row["input_uri"])}">#{_e(row["sample_index"])}</span></header>
-  <figure class="pane"><div class="frame">{_frame(image, "sample")}</div><figcaption>{_e(_dims(row["width_out"], row["height_out"]) if status == "ok" else "—")}</figcaption></figure>
+  <header><span class="badge {_e(status)}">{_e(status)}</span>
+    <span class="name" title="{_e(row["input_uri"])}">#{_e(row["sample_index"])}</span></header>
+  <figure class="pane"><div class="frame">{_frame(image, "sample")}</div>
+    <figcaption>{_e(dims)}</figcaption></figure>
   <p class="models">{_e(" · ".join(x for x in made if x))}</p>{error}
 </article>"""
 
@@ -255,11 +261,14 @@ def _errors_html(errors: list[dict], total: int, root: str) -> str:
     if not total:
         return '<p class="none">No errors.</p>'
     rows = "".join(
-        f'<tr><td class="uri" title="{_e(r["input_uri"])}">{_e(_relative(r["input_uri"], root))}</td><td>{_e(r["error_type"])}</td><td>{_e(r["stage"])}</td><td class="msg">{_e(r["error_message"])}</td></tr>'
+        '<tr><td class="uri" '
+        f'title="{_e(r["input_uri"])}">{_e(_relative(r["input_uri"], root))}</td>'
+        f'<td>{_e(r["error_type"])}</td><td>{_e(r["stage"])}</td><td class="msg">{_e(r["error_message"])}</td></tr>'
         for r in errors
     )
     more = f'<p class="more">{total - len(errors)} more errors not listed.</p>' if total > len(errors) else ""
-    return f'<table class="errors"><thead><tr><th>input</th><th>error_type</th><th>stage</th><th>message</th></tr></thead><tbody>{rows}</tbody></table>{more}'
+    head = "<tr><th>input</th><th>error_type</th><th>stage</th><th>message</th></tr>"
+    return f'<table class="errors"><thead>{head}</thead><tbody>{rows}</tbody></table>{more}'
 
 
 CSS = """
@@ -275,10 +284,12 @@ td.uri, td.msg { word-break: break-all; }
 .filters { display: flex; gap: 16px; align-items: center; margin-bottom: 12px; }
 #grid { display: flex; flex-wrap: wrap; gap: 12px; }
 [hidden] { display: none !important; }
-.item { background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: 8px; width: calc(2 * var(--frame) + 24px); }
+.item { background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: 8px;
+  width: calc(2 * var(--frame) + 24px); }
 .item.sample { --frame: %(sample_px)dpx; width: calc(var(--frame) + 16px); }
 .item header { display: flex; gap: 6px; align-items: baseline; margin-bottom: 6px; }
-.name { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; font-family: ui-monospace, monospace; font-size: 12px; }
+.name { overflow: hidden; text-overflow: ellipsis; white-space: nowrap;
+  font-family: ui-monospace, monospace; font-size: 12px; }
 .badge { border-radius: 3px; padding: 0 5px; font-size: 12px; color: #fff; background: #777; }
 .badge.ok { background: #2e7d32; } .badge.error { background: #c62828; }
 .pair { display: flex; gap: 8px; }
@@ -286,7 +297,8 @@ td.uri, td.msg { word-break: break-all; }
 .frame { width: var(--frame); height: var(--frame); display: flex; align-items: center; justify-content: center;
   background: repeating-conic-gradient(#e8e8e8 0 25%%, #fff 0 50%%) 0 0 / 16px 16px; }
 .frame img { width: 100%%; height: 100%%; object-fit: contain; image-rendering: pixelated; display: block; }
-.placeholder { color: #777; font-size: 12px; text-align: center; padding: 8px; background: #f0f0f0; border: 1px dashed #bbb; }
+.placeholder { color: #777; font-size: 12px; text-align: center; padding: 8px; background: #f0f0f0;
+  border: 1px dashed #bbb; }
 figcaption { font-size: 12px; color: #555; margin-top: 2px; }
 .models { font-size: 12px; margin: 4px 0 0; color: #333; }
 .err { font-size: 12px; margin: 4px 0 0; color: #c62828; word-break: break-all; }

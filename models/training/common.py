@@ -157,7 +157,8 @@ def train(
         done = step + 1
         if done % log_every == 0 or done == steps:
             print(
-                f"step {done}/{steps} loss(last100) {sum(recent) / len(recent):.5f} cpu {time.process_time() - t0:.0f}s",
+                f"step {done}/{steps} loss(last100) {sum(recent) / len(recent):.5f} cpu "
+                f"{time.process_time() - t0:.0f}s",
                 flush=True,
             )
         if on_step is not None:

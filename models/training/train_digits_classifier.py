@@ -8,7 +8,8 @@ Gaussian noise of σ up to 0.08. A quarter of every batch is not one digit, with
 (outlier exposure and mixup), so that the classifier is *not* confident about what a poor
 generator draws: noise and smooth random blobs (target: uniform over the classes) and two digits
 of different classes blended (target: their blend weights). Loss: cross-entropy against these
-probabilities; Adam with warm-up and cosine decay (``models.training.common.train``). Writes models/weights/digits-classifier.safetensors (metadata:
+probabilities; Adam with warm-up and cosine decay (``models.training.common.train``). Writes
+models/weights/digits-classifier.safetensors (metadata:
 data, steps, loss, held-back accuracy) and prints its sha256 and the accuracy on the 297
 held-back digits. Needs scikit-learn (the ``test`` extra).
 """
@@ -115,8 +116,12 @@ def main(argv: list[str] | None = None) -> None:
         "model": NAME,
         **provenance(train_set),
         "input": "digits.shape_channel (max over channels) of 32x32 digits in [0, 1]",
-        "augmentation": "affine (rotation 12 deg, scale 0.9-1.1, shift 2 px), strength 0.6-1, 3x3 blur p=0.5, noise sigma <= 0.08",
-        "not_one_digit": "1/4 of each batch: noise, smooth blobs (uniform target), blends of two digits (blend-weight target)",
+        "augmentation": (
+            "affine (rotation 12 deg, scale 0.9-1.1, shift 2 px), strength 0.6-1, 3x3 blur p=0.5, noise sigma <= 0.08"
+        ),
+        "not_one_digit": (
+            "1/4 of each batch: noise, smooth blobs (uniform target), blends of two digits (blend-weight target)"
+        ),
         "loss": "cross-entropy (soft targets)",
         "batch": str(args.batch),
         "held_back_accuracy": f"{held:.4f}",

@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     grid_steps = sorted({max(1, args.steps // 20), args.steps // 2})
     log = LossLog(args.out / "loss.csv", ["d_loss", "g_loss", "spread", "d_real", "d_fake"])
     print(
-        f"generator {sum(p.numel() for p in g_net.parameters())} params, discriminator {sum(p.numel() for p in d_net.parameters())}",
+        f"generator {sum(p.numel() for p in g_net.parameters())} params, discriminator "
+        f"{sum(p.numel() for p in d_net.parameters())}",
         flush=True,
     )
 

@@ -93,7 +93,10 @@ def main(argv: list[str] | None = None) -> None:
     stats["steps"] += int(prior.get("steps", 0))
     extra = {
         "model": NAME,
-        "degradation": "synthetic hole masks (models.training.train_inpaint.hole_mask: scratches, boxes, ellipses; 3-35% of the patch), holes filled with uniform noise",
+        "degradation": (
+            "synthetic hole masks (models.training.train_inpaint.hole_mask: scratches, boxes, ellipses; "
+            "3-35% of the patch), holes filled with uniform noise"
+        ),
         "loss": "L1 (known pixels pasted back)",
         "batch": str(args.batch),
         "patch": str(args.patch),

@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
 
     stats = train(
         _Objective(vae), make_batch, loss_fn,
-        steps=args.steps, lr=args.lr, seed=args.seed, max_cpu_seconds=args.max_cpu_seconds, log_every=10**9, on_step=on_step,
+        steps=args.steps, lr=args.lr, seed=args.seed, max_cpu_seconds=args.max_cpu_seconds,
+        log_every=10**9, on_step=on_step,
     )  # fmt: skip
     save_class_grid(sample, args.out / f"{NAME}-step{int(stats['steps'])}.png")
     means = log.means()

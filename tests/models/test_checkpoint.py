@@ -295,7 +295,8 @@ def test_pipeline_run_records_the_checkpoint_digest(ray_local, s3_bucket, tmp_pa
     summary = api.run(job)
     assert summary.counts == {"ok": 2}
     rows = duckdb.sql(
-        f"SELECT input_uri, output_uri, weights_sha256, models, fingerprint FROM '{tmp_path}/out/manifest/**/*.parquet' ORDER BY 1"
+        "SELECT input_uri, output_uri, weights_sha256, models, fingerprint FROM "
+        f"'{tmp_path}/out/manifest/**/*.parquet' ORDER BY 1"
     ).fetchall()
     assert [(r[2], r[3], r[4]) for r in rows] == [
         ([sha256_of(path)], ["checkpoint"], job.fingerprint(default_registry()))

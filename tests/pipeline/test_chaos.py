@@ -153,7 +153,8 @@ def test_chaos_exactly_once(ray_local, s3_bucket, s3_endpoint, tmp_path, n_input
     con = duckdb.connect()
     con.register_filesystem(fs)
     total, distinct, ok = con.execute(
-        f"SELECT count(*), count(DISTINCT input_uri), count(*) FILTER (status = 'ok') FROM read_parquet('{out}/manifest/**/*.parquet')"
+        "SELECT count(*), count(DISTINCT input_uri), count(*) FILTER (status = 'ok') FROM "
+        f"read_parquet('{out}/manifest/**/*.parquet')"
     ).fetchone()
     listed = {
         f"s3://{s3_bucket}/{o['Key']}"
@@ -168,7 +169,8 @@ def test_chaos_exactly_once(ray_local, s3_bucket, s3_endpoint, tmp_path, n_input
         assert Image.open(io.BytesIO(storage.read_bytes(uri))).size == (16, 16)
     print(
         f"\nchaos: inputs={n_inputs} requests={proxy.requests} faults={faults} actor_kills={actor_kills} "
-        f"driver_kills=1 shards_before_kill={committed_before} rows={total} duplicates={total - distinct} lost={len(listed - seen)}"
+        f"driver_kills=1 shards_before_kill={committed_before} rows={total} duplicates={total - distinct} "
+        f"lost={len(listed - seen)}"
     )
     assert (total, distinct, ok) == (n_inputs, n_inputs, n_inputs)
     assert seen == listed

@@ -70,7 +70,8 @@ def test_incremental_cycle(ray_local, corpus_dir, tmp_path, corpus):
     assert overwrite.inputs == n
     # Each run has exactly one row per input it ran.
     per_run = duckdb.sql(
-        f"SELECT run_id, count(*) = count(DISTINCT input_uri) FROM read_parquet('{out}/manifest/**/*.parquet') GROUP BY run_id"
+        f"SELECT run_id, count(*) = count(DISTINCT input_uri) FROM read_parquet('{out}/manifest/**/*.parquet') GROUP "
+        "BY run_id"
     ).fetchall()
     assert all(unique for _, unique in per_run) and len(per_run) == 6
 

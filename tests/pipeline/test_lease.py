@@ -65,7 +65,7 @@ def test_stale_lease_of_a_dead_run_is_taken_over(output_uri):
     with pytest.raises(LeaseHeld):
         Lease(output_uri, "early").acquire()
     time.sleep(0.6)
-    with Lease(output_uri, "next") as lease:
+    with Lease(output_uri, "next"):
         record = json.loads(storage.read_bytes(lease_uri(output_uri)))
         assert record["run_id"] == "next"
 
@@ -95,7 +95,10 @@ def test_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(output_uri):
     import sys
 
     # A real process takes the lease and is SIGKILLed: no heartbeat stop, no release.
-    code = f"from pipeline.lease import Lease; import os, signal; Lease({output_uri!r}, 'killed').acquire(); os.kill(os.getpid(), signal.SIGKILL)"
+    code = (
+        "from pipeline.lease import Lease; import os, signal; "
+        f"Lease({output_uri!r}, 'killed').acquire(); os.kill(os.getpid(), signal.SIGKILL)"
+    )
     subprocess.run([sys.executable, "-c", code], check=False, timeout=60)
     record = json.loads(storage.read_bytes(lease_uri(output_uri)))
     assert record["run_id"] == "killed" and record["expires_at"] > time.time()

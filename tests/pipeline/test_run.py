@@ -151,7 +151,8 @@ def test_outputs_encoded_by_the_actor_are_the_same_files(ray_local, corpus_dir, 
         rows = (
             rows_of(str(out))
             .execute(
-                "SELECT input_uri, status, stage, error_type, format_out, width_out, height_out, output_uri FROM m ORDER BY input_uri"
+                "SELECT input_uri, status, stage, error_type, format_out, width_out, height_out, output_uri FROM m "
+                "ORDER BY input_uri"
             )
             .fetchall()
         )

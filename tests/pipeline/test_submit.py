@@ -110,7 +110,8 @@ def ray_cluster():
 
     try:
         start("head", ["--head", "--port", str(gcs_port), "--num-cpus", "2", "--dashboard-host", "127.0.0.1",
-                       "--dashboard-port", str(dashboard_port), "--ray-client-server-port", str(_free_port())])  # fmt: skip
+                       "--dashboard-port", str(dashboard_port),
+                       "--ray-client-server-port", str(_free_port())])  # fmt: skip
         _wait("head GCS", lambda: _port_open(gcs_port), procs)
         start(
             "decoder-node",
@@ -198,11 +199,12 @@ def test_submit_runs_the_job_on_the_cluster_and_reports_it(ray_cluster, tmp_path
 
     info = cluster.client(url).get_job_info(submission_id)
     assert (
-        info.entrypoint
-        == f"python -m pipeline.cli run {cluster.STAGED_JOBS_DIR}/job.yaml --log-format plain --output {shlex.quote(str(out))}"
+        info.entrypoint == f"python -m pipeline.cli run {cluster.STAGED_JOBS_DIR}/job.yaml --log-format plain "
+        f"--output {shlex.quote(str(out))}"
     )
     rows = duckdb.sql(
-        f"SELECT input_uri, status, width_in, height_in, width_out, height_out FROM read_parquet('{out}/manifest/**/*.parquet')"
+        "SELECT input_uri, status, width_in, height_in, width_out, height_out FROM "
+        f"read_parquet('{out}/manifest/**/*.parquet')"
     ).fetchall()
     assert sorted(Path(r[0]).name for r in rows) == [f"img-{i:03d}.png" for i in range(5)]
     assert all(r[1] == "ok" and (r[4], r[5]) == (2 * r[2], 2 * r[3]) == (32, 24) for r in rows), rows
@@ -269,7 +271,8 @@ def test_stop_ends_a_running_job_as_stopped(ray_cluster, tmp_path):
     resumed = cli("submit", str(job), "--address", url, "--wait")
     assert resumed.exit_code == 0, resumed.output
     rows = duckdb.sql(
-        f"SELECT run_id, count(*), count(DISTINCT input_uri) FROM read_parquet('{out}/manifest/**/*.parquet') GROUP BY run_id"
+        f"SELECT run_id, count(*), count(DISTINCT input_uri) FROM read_parquet('{out}/manifest/**/*.parquet') GROUP "
+        "BY run_id"
     ).fetchall()
     assert rows == [(record["run_id"], 60, 60)]
 
