@@ -82,6 +82,13 @@ def _unfinished_run(job: Job, fingerprint: str, run_id: str | None = None) -> ru
     return candidates[-1] if candidates else None
 
 
+def inputs_in_shards(shards: set[int], record: runs.RunRecord) -> int:
+    """How many of ``record``'s planned inputs lie in ``shards``: every shard holds ``shard_size`` consecutive
+    inputs but the last (pipeline.planning), so this needs no read of the parts."""
+    size = record.job["resources"]["shard_size"]
+    return sum(min(size, record.inputs - shard * size) for shard in shards)
+
+
 def _new_run(job: Job, fingerprint: str, run_id: str) -> runs.RunRecord:
     """Plan a new run: diff, shard and record the plan, then mark the record ``running``."""
     out = job.output
@@ -165,6 +172,7 @@ def run(
                 "run_id": record.run_id,
                 "resumed": resumed,
                 "inputs": record.inputs,
+                "inputs_done": inputs_in_shards(committed, record),
                 "shards": record.shards,
                 "shards_to_run": len(todo),
                 "categories": record.categories,

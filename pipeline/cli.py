@@ -110,7 +110,7 @@ def _print_summary(summary: api.RunSummary, job: Job) -> None:
     click.echo(
         f"{verb} {summary.run_id} ({job.mode}): {_categories(summary.categories)}; "
         f"{summary.inputs} inputs in {summary.shards} shards: {counts} "
-        f"({summary.wall_seconds:.1f} s, {done / max(summary.wall_seconds, 1e-9):.1f} img/s)"
+        f"({summary.wall_seconds:.1f} s, {progress.speed(done / max(summary.wall_seconds, 1e-9))})"
     )
     for e in summary.errors[:5]:
         click.echo(f"  {e['count']:>6} × {e['error_type']} (at {e['stage']}), e.g. {e['example']}")

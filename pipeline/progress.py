@@ -3,7 +3,8 @@
 ``pipeline.api.run`` emits events as plain dicts:
 
 - ``planning``  {input}
-- ``planned``   {run_id, resumed, inputs, shards, shards_to_run, categories}
+- ``planned``   {run_id, resumed, inputs, inputs_done, shards, shards_to_run, categories}
+  (``inputs_done``: inputs of shards an earlier attempt of a resumed run already committed)
 - ``shard``     {shard, counts: {status: n}, errors_by_stage: {stage: n}, seconds}
 - ``finished``  the RunSummary as a dict
 
@@ -29,10 +30,17 @@ class Tally:
 
     def __init__(self) -> None:
         self.total = 0
+        self.done_before = 0  # inputs committed before this process started (a resumed run)
         self.shards_to_run = 0
         self.shards_done = 0
         self.counts: Counter = Counter()
         self.errors_by_stage: Counter = Counter()
+        self.started = time.monotonic()
+
+    def start(self, planned: dict) -> None:
+        """Totals from the ``planned`` event: a resumed run counts what was committed before."""
+        self.total, self.shards_to_run = planned["inputs"], planned["shards_to_run"]
+        self.done_before = planned.get("inputs_done", 0)
         self.started = time.monotonic()
 
     def add(self, event: dict) -> None:
@@ -42,11 +50,13 @@ class Tally:
 
     @property
     def done(self) -> int:
-        return sum(self.counts.values())
+        """Inputs with a committed row, this process's and earlier attempts'."""
+        return self.done_before + sum(self.counts.values())
 
     @property
     def rate(self) -> float:
-        return self.done / max(1e-9, time.monotonic() - self.started)
+        """Inputs per second done by this process (earlier attempts' rows are not its work)."""
+        return sum(self.counts.values()) / max(1e-9, time.monotonic() - self.started)
 
     def line(self) -> str:
         failed = ", ".join(f"{stage} {n}" for stage, n in sorted(self.errors_by_stage.items())) or "none"
@@ -54,16 +64,25 @@ class Tally:
         return (
             f"shards {self.shards_done}/{self.shards_to_run} · images {self.done}/{self.total} "
             f"({self.counts.get('ok', 0)} ok, {self.counts.get('error', 0)} error; failed by stage: {failed}) · "
-            f"{self.rate:.1f} img/s · ETA {eta:.0f} s"
+            f"{speed(self.rate)} · ETA {eta:.0f} s"
         )
+
+
+def speed(rate: float) -> str:
+    """``rate`` (inputs/s) as people read it: ``2.3 img/s``, or ``14.2 s/img`` below one image a second
+    (a slow model on CPU showed "0.0 img/s")."""
+    if rate <= 0:
+        return "– img/s"
+    return f"{rate:.1f} img/s" if rate >= 1 else f"{1 / rate:.1f} s/img"
 
 
 def _planned_line(event: dict) -> str:
     cats = event["categories"] or {}
     verb = "resuming" if event["resumed"] else "running"
+    done = f"{event['inputs_done']} already done, " if event.get("inputs_done") else ""
     return (
         f"{verb} {event['run_id']}: {event['inputs']} inputs in {event['shards']} shards "
-        f"({event['shards_to_run']} to run; {cats.get('new', 0)} new, {cats.get('changed', 0)} changed, "
+        f"({done}{event['shards_to_run']} to run; {cats.get('new', 0)} new, {cats.get('changed', 0)} changed, "
         f"{cats.get('unchanged', 0)} unchanged, {cats.get('failed', 0)} previously failed)"
     )
 
@@ -80,8 +99,7 @@ class PlainReporter:
         if kind == "planning":
             print(f"planning: listing {event['input']}", file=self.stream)
         elif kind == "planned":
-            self.tally.total, self.tally.shards_to_run = event["inputs"], event["shards_to_run"]
-            self.tally.started = time.monotonic()
+            self.tally.start(event)
             print(_planned_line(event), file=self.stream)
         elif kind == "shard":
             self.tally.add(event)
@@ -112,14 +130,13 @@ class RichReporter:
             self.console.print(f"planning: listing {event['input']}")
         elif kind == "planned":
             self.console.print(_planned_line(event))
-            self.tally.total, self.tally.shards_to_run = event["inputs"], event["shards_to_run"]
-            self.tally.started = time.monotonic()
+            self.tally.start(event)
             self.progress.start()
-            self.task = self.progress.add_task("images", total=event["inputs"], detail="")
+            self.task = self.progress.add_task("images", total=event["inputs"], completed=self.tally.done, detail="")
         elif kind == "shard" and self.task is not None:
             self.tally.add(event)
             t = self.tally
-            detail = f"{t.counts.get('ok', 0)} ok · {t.counts.get('error', 0)} error · {t.rate:.1f} img/s"
+            detail = f"{t.counts.get('ok', 0)} ok · {t.counts.get('error', 0)} error · {speed(t.rate)}"
             self.progress.update(self.task, completed=t.done, detail=detail)
         elif kind == "finished" and self.task is not None:
             self.progress.stop()

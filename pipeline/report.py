@@ -17,6 +17,7 @@ import base64
 import html
 import io
 import posixpath
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -153,13 +154,29 @@ def _ms(seconds: float | None) -> str:
     return "–" if seconds is None else f"{seconds * 1000:.1f}"
 
 
-def _frame(p: Preview, label: str) -> str:
+def _frame(p: Preview, label: str, href: str | None = None) -> str:
+    if p.src and href:  # the thumbnail opens the full-resolution file
+        return f'<a href="{_e(href)}" title="full resolution"><img src="{p.src}" alt="{_e(label)}"></a>'
     if p.src:
         return f'<img src="{p.src}" alt="{_e(label)}">'
     return f'<div class="placeholder" role="img" aria-label="{_e(label)}">{_e(p.note)}</div>'
 
 
-def _item_html(row: dict, before: Preview, after: Preview, root: str) -> str:
+def link(uri: str | None, report_dir: str) -> str | None:
+    """Where a link from a report in ``report_dir`` to the file ``uri`` should point: a relative path when the
+    file lies below the report (the default report at the output root; it keeps working when the folder is
+    copied or served), else a ``file://`` URL for local paths, else the URI itself."""
+    if not uri:
+        return None
+    base = report_dir.rstrip("/") + "/"
+    if uri.startswith(base):
+        return urllib.parse.quote(uri[len(base) :])
+    if "://" not in uri or uri.startswith("file://"):
+        return "file://" + urllib.parse.quote(uri.removeprefix("file://"))
+    return uri
+
+
+def _item_html(row: dict, before: Preview, after: Preview, root: str, href: str | None = None) -> str:
     uri = row["input_uri"]
     name = _relative(uri, root)
     models = row["models"] or []
@@ -190,14 +207,14 @@ def _item_html(row: dict, before: Preview, after: Preview, root: str) -> str:
   <div class="pair">
     <figure class="pane before"><div class="frame">{_frame(before, "before")}</div>
       <figcaption>before · {_e(before_cap)}</figcaption></figure>
-    <figure class="pane after"><div class="frame">{_frame(after, "after")}</div>
+    <figure class="pane after"><div class="frame">{_frame(after, "after", href)}</div>
       <figcaption>after · {_e(after_cap)}</figcaption></figure>
   </div>
   <p class="models">{_e(" → ".join(models))}</p>{error}{compare}
 </article>"""
 
 
-def _sample_html(row: dict, image: Preview) -> str:
+def _sample_html(row: dict, image: Preview, href: str | None = None) -> str:
     """A generated sample's card: the image alone (there is no "before"), its index and how it was made."""
     status = row["status"]
     models = row["models"] or []
@@ -218,39 +235,40 @@ def _sample_html(row: dict, image: Preview) -> str:
 <article class="item sample" data-status="{_e(status)}" data-models="{_e("|".join(models))}">
   <header><span class="badge {_e(status)}">{_e(status)}</span>
     <span class="name" title="{_e(row["input_uri"])}">#{_e(row["sample_index"])}</span></header>
-  <figure class="pane"><div class="frame">{_frame(image, "sample")}</div>
+  <figure class="pane"><div class="frame">{_frame(image, "sample", href)}</div>
     <figcaption>{_e(dims)}</figcaption></figure>
   <p class="models">{_e(" · ".join(x for x in made if x))}</p>{error}
 </article>"""
 
 
+def _when(iso: str | None) -> str:
+    """``2026-12-07T18:03:09+00:00`` → ``2026-12-07 18:03:09`` (the page says the times are UTC)."""
+    return "–" if not iso else iso.replace("T", " ").removesuffix("+00:00")
+
+
 def _runs_html(records: list[runs.RunRecord], means: dict[str, dict]) -> str:
+    """One row per run, in seven columns so that the table fits a 1,000-px window (the fourteen it had
+    needed ~1,500 px); per-stage times share one cell."""
     head = "".join(
-        f"<th>{h}</th>" for h in ("run", "job", "status", "started", "finished", "listed", "inputs", "shards", "counts")
+        f"<th>{h}</th>"
+        for h in ("run · job", "status", "started · finished (UTC)", "listed · inputs · shards", "counts")
     )
-    head += "".join(f"<th>{s} ms</th>" for s in STAGES)
+    head += f"<th>ms per image: {' · '.join(STAGES)}</th>"
     body = []
     for r in records:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(r.counts.items())) or "–"
         m = means.get(r.run_id, {})
         cells = [
-            r.run_id,
-            r.job_name,
-            r.status,
-            r.started_at,
-            r.finished_at or "–",
-            r.listed,
-            r.inputs,
-            r.shards,
-            counts,
+            f"{_e(r.run_id)}<br>{_e(r.job_name)}",
+            _e(r.status),
+            f"{_e(_when(r.started_at))}<br>{_e(_when(r.finished_at))}",
+            f"{_e(r.listed)} · {_e(r.inputs)} · {_e(r.shards)}",
+            _e(counts),
+            " · ".join(_ms(m.get(s)) for s in STAGES),
         ]
-        body.append(
-            "<tr>"
-            + "".join(f"<td>{_e(c)}</td>" for c in cells)
-            + "".join(f'<td class="num">{_ms(m.get(s))}</td>' for s in STAGES)
-            + "</tr>"
-        )
-    return f'<table class="runs"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    table = f'<table class="runs"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return f'<div class="scroll">{table}</div>'
 
 
 def _relative(uri: str, root: str) -> str:
@@ -281,6 +299,8 @@ th, td { border: 1px solid #ddd; padding: 3px 6px; text-align: left; vertical-al
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.uri, td.msg { word-break: break-all; }
 .totals span { margin-right: 16px; }
+.scroll { overflow-x: auto; }
+table.runs td { white-space: nowrap; }
 .filters { display: flex; gap: 16px; align-items: center; margin-bottom: 12px; }
 #grid { display: flex; flex-wrap: wrap; gap: 12px; }
 [hidden] { display: none !important; }
@@ -346,9 +366,15 @@ def _options(values: list[str], label: str) -> str:
 
 
 def render(
-    output_uri: str, storage_options: dict | None = None, run_id: str | None = None, max_items: int = 200
+    output_uri: str,
+    storage_options: dict | None = None,
+    run_id: str | None = None,
+    max_items: int = 200,
+    report_dir: str | None = None,
 ) -> str:
-    """The report's HTML (see ``write_report``)."""
+    """The report's HTML (see ``write_report``); links to outputs are made for a page in ``report_dir``
+    (default: the output root)."""
+    report_dir = output_uri if report_dir is None else report_dir
     records = [r for r in runs.load_all(output_uri, storage_options) if run_id is None or r.run_id == run_id]
     rows = manifest.read(output_uri, storage_options, run_id)
     if not records and rows.num_rows == 0:
@@ -385,10 +411,14 @@ def render(
 
     with ThreadPoolExecutor(READ_THREADS) as pool:
         pairs = list(pool.map(previews, shown))
-    cards = "".join(
-        _sample_html(row, a) if row["sample_index"] is not None else _item_html(row, b, a, root)
-        for row, (b, a) in zip(shown, pairs)
-    )
+
+    def card(row: dict, before: Preview, after: Preview) -> str:
+        href = link(row["output_uri"], report_dir) if row["status"] == "ok" else None
+        if row["sample_index"] is not None:
+            return _sample_html(row, after, href)
+        return _item_html(row, before, after, root, href)
+
+    cards = "".join(card(row, b, a) for row, (b, a) in zip(shown, pairs))
 
     statuses = sorted({r["status"] for r in shown})
     models = sorted({m for r in shown for m in (r["models"] or [])})
@@ -459,8 +489,8 @@ def write_report(
     At most ``max_items`` items get thumbnails; the rest are counted. The default
     destination is ``<output>/report.html``. Raises LookupError when there is nothing to report.
     """
-    page = render(output_uri, storage_options, run_id, max_items)
     target = dest or storage.join(output_uri, "report.html")
+    page = render(output_uri, storage_options, run_id, max_items, report_dir=posixpath.dirname(target))
     same_store = dest is None or _protocol(dest) == _protocol(output_uri)
     storage.write_atomic(target, page.encode("utf-8"), storage_options if same_store else None)
     return target

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import urllib.parse
 from pathlib import Path
 
 import boto3
@@ -132,6 +133,20 @@ def test_report_in_headless_chromium(ray_local, corpus_dir, tmp_path, corpus):
             clip = card.locator(".pane.after").evaluate("e => getComputedStyle(e).clipPath")
             assert clip == "inset(0px 0px 0px 30%)", clip
             card.locator(".cmp-toggle").uncheck()
+
+            # Each shown output opens at full resolution: relative links that resolve to the files themselves.
+            hrefs = page.evaluate("Array.from(document.querySelectorAll('#grid a')).map(a => a.href)")
+            assert len(hrefs) == len(expected) - n_errors - 1  # one output file was deleted: no thumbnail, no link
+            for href in hrefs:
+                target = Path(urllib.parse.unquote(urllib.parse.urlsplit(href).path))
+                assert target.is_file() and out / "images" in target.parents, href
+
+            # The runs table fits a 1,000-px window without scrolling sideways.
+            page.set_viewport_size({"width": 1000, "height": 900})
+            box = page.locator("table.runs").bounding_box()
+            assert box["x"] + box["width"] <= 1000, box
+            assert page.evaluate("document.documentElement.scrollWidth") <= 1000
+            page.set_viewport_size({"width": 1400, "height": 900})
 
             shot = tmp_path / "report.png"
             page.screenshot(path=str(shot), full_page=True)
