@@ -1,4 +1,4 @@
-"""The contract every image model fulfils, and how weights are described."""
+"""The contract every image model fulfils (ImageModel) and every generator (GenerativeModel)."""
 
 from __future__ import annotations
 
@@ -6,28 +6,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-
-
-@dataclass(frozen=True)
-class WeightsSpec:
-    """Where a model's weights come from, described as data.
-
-    uri: an fsspec URI (``s3://…``, a local path) or ``package://<module>/<relative path>``
-        for files shipped inside an installed Python package.
-    sha256: hex digest of the file at ``uri``; checked before use, a mismatch is refused.
-    format: ``safetensors`` | ``pth`` (loaded with ``weights_only=True``) | ``ncnn``
-        (a ``.bin`` whose sibling ``.param`` describes the layers).
-    scale: output size / input size of the network these weights belong to.
-    value_range: range of the network's input and output pixels.
-    licence: licence of the weights themselves.
-    """
-
-    uri: str
-    sha256: str
-    format: str
-    scale: int
-    licence: str
-    value_range: tuple[float, float] = (0.0, 1.0)
 
 
 @dataclass

@@ -30,38 +30,18 @@ from pathlib import Path
 
 import fsspec
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
+from models import catalog
 from models.base import ImageModel
+from models.catalog import CheckpointParams
 from models.weights import PACKAGE_SCHEME, WeightsError, fetch, file_sha256, load_state_dict, package_file
 
 log = logging.getLogger(__name__)
 
-SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt")
 WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model", "net_g")  # in order of preference
-LICENCE = "that of the checkpoint (user-supplied)"
+LICENCE = catalog.CHECKPOINT_LICENCE
 SHOWN_KEYS = 10  # keys listed in an error message
-
-
-class CheckpointParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    uri: str = Field(description="fsspec URI or local path of a .safetensors, .pth, .pt or .ckpt weights file")
-    sha256: str | None = Field(
-        None, pattern=r"^[0-9a-fA-F]{64}$", description="pin: the file's sha256 (64 hex chars); a mismatch is refused"
-    )
-
-    @field_validator("uri")
-    @classmethod
-    def _known_suffix(cls, uri: str) -> str:
-        if not uri.lower().endswith(SUFFIXES):
-            raise ValueError(f"weights file must end in one of {', '.join(SUFFIXES)}")
-        return uri
-
-    @field_validator("sha256")
-    @classmethod
-    def _lower(cls, sha256: str | None) -> str | None:
-        return sha256.lower() if sha256 else None
 
 
 class SpandrelModule(nn.Module):

@@ -27,18 +27,13 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from models.base import ImageModel, WeightsSpec
-from models.weights import fetch, load_state_dict
+from models import catalog
+from models.base import ImageModel
+from models.weights import WeightsSpec, fetch, load_state_dict
 
 NAME = "darkroom-colorize"
-LICENCE = "MIT (trained by darkroom on scikit-image sample images)"
-WEIGHTS = WeightsSpec(
-    uri="package://models/weights/darkroom-colorize.safetensors",
-    sha256="dfc56506b17d6355a87a6f1d46005476e8a17f49d4b726de8304b0d4d791eaf8",  # the digest train_colorize.py printed
-    format="safetensors",
-    scale=1,
-    licence=LICENCE,
-)
+LICENCE = catalog.SAMPLE_IMAGES_LICENCE
+WEIGHTS = catalog.DARKROOM_COLORIZE  # models/catalog.py: read by the registry without torch
 
 # Full-range BT.601 (JPEG's YCbCr): Y in [0, 1], Cb and Cr in [-0.5, 0.5].
 _RGB_TO_YCC = torch.tensor(

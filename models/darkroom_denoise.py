@@ -15,18 +15,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.base import ImageModel, WeightsSpec
-from models.weights import fetch, load_state_dict
+from models import catalog
+from models.base import ImageModel
+from models.weights import WeightsSpec, fetch, load_state_dict
 
 NAME = "darkroom-denoise"
-LICENCE = "MIT (trained by darkroom on scikit-image sample images)"
-WEIGHTS = WeightsSpec(
-    uri="package://models/weights/darkroom-denoise.safetensors",
-    sha256="9e889b0b63e37f9a71b8e55a51c9fa9f861e1232e5712baeb0485143ee11a90c",  # the digest train_denoise.py printed
-    format="safetensors",
-    scale=1,
-    licence=LICENCE,
-)
+LICENCE = catalog.SAMPLE_IMAGES_LICENCE
+WEIGHTS = catalog.DARKROOM_DENOISE  # models/catalog.py: read by the registry without torch
 
 
 @dataclass(frozen=True)

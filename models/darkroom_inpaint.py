@@ -22,18 +22,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.base import ImageModel, WeightsSpec
-from models.weights import fetch, load_state_dict
+from models import catalog
+from models.base import ImageModel
+from models.weights import WeightsSpec, fetch, load_state_dict
 
 NAME = "darkroom-inpaint"
-LICENCE = "MIT (trained by darkroom on scikit-image sample images)"
-WEIGHTS = WeightsSpec(
-    uri="package://models/weights/darkroom-inpaint.safetensors",
-    sha256="43033aeb02377f6f0b50b9efc48cce02580ab03ed14439185e32881a6a26ec98",  # the digest train_inpaint.py printed
-    format="safetensors",
-    scale=1,
-    licence=LICENCE,
-)
+LICENCE = catalog.SAMPLE_IMAGES_LICENCE
+WEIGHTS = catalog.DARKROOM_INPAINT  # models/catalog.py: read by the registry without torch
 EMPTY_VALUE = 0.5  # what a hole becomes when its image (or tile) has no known pixel at all
 RELAX_SWEEPS = 8  # Jacobi sweeps per pyramid level (on training images: 16 gained 0.1 dB more, at twice the cost)
 

@@ -15,18 +15,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.base import ImageModel, WeightsSpec
-from models.weights import fetch, load_state_dict
+from models import catalog
+from models.base import ImageModel
+from models.weights import WeightsSpec, fetch, load_state_dict
 
 NAME = "darkroom-sr-x4"
-LICENCE = "MIT (trained by darkroom on scikit-image sample images)"
-WEIGHTS = WeightsSpec(
-    uri="package://models/weights/darkroom-sr-x4.safetensors",
-    sha256="f8b3aaa363960cba8c52e1fcaa3ec9e229e8e2b6eb97790e557496d602f6ae60",  # the digest train_sr.py printed
-    format="safetensors",
-    scale=4,
-    licence=LICENCE,
-)
+LICENCE = catalog.SAMPLE_IMAGES_LICENCE
+WEIGHTS = catalog.DARKROOM_SR  # models/catalog.py: read by the registry without torch
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,14 @@ has grids and measured quality.
 
 from __future__ import annotations
 
-from models.base import GenerativeModel, WeightsSpec
-from models.diffusion import DDPMConfig, SamplerParams, generative_model, load_pipeline_folder
-from models.weights import package_file
+from models import catalog
+from models.base import GenerativeModel
+from models.catalog import SamplerParams
+from models.diffusion import DDPMConfig, generative_model, load_pipeline_folder
+from models.weights import WeightsSpec, package_file
 
-NAME = "darkroom-ddpm-digits"
-LICENCE = "MIT (trained by darkroom on scikit-learn's digits)"
+NAME = catalog.DDPM_DIGITS_NAME  # models/catalog.py: read by the registry without torch
+LICENCE = catalog.DIGITS_LICENCE
 CONFIG = DDPMConfig(
     sample_size=32,
     in_channels=3,
@@ -28,16 +30,8 @@ CONFIG = DDPMConfig(
     norm_num_groups=8,
     num_train_timesteps=1000,
 )
-FOLDER_URI = "package://models/weights/ddpm-digits"
-WEIGHTS = WeightsSpec(
-    uri=f"{FOLDER_URI}/diffusion_pytorch_model.safetensors",
-    # the digest train_ddpm_digits.py printed
-    sha256="2e7857f83a8c95992de3b8a534b728037fc3259840a0a3545918346d374539c3",
-    format="safetensors",
-    scale=1,
-    licence=LICENCE,
-    value_range=(-1.0, 1.0),
-)
+FOLDER_URI = catalog.DDPM_DIGITS_FOLDER
+WEIGHTS = catalog.DDPM_DIGITS
 
 
 def build(p: SamplerParams | None = None, spec: WeightsSpec = WEIGHTS) -> GenerativeModel:

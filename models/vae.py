@@ -24,18 +24,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.base import GenerativeModel, WeightsSpec
-from models.latent import LatentParams, doublings_from_4x4, latent_model, latent_sampler, load_pinned
+from models import catalog
+from models.base import GenerativeModel
+from models.catalog import LatentParams
+from models.latent import doublings_from_4x4, latent_model, latent_sampler, load_pinned
+from models.weights import WeightsSpec
 
-NAME = "darkroom-vae-digits"
-LICENCE = "MIT (trained by darkroom on scikit-learn's digits)"
-WEIGHTS = WeightsSpec(
-    uri="package://models/weights/darkroom-vae-digits.safetensors",
-    sha256="8fe37fdb74838cc64096240d1f379546d1a5d911bb3f1abc2d94302ac6ac0d9d",  # the digest train_vae_digits.py printed
-    format="safetensors",
-    scale=1,
-    licence=LICENCE,
-)
+NAME = catalog.VAE_DIGITS_NAME
+LICENCE = catalog.DIGITS_LICENCE
+WEIGHTS = catalog.VAE_DIGITS  # models/catalog.py: read by the registry without torch
 
 
 @dataclass(frozen=True)

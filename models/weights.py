@@ -1,4 +1,4 @@
-"""Fetch, verify and load weight files. Untrusted weights are never unpickled.
+"""Weights described as data, then fetched, verified and loaded. Untrusted weights are never unpickled.
 
 Weights are resolved to a local file in the cache directory (``$DARKROOM_CACHE`` or
 ``~/.cache/darkroom``), checked against their sha256 pin, then loaded as safetensors or
@@ -12,13 +12,38 @@ import importlib.util
 import os
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import fsspec
-import torch
-from safetensors.torch import load_file, save_file
+
+if TYPE_CHECKING:
+    import torch
 
 PACKAGE_SCHEME = "package://"
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """Where a model's weights come from, described as data.
+
+    uri: an fsspec URI (``s3://…``, a local path) or ``package://<module>/<relative path>``
+        for files shipped inside an installed Python package.
+    sha256: hex digest of the file at ``uri``; checked before use, a mismatch is refused.
+    format: ``safetensors`` | ``pth`` (loaded with ``weights_only=True``) | ``ncnn``
+        (a ``.bin`` whose sibling ``.param`` describes the layers).
+    scale: output size / input size of the network these weights belong to.
+    value_range: range of the network's input and output pixels.
+    licence: licence of the weights themselves.
+    """
+
+    uri: str
+    sha256: str
+    format: str
+    scale: int
+    licence: str
+    value_range: tuple[float, float] = (0.0, 1.0)
 
 
 class WeightsError(ValueError):
@@ -94,6 +119,9 @@ def _download(fs, fpath: str, uri: str, sha256: str | None) -> Path:
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load a ``.safetensors`` file, or a ``.pth``/``.pt``/``.ckpt`` without unpickling code."""
+    import torch  # here, not at the top: describing and fetching weights must not load torch (fast CLI start)
+    from safetensors.torch import load_file
+
     if path.suffix == ".safetensors":
         return load_file(str(path))
     try:
@@ -126,6 +154,8 @@ def _unpickling_cause(exc: Exception) -> str:
 
 def save_atomic(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     """Write safetensors via a temporary file so concurrent actors never read half a file."""
+    from safetensors.torch import save_file  # imports torch: only when weights are written (see load_state_dict)
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
     os.close(fd)
     save_file({k: v.contiguous() for k, v in state_dict.items()}, tmp, metadata=metadata)

@@ -45,12 +45,12 @@ import hashlib
 from collections.abc import Callable, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 from torch.nn import functional as F
 
-from models import ddpm_digits, diffusion
+from models import catalog, ddpm_digits, diffusion
 from models.base import ImageModel
+from models.catalog import DDNMParams, PriorParams, RepaintParams, SRParams
 from models.diffusion import (
     EpsModel,
     NoiseSchedule,
@@ -66,7 +66,7 @@ from models.weights import WeightsError
 Operator = Callable[[torch.Tensor], torch.Tensor]
 
 DEFAULT_PRIOR = ddpm_digits.FOLDER_URI  # the shipped digits DDPM
-LICENCE = "that of the prior (darkroom's digits DDPM: MIT, trained on scikit-learn's digits)"
+LICENCE = catalog.ZEROSHOT_LICENCE
 CONSISTENCY_ITERS = 48  # bisection halvings: the bracket (≤ 4 wide) shrinks below float32 resolution
 
 
@@ -305,43 +305,6 @@ def consistent(
 # Registry models
 
 
-class PriorParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    prior: str = Field(
-        DEFAULT_PRIOR,
-        description="diffusers folder (config.json + diffusion_pytorch_model.safetensors) of an unconditional "
-        "ε-prediction DDPM: fsspec URI, local path or package://",
-    )
-    prior_sha256: str | None = Field(
-        None,
-        pattern=r"^[0-9a-fA-F]{64}$",
-        description="pin: sha256 of the prior's diffusion_pytorch_model.safetensors; a mismatch is refused",
-    )
-    steps: int = Field(50, ge=1, le=1000, description="denoising timesteps (leading-spaced over the prior's T)")
-    seed: int = Field(0, description="mixed with a digest of each input image: same image and seed, same output")
-    micro_batch: int = Field(
-        8, ge=1, le=256, description="images per network call (fixed, so an output never depends on its batch)"
-    )
-
-    @field_validator("prior_sha256")
-    @classmethod
-    def _lower(cls, sha256: str | None) -> str | None:
-        return sha256.lower() if sha256 else None
-
-
-class RepaintParams(PriorParams):
-    jump_length: int = Field(5, ge=1, description="RePaint: timesteps re-noised per jump")
-    jumps: int = Field(3, ge=1, le=20, description="RePaint: passes over each jump span (1 = no resampling)")
-
-
-class DDNMParams(PriorParams):
-    eta: float = Field(0.85, ge=0, le=1, description="share of fresh noise per step (0 = deterministic after x_T)")
-
-
-class SRParams(DDNMParams):
-    scale: int = Field(4, ge=2, le=16, description="output size / input size; must divide the prior's sample_size")
-
-
 def weights_digest(p: PriorParams) -> str:
     """sha256 of the prior's ``diffusion_pytorch_model.safetensors``: the pin when given (the shipped
     prior is pinned by ``models.ddpm_digits.WEIGHTS``), else computed as for the ``ddpm``
@@ -455,29 +418,3 @@ def build_sr(p: SRParams) -> ImageModel:
 
 def build_colorize(p: DDNMParams) -> ImageModel:
     return _build("ddnm-colorize", p, _colorize, colour_out=True)
-
-
-# (name, task, description, params, build) for models/registry.py
-ENTRIES = (
-    (
-        "repaint",
-        "inpainting",
-        "zero-shot inpainting with a DDPM prior (RePaint); needs a mask; docs/zeroshot.md",
-        RepaintParams,
-        build_repaint,
-    ),
-    (
-        "ddnm-sr",
-        "super-resolution",
-        "zero-shot super-resolution with a DDPM prior (DDNM, average-pool model); docs/zeroshot.md",
-        SRParams,
-        build_sr,
-    ),
-    (
-        "ddnm-colorize",
-        "colorization",
-        "zero-shot colorization with a DDPM prior (DDNM, channel-mean model); RGB out; docs/zeroshot.md",
-        DDNMParams,
-        build_colorize,
-    ),
-)

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from models import Registry, default_registry
-from pipeline import __version__, execute, generate, incremental, manifest, runs, storage
+from pipeline import __version__, incremental, manifest, runs, storage
 from pipeline.job import Job
 from pipeline.lease import Lease
 from pipeline.planning import PlanSummary, iter_shards
@@ -180,6 +180,9 @@ def run(
         )
 
         if todo:
+            # Ray and torch: imported here, where shards run, so plan/history (and the CLI) start without them
+            from pipeline import execute, generate
+
             execute.connect(address)
             engine = generate if job.generate is not None else execute
             ctx = engine.context_for(job, registry, record.run_id)

@@ -11,7 +11,7 @@ import json
 import re
 import string
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -107,6 +107,10 @@ def _actor_range(value: Any) -> Any:
     return {"min": value, "max": value} if isinstance(value, int) and not isinstance(value, bool) else value
 
 
+# What a job file may write for `actors` (the JSON schema shows both forms): a number or {min, max}.
+ActorsInput = Annotated[int, Field(ge=1)] | ActorRange
+
+
 class StepResources(Strict):
     """Per-step overrides of the job's actor resources (each step has its own actor pool)."""
 
@@ -115,7 +119,7 @@ class StepResources(Strict):
     cpus_per_actor: float | None = Field(None, gt=0)
     threads_per_actor: int | None = Field(None, ge=1)
 
-    _range = field_validator("actors", mode="before")(_actor_range)
+    _range = field_validator("actors", mode="before", json_schema_input_type=ActorsInput | None)(_actor_range)
 
 
 class StepSpec(Strict):
@@ -194,7 +198,7 @@ class Resources(Strict):
         "the actor's device waits for the encoder; null = never",
     )
 
-    _range = field_validator("actors", mode="before")(_actor_range)
+    _range = field_validator("actors", mode="before", json_schema_input_type=ActorsInput)(_actor_range)
 
     def for_step(self, step: StepSpec) -> Resources:
         """These resources with the step's own overrides applied."""

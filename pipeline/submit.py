@@ -75,9 +75,9 @@ def _explicit_address_wins():
 
 def client(address: str | None = None):
     """A connected ``JobSubmissionClient``; an unreachable cluster raises SubmitError."""
+    url = resolve_address(address)  # before importing Ray: a missing address is reported without loading it
     from ray.job_submission import JobSubmissionClient
 
-    url = resolve_address(address)
     try:
         with _explicit_address_wins():
             return JobSubmissionClient(url)
@@ -104,7 +104,7 @@ def project_root() -> Path:
     """The darkroom checkout this code runs from (the directory holding ``pipeline/`` and pyproject.toml)."""
     candidates = [Path(__file__).resolve().parents[1], *[p for p in (Path.cwd(), *Path.cwd().parents)]]
     for root in candidates:
-        if (root / "pyproject.toml").is_file() and (root / "pipeline" / "cli.py").is_file():
+        if (root / "pyproject.toml").is_file() and (root / "pipeline" / "cli" / "__main__.py").is_file():
             return root
     raise SubmitError("cannot find the darkroom project directory (pyproject.toml + pipeline/): run from a checkout")
 

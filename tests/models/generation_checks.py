@@ -13,11 +13,11 @@ import torch
 from safetensors import safe_open
 
 from models import default_registry, digits_classifier
-from models.base import GenerativeModel, SampleFn, WeightsSpec
+from models.base import GenerativeModel, SampleFn
 from models.diffusion import sample_generator
 from models.latent import draw_latents
 from models.training.digits import PALETTE, shape_channel
-from models.weights import WeightsError, fetch, file_sha256, package_file
+from models.weights import WeightsError, WeightsSpec, fetch, file_sha256, package_file
 
 
 def gens(indices, seed: int = 7) -> list[torch.Generator]:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from models import ImageModel, ModelEntry, Registry, default_registry, zeroshot
+from models import ImageModel, ModelEntry, Registry, catalog, default_registry
 from models.registry import NoParams, UnknownModelError
 from models.resample import Identity
 
@@ -28,7 +28,7 @@ def test_registries_are_independent():
 def _buildable_without_params() -> list[str]:
     reg = default_registry()  # `checkpoint` needs a uri: tests/models/test_checkpoint.py runs it
     fixed_size = {
-        name for name, *_ in zeroshot.ENTRIES
+        name for name, *_ in catalog.ZEROSHOT_ENTRIES
     }  # one input size per prior: tests/models/test_zeroshot.py runs them
     return [
         n

@@ -15,10 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import save_file
 
 from models import Registry, default_registry
-from models.base import GenerativeModel, WeightsSpec
+from models.base import GenerativeModel
 from models.diffusion import DDPMConfig, build_unet, ddim_sample, sample_generator, unet_eps
 from models.registry import ModelEntry
-from models.weights import fetch, file_sha256, load_state_dict
+from models.weights import WeightsSpec, fetch, file_sha256, load_state_dict
 from pipeline import api, cli, manifest, runs
 from pipeline.job import GENERATION_TASK, JobError, load_job, parse_job
 
