@@ -1,7 +1,8 @@
 """The ``darkroom`` command: a thin click layer over pipeline.api.
 
-Exit codes: 0 all ok, 3 finished with error rows, 2 bad job file or usage, 1 the run
-itself failed (e.g. a model could not load).
+Exit codes: 0 all ok, 3 finished with error rows, 2 bad job file or usage, or a job field naming
+a place that does not exist or cannot be written (pipeline.errors.exit_code), 1 the run itself
+failed (e.g. a model could not load).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import click
 
 from models import default_registry
 from pipeline import api, progress
-from pipeline.errors import explain
+from pipeline.errors import exit_code, explain
 from pipeline.job import GENERATION_TASK, Job, JobError, load_job
 from pipeline.lease import LeaseHeld
 
@@ -53,7 +54,7 @@ class _FriendlyGroup(click.Group):
             if ctx.params.get("debug"):
                 raise
             click.echo(f"error: {explain(exc, (ctx.obj or {}).get('uris'))}", err=True)
-            sys.exit(EXIT_RUN_FAILED)
+            sys.exit(exit_code(exc))
 
 
 @click.group(cls=_FriendlyGroup)
