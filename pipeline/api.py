@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from models import Registry, default_registry
-from pipeline import __version__, incremental, manifest, runs, storage
+from pipeline import __version__, incremental, manifest, preflight, runs, storage
 from pipeline.job import Job
 from pipeline.lease import Lease
 from pipeline.planning import PlanSummary, iter_shards
@@ -51,6 +51,7 @@ def _selector(job: Job, fingerprint: str, summary: PlanSummary):
 def plan(job: Job, registry: Registry | None = None) -> PlanSummary:
     """List, diff and shard the inputs without running or writing anything."""
     _check_credentials(job)
+    preflight.check(job, writing=False)
     summary = PlanSummary()
     select = _selector(job, job.fingerprint(registry or default_registry()), summary)
     for _ in iter_shards(job, summary, select):
@@ -151,6 +152,7 @@ def run(
     """
     registry = registry or default_registry()
     _check_credentials(job)
+    preflight.check(job, writing=True)
     emit = on_event or (lambda event: None)
     started = time.perf_counter()
     out = job.output

@@ -1,16 +1,23 @@
-"""Plain one-line explanations, with the fix, for failures users commonly hit.
+"""Plain one-line explanations, with the fix, for failures users commonly hit, and their exit codes.
 
-The CLI prints ``error: <line>`` and exits 1 instead of a traceback (``--debug`` shows it).
+The CLI prints ``error: <line>`` instead of a traceback (``--debug`` shows it) and exits with
+:func:`exit_code`: 2 for a configuration error (a job field naming a bucket, weights file or output
+that does not exist or cannot be written: retrying cannot help), else 1.
 """
 
 from __future__ import annotations
 
 import os
+import re
 
 from models.registry import UnknownModelError
 from models.weights import WeightsError
 from pipeline.job import ResourcesError
+from pipeline.preflight import ConfigurationError
 from pipeline.storage import redact_text
+
+EXIT_CONFIGURATION = 2  # as a bad job file
+EXIT_FAILED = 1
 
 
 def _chain(exc: BaseException):
@@ -32,7 +39,13 @@ def explain(exc: BaseException, uris: dict[str, str] | None = None) -> str:
                 "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, "
                 "or run where an instance profile / IAM role provides them (never in the job file)"
             )
+        if isinstance(e, ConfigurationError):
+            return str(e)
         if "NoSuchBucket" in text or "bucket does not exist" in text:
+            named = [f for f, uri in (uris or {}).items() if _bucket(uri) and _bucket(uri) in text]
+            if len(named) == 1:
+                field = named[0]
+                return f"{field}: bucket {_bucket(uris[field])!r} does not exist ({redact_text(uris[field])})"
             return f"a bucket does not exist: check {where}, or create the bucket"
         if any(
             s in text
@@ -61,3 +74,17 @@ def explain(exc: BaseException, uris: dict[str, str] | None = None) -> str:
         if isinstance(e, FileNotFoundError):
             return f"not found: {redact_text(str(e.filename or e))}"
     return redact_text(f"{type(exc).__name__}: {exc}").splitlines()[0]
+
+
+def _bucket(uri: str) -> str | None:
+    match = re.match(r"^[a-z0-9]+://([^/]+)", uri)
+    return match.group(1) if match else None
+
+
+def exit_code(exc: BaseException) -> int:
+    """2 when ``exc`` (or what caused it) is a configuration error, else 1."""
+    for e in _chain(exc):
+        text = f"{type(e).__name__}: {e}"
+        if isinstance(e, ConfigurationError) or "NoSuchBucket" in text:
+            return EXIT_CONFIGURATION
+    return EXIT_FAILED

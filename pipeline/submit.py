@@ -1,11 +1,16 @@
 """Submit darkroom jobs to a running Ray cluster: thin wrappers over Ray's Job Submission SDK.
 
-A submission is ``python -m pipeline.cli run <job file>`` started on the cluster's head node by
+A submission is ``python -m pipeline.entry run <job file>`` started on the cluster's head node by
 Ray's job manager (the dashboard, ``http://HEAD:8265``). The project directory travels with it as
 the runtime_env ``working_dir`` (minus virtualenvs, outputs, git and caches), so the cluster runs
 exactly this checkout's code and job file; the nodes only need darkroom's dependencies installed
 (``cluster.yaml`` does that). Inside the job, Ray sets ``RAY_ADDRESS``, so ``darkroom run`` joins
 the cluster instead of starting its own Ray.
+
+A cluster with Ray's token authentication (``RAY_AUTH_MODE=token``: the default for local clusters
+from Ray 2.59, for all from 2.61) wants its token in every request. It is looked up where Ray looks
+(:func:`auth_token`) and sent as an ``Authorization: Bearer`` header; it is never written into the
+submission (entrypoint, runtime_env, metadata) nor into any message.
 
 Every failure surfaces as :class:`SubmitError` with a one-line message.
 """
@@ -73,31 +78,85 @@ def _explicit_address_wins():
         os.environ.update(saved)
 
 
+DEFAULT_TOKEN_FILE = "~/.ray/auth_token"  # where `ray get-auth-token --generate` and a local ray.init() put it
+TOKEN_HELP = "set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) — see docs/cluster.md"
+
+
+def auth_token() -> str | None:
+    """The cluster token, from where Ray itself looks, in Ray's order; None when there is none to send.
+
+    ``$RAY_AUTH_TOKEN``, else the file ``$RAY_AUTH_TOKEN_PATH`` (unreadable or empty: SubmitError,
+    as Ray treats it), else ``~/.ray/auth_token`` if it exists. ``RAY_AUTH_MODE=disabled`` sends none.
+    """
+    if os.environ.get("RAY_AUTH_MODE", "").strip().lower() == "disabled":
+        return None
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if token:
+        return token
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if path:
+        try:
+            token = Path(path).expanduser().read_text().strip()
+        except OSError as exc:
+            raise SubmitError(f"cannot read the Ray token file RAY_AUTH_TOKEN_PATH={path} ({exc.strerror})") from None
+        if not token:
+            raise SubmitError(f"the Ray token file RAY_AUTH_TOKEN_PATH={path} is empty")
+        return token
+    try:
+        return Path(DEFAULT_TOKEN_FILE).expanduser().read_text().strip() or None
+    except OSError:
+        return None
+
+
 def client(address: str | None = None):
-    """A connected ``JobSubmissionClient``; an unreachable cluster raises SubmitError."""
+    """A connected ``JobSubmissionClient``; an unreachable cluster, or one refusing us, raises SubmitError."""
     url = resolve_address(address)  # before importing Ray: a missing address is reported without loading it
     from ray.job_submission import JobSubmissionClient
 
+    token = auth_token()
+    # Our own header: Ray adds its token only when this process runs with RAY_AUTH_MODE=token, and
+    # caches the first one it loads for the life of the process.
+    headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
         with _explicit_address_wins():
-            return JobSubmissionClient(url)
+            return JobSubmissionClient(url, headers=headers)
     except Exception as exc:
-        raise SubmitError(f"cannot reach the Ray cluster at {url} ({_one_line(exc)})") from None
+        raise SubmitError(
+            _auth_problem(exc, url) or f"cannot reach the Ray cluster at {url} ({_one_line(exc)})"
+        ) from None
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    return (text or type(exc).__name__)[:500]
+def _auth_problem(exc: BaseException, url: str | None) -> str | None:
+    """The one-line message for a 401/403 from the dashboard (Ray's own text spans several lines)."""
+    from ray.exceptions import AuthenticationError
+
+    if not isinstance(exc, AuthenticationError):
+        return None
+    cluster = f"the Ray cluster at {url}" if url else "the Ray cluster"
+    if "Authentication failed" in str(exc):  # 403: a token was sent but it is not the cluster's
+        return (
+            f"{cluster} refused the token: use the cluster's own token "
+            "(`ray get-auth-token` on the head) in RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH — see docs/cluster.md"
+        )
+    return f"{cluster} requires a token: {TOKEN_HELP}"  # 401: no token sent
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """``exc`` on one line, cut at a word boundary (with …) when longer than ``limit`` characters."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0].rstrip(" ,.;:(") + " …"
 
 
 @contextlib.contextmanager
-def _sdk_errors(what: str):
+def _sdk_errors(what: str, url: str | None = None):
     try:
         yield
     except SubmitError:
         raise
     except Exception as exc:  # the SDK raises RuntimeError (404, 500, …), ConnectionError, aiohttp errors
-        raise SubmitError(f"{what}: {_one_line(exc)}") from None
+        raise SubmitError(_auth_problem(exc, url) or f"{what}: {_one_line(exc)}") from None
 
 
 def project_root() -> Path:
@@ -172,13 +231,29 @@ def new_submission_id(job_name: str) -> str:
     return f"darkroom-{job_name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(3)}"
 
 
-def submit(job_path: str | os.PathLike, address: str | None = None, extra_args: list[str] | tuple[str, ...] = (),
-           job_name: str | None = None, submission_id: str | None = None) -> str:  # fmt: skip
+def head_python(python: str | None = None) -> str:
+    """The interpreter a submission runs under on the head: ``python``, else ``$DARKROOM_PYTHON``, else ``python``.
+
+    The entrypoint is a shell command on the head, so a bare ``python`` is whichever comes first on
+    the PATH Ray was started with: the system one when Ray runs from an unactivated virtualenv.
+    """
+    return python or os.environ.get("DARKROOM_PYTHON") or "python"
+
+
+def submit(
+    job_path: str | os.PathLike,
+    address: str | None = None,
+    extra_args: list[str] | tuple[str, ...] = (),
+    job_name: str | None = None,
+    submission_id: str | None = None,
+    python: str | None = None,
+) -> str:
     """Submit ``darkroom run JOB_PATH EXTRA_ARGS`` to the cluster; returns the submission id.
 
     A job file inside the project travels with the project and is named by its relative path.
     A job file outside it is copied, with the project, into a temporary staged directory that
-    is uploaded instead (so it works on a remote cluster too).
+    is uploaded instead (so it works on a remote cluster too). ``python``: see :func:`head_python`;
+    the entrypoint (pipeline/entry.py) checks it has darkroom's dependencies before running.
     """
     job_file = Path(job_path).resolve()
     if not job_file.is_file():
@@ -189,7 +264,9 @@ def submit(job_path: str | os.PathLike, address: str | None = None, extra_args: 
     with tempfile.TemporaryDirectory(prefix="darkroom-submit-") as tmp:
         working_dir, rel = package(job_file, root, Path(tmp))
         # Plain progress lines read well in `darkroom logs`; extra args come last, so they can override it.
-        entrypoint = shlex.join(["python", "-m", "pipeline.cli", "run", rel, "--log-format", "plain", *extra_args])
+        entrypoint = shlex.join(
+            [head_python(python), "-m", "pipeline.entry", "run", rel, "--log-format", "plain", *extra_args]
+        )
         with _sdk_errors("submission refused"), _quiet_packaging():
             return sdk.submit_job(
                 entrypoint=entrypoint,

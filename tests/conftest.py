@@ -15,8 +15,6 @@ import pytest
 
 from tests.corpus import make_corpus
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -74,7 +72,10 @@ def s3_bucket(s3_endpoint, request):
 
 @pytest.fixture(scope="session")
 def ray_local(s3_endpoint):
-    """One local Ray for the session, started after the AWS variables are set so workers inherit them."""
+    """One local Ray for the session, started after the AWS variables are set so workers inherit them.
+
+    With Ray's defaults: from Ray 2.59 a new local cluster runs with token authentication (Ray creates
+    ~/.ray/auth_token if missing and sets RAY_AUTH_MODE=token in this process)."""
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")

@@ -151,6 +151,19 @@ def test_raycluster_cpu_head_and_autoscaling_gpu_workers_with_irsa():
         assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
 
 
+def test_clusters_require_rays_auth_token_and_share_it_without_writing_it_down():
+    """Token auth on every node: KubeRay's authOptions (a generated Secret), cluster.yaml's start commands
+    with the token file copied from the launching machine; no token value in any file."""
+    assert _one("RayCluster")["spec"]["authOptions"] == {"mode": "token"}
+    config = _cluster_config()
+    for commands in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
+        [start] = [c for c in commands if "ray start" in c]
+        assert "RAY_AUTH_MODE=token ray start" in start, start
+    assert config["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}
+    files = [ROOT / "cluster.yaml", *(p for p in DEPLOY.rglob("*") if p.is_file())]
+    assert not [p for p in files if re.search(r"RAY_AUTH_TOKEN\s*[:=]\s*['\"]?[0-9a-f]{16}", p.read_text())]
+
+
 def test_nightly_rayjob_and_raycronjob_run_the_nightly_job_on_the_cluster():
     cluster_name = _one("RayCluster")["metadata"]["name"]
     job = _one("RayJob")

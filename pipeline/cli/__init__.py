@@ -5,8 +5,9 @@ the commands over submitted jobs, ``info``: models/schema/runs/report); the grou
 command's module only when that command is looked up, and no command module imports torch or Ray
 at import time, so light commands (``--help``, ``validate``, ``models`` …) start fast.
 
-Exit codes: 0 all ok, 3 finished with error rows, 2 bad job file or usage, 1 the run
-itself failed (e.g. a model could not load).
+Exit codes: 0 all ok, 3 finished with error rows, 2 bad job file or usage, or a job field naming
+a place that does not exist or cannot be written (pipeline.errors.exit_code), 1 the run itself
+failed (e.g. a model could not load).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 import click
 
 from models import default_registry
-from pipeline.errors import explain
+from pipeline.errors import exit_code, explain
 from pipeline.job import Job, JobError, load_job
 
 EXIT_ERROR_ROWS = 3
@@ -80,7 +81,7 @@ class _Group(click.Group):
             if ctx.params.get("debug"):
                 raise
             click.echo(f"error: {explain(exc, (ctx.obj or {}).get('uris'))}", err=True)
-            sys.exit(EXIT_RUN_FAILED)
+            sys.exit(exit_code(exc))
 
 
 @click.group(cls=_Group)

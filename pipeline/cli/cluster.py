@@ -34,7 +34,12 @@ def _when(epoch: float | None) -> str:
 @click.argument("run_args", nargs=-1, type=click.UNPROCESSED)
 @click.option("--address", help=_ADDRESS_HELP)
 @click.option("--wait", is_flag=True, help="Follow the logs until the job ends, then exit with its exit code.")
-def submit(job_file: str, run_args: tuple[str, ...], address: str | None, wait: bool) -> None:
+@click.option(
+    "--python",
+    metavar="PATH",
+    help="Python on the head that runs the job (default: $DARKROOM_PYTHON, else `python` on the head's PATH).",
+)
+def submit(job_file: str, run_args: tuple[str, ...], address: str | None, wait: bool, python: str | None) -> None:
     """Submit `darkroom run JOB_FILE [RUN_ARGS...]` to a Ray cluster; prints the submission id.
 
     The project directory and JOB_FILE travel with the submission. RUN_ARGS (after --) go to
@@ -42,7 +47,7 @@ def submit(job_file: str, run_args: tuple[str, ...], address: str | None, wait: 
     """
     job = load_job_file(job_file)  # a bad job file exits 2 here, before anything is uploaded
     with _cluster_errors():
-        submission_id = cluster.submit(job_file, address, list(run_args), job_name=job.name)
+        submission_id = cluster.submit(job_file, address, list(run_args), job_name=job.name, python=python)
         click.echo(submission_id)
         if not wait:
             click.echo(f"follow with: darkroom logs {submission_id} --follow", err=True)

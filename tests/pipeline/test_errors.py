@@ -1,5 +1,8 @@
 """Where users get stuck: one plain line with the fix, no traceback unless --debug."""
 
+from pathlib import Path
+
+import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
@@ -12,22 +15,61 @@ steps: [{{model: identity}}]
 """
 
 
-def run(tmp_path, input_uri, output_uri, *args, env=None):
+def run(tmp_path, input_uri, output_uri, *args, env=None, command="plan", job=JOB):
     path = tmp_path / "job.yaml"
-    path.write_text(JOB.format(input=input_uri, output=output_uri))
-    return CliRunner().invoke(main, [*args, "plan", str(path)], env=env)
+    path.write_text(job.format(input=input_uri, output=output_uri))
+    return CliRunner().invoke(main, [*args, command, str(path)], env=env)
 
 
-def one_line(result) -> str:
+def one_line(result, exit_code: int = 1) -> str:
     lines = result.output.strip().splitlines()
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == exit_code, result.output
     assert len(lines) == 1 and "Traceback" not in result.output, result.output
     return lines[0]
 
 
-def test_missing_bucket(s3_endpoint, tmp_path):
-    line = one_line(run(tmp_path, "s3://no-such-bucket-here/in/", str(tmp_path / "out")))
-    assert line.startswith("error: a bucket does not exist: check input.uri (s3://no-such-bucket-here/in/)")
+# ---- configuration errors: exit 2 (like a bad job file), one line naming the field and what is missing ----
+
+
+def test_missing_input_bucket(s3_endpoint, tmp_path):
+    for command in ("plan", "run"):
+        line = one_line(run(tmp_path, "s3://no-such-bucket-here/in/", str(tmp_path / "out"), command=command), 2)
+        assert line == (
+            "error: input.uri: bucket 'no-such-bucket-here' does not exist (s3://no-such-bucket-here/in/): "
+            "create it or fix input.uri"
+        )
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_missing_output_bucket(s3_bucket, tmp_path):
+    for command in ("plan", "run"):
+        line = one_line(run(tmp_path, f"s3://{s3_bucket}/in/", "s3://no-such-output-bucket/o/", command=command), 2)
+        assert line == (
+            "error: output.uri: bucket 'no-such-output-bucket' does not exist (s3://no-such-output-bucket/o/): "
+            "create it or fix output.uri"
+        )
+
+
+def test_missing_weights_file_of_a_checkpoint_step(tmp_path):
+    weights = f"{tmp_path}/nope.pth"
+    job = JOB.replace("{{model: identity}}", "{{model: checkpoint, params: {{uri: " + weights + "}}}}")
+    for command in ("plan", "run"):
+        line = one_line(run(tmp_path, str(tmp_path), str(tmp_path / "out"), command=command, job=job), 2)
+        assert line == f"error: steps[0].params.uri: weights file not found: {tmp_path}/nope.pth"
+
+
+def test_output_under_a_file_cannot_be_created(tmp_path):
+    """A file where the output directory is expected: refused for root too (permission bits would not be)."""
+    (tmp_path / "taken").write_text("a file")
+    line = one_line(run(tmp_path, str(tmp_path), str(tmp_path / "taken" / "out"), command="run"), 2)
+    assert line == f"error: output.uri: {tmp_path}/taken is a file, not a directory ({tmp_path}/taken/out)"
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_output_where_nothing_may_be_created(tmp_path):
+    """/proc refuses new directories whoever asks (root included), as a read-only mount would."""
+    line = one_line(run(tmp_path, str(tmp_path), "/proc/darkroom-out", command="run"), 2)
+    assert line == "error: output.uri: cannot write to /proc/darkroom-out (No such file or directory)"
 
 
 def test_unreachable_endpoint(s3_endpoint, tmp_path):

@@ -1,17 +1,22 @@
 """Submission to a real two-node Ray cluster started by this module, driven through the CLI.
 
 The cluster: a head (2 CPUs, dashboard on 127.0.0.1) and a second node (1 CPU plus a custom
-resource ``decoder: 1``), each a ``ray start --block`` process of its own, in its own process
+resource ``gpu_like: 1``), each a ``ray start --block`` process of its own, in its own process
 group, with its own ``--temp-dir`` and explicit free ports. Teardown never runs ``ray stop``
 (which would kill every Ray on the machine, including the session's in-process Ray used by other
 tests): it sends SIGTERM to the two ``ray start`` processes (they shut down the processes they
 started), then SIGKILL to whatever is left in their two process groups.
+
+The cluster runs with Ray's token authentication, as Ray ≥ 2.61 does by default: every node gets
+``RAY_AUTH_MODE=token`` and the token file (``RAY_AUTH_TOKEN_PATH``, in the cluster's temp dir, not
+``~/.ray``); the tests reach it as a user would, with ``RAY_AUTH_TOKEN_PATH`` set while the module runs.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -55,6 +60,7 @@ class Cluster:
     url: str  # dashboard / Job Submission API
     gcs_port: int
     temp_dir: str
+    token_file: str  # the cluster's auth token (RAY_AUTH_TOKEN_PATH)
 
 
 def _node_ports() -> list[str]:
@@ -77,9 +83,12 @@ def _wait(what: str, ready, procs, timeout: float = START_TIMEOUT) -> None:
         time.sleep(0.25)
 
 
-def _alive_nodes(url: str) -> list[dict]:
+def _alive_nodes(url: str, token_file: str) -> list[dict]:
+    request = urllib.request.Request(
+        f"{url}/nodes?view=summary", headers={"Authorization": f"Bearer {Path(token_file).read_text()}"}
+    )
     try:
-        with urllib.request.urlopen(f"{url}/nodes?view=summary", timeout=2) as r:
+        with urllib.request.urlopen(request, timeout=2) as r:
             return [n for n in json.load(r)["data"]["summary"] if n["raylet"]["state"] == "ALIVE"]
     except Exception:
         return []
@@ -89,14 +98,18 @@ def _alive_nodes(url: str) -> list[dict]:
 def ray_cluster():
     temp_dir = tempfile.mkdtemp(prefix="dr-ray-", dir="/tmp")  # short: Ray's unix socket paths must stay < 108 bytes
     bin_dir = str(Path(sys.executable).parent)
+    token_file = os.path.join(temp_dir, "auth_token")
+    Path(token_file).write_text(secrets.token_hex(16))
     env = dict(
         os.environ,
-        PATH=f"{bin_dir}:{os.environ.get('PATH', '')}",  # job entrypoints run `python`: this virtualenv's
-        RAY_AUTH_MODE="disabled",
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN_PATH=token_file,
         RAY_USAGE_STATS_ENABLED="0",
         RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",  # no draining wait on SIGTERM at teardown
     )
     env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_AUTH_TOKEN", None)  # it would win over the file
+    saved_env = {k: os.environ.pop(k, None) for k in ("RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN", "DARKROOM_PYTHON")}
     gcs_port, dashboard_port = _free_port(), _free_port()
     url = f"http://127.0.0.1:{dashboard_port}"
     ray = os.path.join(bin_dir, "ray")
@@ -114,12 +127,19 @@ def ray_cluster():
                        "--ray-client-server-port", str(_free_port())])  # fmt: skip
         _wait("head GCS", lambda: _port_open(gcs_port), procs)
         start(
-            "decoder-node",
-            ["--address", f"127.0.0.1:{gcs_port}", "--num-cpus", "1", "--resources", json.dumps({"decoder": 1})],
+            "gpu-like-node",
+            ["--address", f"127.0.0.1:{gcs_port}", "--num-cpus", "1", "--resources", json.dumps({"gpu_like": 1})],
         )
-        _wait("two alive nodes", lambda: len(_alive_nodes(url)) == 2, procs)
-        yield Cluster(url=url, gcs_port=gcs_port, temp_dir=temp_dir)
+        os.environ["RAY_AUTH_TOKEN_PATH"] = token_file  # the tests' CLI calls and clients send the token
+        # `python` on this head's PATH need not be this virtualenv's: submissions name it (`submit --python`)
+        os.environ["DARKROOM_PYTHON"] = sys.executable
+        _wait("two alive nodes", lambda: len(_alive_nodes(url, token_file)) == 2, procs)
+        yield Cluster(url=url, gcs_port=gcs_port, temp_dir=temp_dir, token_file=token_file)
     finally:
+        for k, v in saved_env.items():
+            os.environ.pop(k, None)
+            if v is not None:
+                os.environ[k] = v
         for p in reversed(procs):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -199,9 +219,12 @@ def test_submit_runs_the_job_on_the_cluster_and_reports_it(ray_cluster, tmp_path
 
     info = cluster.client(url).get_job_info(submission_id)
     assert (
-        info.entrypoint == f"python -m pipeline.cli run {cluster.STAGED_JOBS_DIR}/job.yaml --log-format plain "
-        f"--output {shlex.quote(str(out))}"
+        info.entrypoint == f"{shlex.quote(sys.executable)} -m pipeline.entry run {cluster.STAGED_JOBS_DIR}/job.yaml "
+        f"--log-format plain --output {shlex.quote(str(out))}"
     )
+    token = Path(ray_cluster.token_file).read_text()
+    assert token not in repr(info) and token not in logs.output  # not in the entrypoint, runtime_env or metadata
+    assert not [p for p in out.rglob("*") if p.is_file() and token.encode() in p.read_bytes()]  # nor run records
     rows = duckdb.sql(
         "SELECT input_uri, status, width_in, height_in, width_out, height_out FROM "
         f"read_parquet('{out}/manifest/**/*.parquet')"
@@ -212,32 +235,54 @@ def test_submit_runs_the_job_on_the_cluster_and_reports_it(ray_cluster, tmp_path
 
 
 PLACEMENT = """
-import json, ray
+import json
+import numpy as np, ray
+from ray.util.state import list_actors
+from models import default_registry
+from pipeline.execute import ModelActor
+from pipeline.job import Resources
+
 ray.init()
-
-@ray.remote(num_cpus=0, resources={"decoder": 1})  # what num_gpus=1 does for a GPU worker node type
-class Decoder:
-    def node(self):
-        return ray.get_runtime_context().get_node_id()
-
+# darkroom's model actor asking for a resource only one node type has, as gpus_per_actor does for GPU workers
+actor = ModelActor.options(num_cpus=0, resources={"gpu_like": 1}).remote(
+    default_registry(), [{"model": "bicubic", "params": {"scale": 2}}], Resources(), False
+)
+[result] = ray.get(actor.infer.remote([np.zeros((3, 4, 3), np.uint8)]))
+[placed] = list_actors(filters=[("class_name", "=", "ModelActor"), ("state", "=", "ALIVE")])
 head = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and "node:__internal_head__" in n["Resources"])
-decoder_nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("decoder")]
-actors = [Decoder.remote() for _ in range(1)]
+gpu_like = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("gpu_like")]
 print("PLACEMENT " + json.dumps({"driver": ray.get_runtime_context().get_node_id(), "head": head,
-      "decoder_nodes": decoder_nodes, "actors": ray.get([a.node.remote() for a in actors])}))
+      "gpu_like_nodes": gpu_like, "actor": placed.node_id, "output": list(result.pixels.shape)}))
 """
 
 
-def test_custom_resource_places_the_actor_on_the_node_that_has_it(ray_cluster):
-    """Actors asking for a resource only one node type has land there, like model actors on GPU workers."""
+def test_custom_resource_places_darkrooms_model_actor_on_the_node_that_has_it(ray_cluster):
+    """A ModelActor asking for a resource only one node type has lands there, like model actors on GPU workers."""
     sdk = cluster.client(ray_cluster.url)
-    submission_id = sdk.submit_job(entrypoint=f"python -c {shlex.quote(PLACEMENT)}")
-    assert wait_for(submission_id, ray_cluster.url, {"SUCCEEDED"}, timeout=45) == "SUCCEEDED"
+    submission_id = sdk.submit_job(
+        entrypoint=f"{shlex.quote(sys.executable)} -c {shlex.quote(PLACEMENT)}",
+        runtime_env={"working_dir": str(cluster.project_root()), "excludes": list(cluster.EXCLUDES)},
+    )
+    assert wait_for(submission_id, ray_cluster.url, {"SUCCEEDED"}, timeout=90) == "SUCCEEDED"
     [line] = [ln for ln in sdk.get_job_logs(submission_id).splitlines() if ln.startswith("PLACEMENT ")]
     seen = json.loads(line.removeprefix("PLACEMENT "))
     assert seen["driver"] == seen["head"]  # job entrypoints run on the head node
-    assert len(seen["decoder_nodes"]) == 1 and seen["decoder_nodes"][0] != seen["head"]
-    assert seen["actors"] == seen["decoder_nodes"]
+    assert len(seen["gpu_like_nodes"]) == 1 and seen["gpu_like_nodes"][0] != seen["head"]
+    assert seen["actor"] == seen["gpu_like_nodes"][0]
+    assert seen["output"] == [6, 8, 3]  # the actor ran its model there: bicubic ×2 of a 3×4 RGB image
+
+
+def test_a_python_without_darkroom_fails_the_job_with_one_line(ray_cluster, tmp_path):
+    """`submit --python` names the head's interpreter; one without darkroom's packages is named, with the fix."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True)
+    bare = str(tmp_path / "bare" / "bin" / "python")
+    make_images(tmp_path / "in", 1)
+    job = write_job(tmp_path / "job.yaml", tmp_path / "in", tmp_path / "out", "bare")
+    result = cli("submit", str(job), "--address", ray_cluster.url, "--python", bare, "--wait")
+    assert result.exit_code == 1, result.output
+    assert f"error: {bare} lacks darkroom's dependencies (no module click, ray, torch," in result.output
+    assert "darkroom submit --python" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_stop_ends_a_running_job_as_stopped(ray_cluster, tmp_path):
@@ -337,6 +382,36 @@ def test_errors_are_one_line_and_exit_1(ray_cluster, tmp_path):
     assert refused.exit_code == 2 and "unknown model 'nope'" in refused.output
     # an explicit --address wins over $RAY_ADDRESS (Ray's own client would do the reverse)
     assert cli("jobs", "--address", ray_cluster.url, env={"RAY_ADDRESS": f"http://127.0.0.1:{closed}"}).exit_code == 0
+
+
+def test_the_token_is_taken_from_where_ray_keeps_it_and_its_absence_is_one_line(ray_cluster, tmp_path):
+    """Fresh `darkroom` processes (Ray caches a token per process) with and without the cluster's token."""
+    token = Path(ray_cluster.token_file).read_text()
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {"HOME": str(tmp_path)}
+
+    def darkroom(*args: str, **env: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "pipeline.cli", *args, "--address", ray_cluster.url]
+        root = Path(__file__).resolve().parents[2]
+        return subprocess.run(cmd, env=bare | env, cwd=root, capture_output=True, text=True, timeout=120)
+
+    for args in (["jobs"], ["status", "raysubmit_x"]):
+        missing = darkroom(*args)  # no RAY_AUTH_TOKEN(_PATH), no ~/.ray/auth_token under this HOME
+        assert missing.returncode == 1, missing.stderr
+        assert missing.stderr == (
+            f"error: the Ray cluster at {ray_cluster.url} requires a token: set RAY_AUTH_MODE=token and "
+            "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) — see docs/cluster.md\n"
+        ), missing.stderr
+    wrong = darkroom("jobs", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="not-the-token")
+    assert wrong.returncode == 1 and wrong.stderr.count("\n") == 1 and "refused the token" in wrong.stderr
+    assert "not-the-token" not in wrong.stderr
+    unreadable = darkroom("jobs", RAY_AUTH_TOKEN_PATH=str(tmp_path / "nope"))
+    assert unreadable.returncode == 1 and "cannot read the Ray token file" in unreadable.stderr
+    assert darkroom("jobs", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token).returncode == 0
+    assert darkroom("jobs", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=ray_cluster.token_file).returncode == 0
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text(token + "\n")  # where `ray get-auth-token --generate` writes
+    found = darkroom("jobs")
+    assert found.returncode == 0 and token not in found.stdout + found.stderr, found.stderr
 
 
 def test_what_travels_with_a_submission(tmp_path):
