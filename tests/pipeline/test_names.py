@@ -111,7 +111,7 @@ def keys(draw) -> str:
     return "".join(parts) + draw(EXT)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(keys(), st.sampled_from(FORMATS)), unique_by=lambda kf: kf[0], max_size=12))
 def test_the_map_is_injective_deterministic_and_safe(items):
     outputs = [names.output_rel_path(names.output_name(k), f) for k, f in items]
