@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -15,6 +16,8 @@ from pipeline import __version__, incremental, manifest, preflight, runs, storag
 from pipeline.job import Job
 from pipeline.lease import Lease
 from pipeline.planning import PlanSummary, iter_shards
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -146,7 +149,8 @@ def run(
 ) -> RunSummary:
     """Plan (or resume) and execute ``job`` on Ray; returns when every shard is committed.
 
-    Holds the output's lease throughout, so a second run on the same output refuses to start.
+    Holds the output's lease throughout, so a second run on the same output refuses to start;
+    first removes the temporary files dead writers left under the output (storage.sweep_temp_files).
     ``on_event`` receives progress events (plain dicts, see pipeline.progress).
     ``resume_run_id`` resumes that run (ResumeError if it cannot be); ``resume=False`` plans anew.
     """
@@ -159,6 +163,10 @@ def run(
     fingerprint = job.fingerprint(registry)
     run_id = runs.new_run_id()
     with Lease(out.uri, run_id, out.storage_options) as lease:
+        # Holding the lease, no other run writes here: temporary files of dead writers are debris.
+        swept = storage.sweep_temp_files(out.uri, out.storage_options)
+        if swept:
+            log.info("removed %d temporary files left by dead writers under %s", swept, storage.redact(out.uri))
         record = _unfinished_run(job, fingerprint, resume_run_id) if resume or resume_run_id else None
         resumed = record is not None
         if record is None:

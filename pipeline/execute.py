@@ -39,7 +39,7 @@ from models.weights import WeightsError
 from pipeline import images, manifest, runs, storage
 from pipeline.inference import Chain, Masked, Result, pick_device, resize_plane
 from pipeline.job import Job, Resources, ResourcesError
-from pipeline.planning import output_rel_path
+from pipeline.names import output_rel_path
 from pipeline.threads import actor_threads
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import posixpath
 import re
-import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -24,8 +23,8 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from pipeline import storage
-from pipeline.images import FORMAT_EXTENSIONS, IMAGE_EXTENSIONS
+from pipeline import names, storage
+from pipeline.images import IMAGE_EXTENSIONS
 from pipeline.job import GenerateSpec, InputSpec, Job
 
 DIFF_ROWS = 262_144  # listed inputs per incremental-diff call
@@ -34,7 +33,7 @@ LIST_FILE_EXTENSIONS = (".parquet", ".csv", ".jsonl", ".ndjson")
 PLAN_SCHEMA = pa.schema(
     [
         pa.field("input_uri", pa.string(), nullable=False),
-        pa.field("rel_path", pa.string(), nullable=False),  # safe path under the output prefix
+        pa.field("rel_path", pa.string(), nullable=False),  # the input's output name (pipeline.names)
         pa.field("size", pa.int64()),  # null when a list file did not say
         pa.field("etag", pa.string()),
         pa.field("mtime", pa.float64()),  # seconds since the epoch
@@ -44,7 +43,6 @@ PLAN_SCHEMA = pa.schema(
 # Generation: input_uri = generate://<model>/<seed>/<index>, rel_path = <index:08d>; no size, etag or mtime.
 GENERATION_PLAN_SCHEMA = PLAN_SCHEMA.append(pa.field("sample_index", pa.int64(), nullable=False))
 _EXT_CHARS = max(len(e) for e in IMAGE_EXTENSIONS)  # code points; lowercasing maps one to one
-_UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
 _REGEX_SPECIAL = set(".^$*+?()[]{}|-")
 
 
@@ -66,35 +64,6 @@ class PlanSummary:
     skipped_masks: int = 0  # files matching input.mask: masks, not inputs
     examples_skipped: list[str] = field(default_factory=list)
     categories: dict[str, int] = field(default_factory=dict)  # new / changed / unchanged / failed
-
-
-def safe_rel_path(rel: str) -> str:
-    """A relative path that stays under the output prefix whatever the input key holds.
-
-    ``..`` and ``.`` segments, empty segments, backslashes and control characters are
-    neutralised; over-long segments are cut (keeping the extension).
-    """
-    parts = []
-    for part in rel.split("/"):
-        part = _UNSAFE_CHARS.sub("_", unicodedata.normalize("NFC", part))
-        if part in ("", "."):
-            continue
-        if part == "..":
-            part = "__"
-        if len(part.encode()) > 200:
-            stem, ext = posixpath.splitext(part)
-            part = stem.encode()[: 200 - len(ext.encode())].decode(errors="ignore") + ext
-        parts.append(part)
-    return "/".join(parts) or "_"
-
-
-def output_rel_path(rel_path: str, fmt: str) -> str:
-    """Output path for an input: unchanged when it already ends in ``fmt``'s extension,
-    else ``fmt``'s extension appended (``a.jpg`` → ``a.jpg.png``), so two inputs that differ
-    only in extension never overwrite each other."""
-    if rel_path.lower().endswith(FORMAT_EXTENSIONS[fmt]):
-        return rel_path
-    return f"{rel_path}{FORMAT_EXTENSIONS[fmt][0]}"
 
 
 def mask_regex(pattern: str) -> str:
@@ -139,27 +108,15 @@ def _listed(spec: InputSpec) -> Iterator[tuple[str, str, int | None, str | None,
         yield entry.uri, entry.rel, entry.size, entry.etag, entry.mtime
 
 
-_SCHEME = r"^[A-Za-z][A-Za-z0-9+.-]*://"
-_NEEDS_CLEANING = r"[\x00-\x1f\x7f\\]|(^|/)\.{1,2}(/|$)|//|^/"
-
-
-def _safe_rel_paths(rels: pa.Array) -> pa.Array:
-    """``safe_rel_path`` over an Arrow array: Python runs only on the rows that need cleaning."""
-    rels = pc.utf8_normalize(rels, "NFC")
-    dirty = pc.or_(pc.match_substring_regex(rels, _NEEDS_CLEANING), pc.greater(pc.binary_length(rels), 200))
-    if not pc.any(dirty).as_py():
-        return rels
-    values = rels.to_pylist()
-    for i in pc.indices_nonzero(dirty).to_pylist():
-        values[i] = safe_rel_path(values[i])
-    return pa.array(values, pa.string())
+_SCHEME_OR_ROOT = r"^([A-Za-z][A-Za-z0-9+.-]*://)?/?"  # dropped from a list file's URIs: their relative keys
 
 
 def _list_file_tables(spec: InputSpec, rows: int, summary: PlanSummary) -> Iterator[pa.Table]:
     """A list file's image rows as PLAN_SCHEMA tables, computed column-wise with Arrow.
 
-    The relative path of ``s3://bucket/a/b.jpg`` is ``bucket/a/b.jpg`` (scheme and credentials
-    dropped), so entries from different buckets or hosts cannot collide.
+    The relative key of ``s3://bucket/a/b.jpg`` is ``bucket/a/b.jpg`` (scheme, credentials and a
+    leading ``/`` dropped), so entries from different buckets or hosts cannot collide; its output
+    name is ``names.output_name`` of that key.
     """
     fs, path = storage.filesystem(spec.uri, spec.storage_options)
     with fs.open(path, "rb") as fh:
@@ -202,7 +159,7 @@ def _list_file_tables(spec: InputSpec, rows: int, summary: PlanSummary) -> Itera
             plan = pa.Table.from_arrays(
                 [
                     uris,
-                    _safe_rel_paths(pc.replace_substring_regex(visible, _SCHEME, "")),
+                    names.output_names(pc.replace_substring_regex(visible, _SCHEME_OR_ROOT, "", max_replacements=1)),
                     column("size", pa.int64()),
                     column("etag", pa.string()),
                     pa.nulls(len(table), pa.float64()),
@@ -246,7 +203,7 @@ def _listing_tables(spec: InputSpec, rows: int, summary: PlanSummary) -> Iterato
             summary.skipped_masks += 1
             continue
         buffer.append(
-            (uri, safe_rel_path(rel), nbytes, etag, mtime, mask_uri_for(uri, spec.mask) if spec.mask else None)
+            (uri, names.output_name(rel), nbytes, etag, mtime, mask_uri_for(uri, spec.mask) if spec.mask else None)
         )
         summary.listed += 1
         if len(buffer) == rows:

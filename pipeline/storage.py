@@ -6,6 +6,7 @@ S3-compatible stores: besides boto's usual credential chain, ``AWS_ENDPOINT_URL`
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import logging
@@ -13,6 +14,7 @@ import os
 import posixpath
 import random
 import re
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -38,6 +40,12 @@ TRANSIENT = re.compile(
 RETRY_ATTEMPTS = 6
 RETRY_BASE_SECONDS = 0.2
 RETRY_CAP_SECONDS = 5.0
+STALE_TEMP_SECONDS = 600.0  # a temporary file of an unknown writer this old is debris, not a write in progress
+# Temporary files name their writer: .<name>.dr-<host id>-<pid>-<nonce>.tmp (host id: 8 hex of the
+# host name's SHA-256), so a sweep can tell a dead writer's debris from a live writer's file.
+_HOST_ID = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+_TEMP_NAME = re.compile(r"\..*\.dr-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{8}\.tmp", re.DOTALL)
+_OLD_TEMP_NAME = re.compile(r"\..*\.[0-9a-f]{32}\.tmp", re.DOTALL)  # before writers were named: .<name>.<uuid>.tmp
 
 
 @dataclass(frozen=True)
@@ -169,14 +177,75 @@ def write_atomic(uri: str, data: bytes, storage_options: dict | None = None) -> 
     """
     fs, path = filesystem(uri, storage_options)
     if is_local(fs):
-        directory = posixpath.dirname(path)
-        os.makedirs(directory, exist_ok=True)
-        tmp = posixpath.join(directory, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
+        os.makedirs(posixpath.dirname(path), exist_ok=True)
+        tmp = _temp_path(path)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except BaseException:  # a full disk, a failed rename, an interrupt: leave no debris behind
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
     else:
         retrying(lambda: fs.pipe_file(path, data), f"write {uri}")
+
+
+def _temp_path(path: str) -> str:
+    """A temporary file beside ``path``, named after this process (see _TEMP_NAME)."""
+    directory, name = posixpath.split(path)
+    name = name.encode()[:100].decode(errors="ignore")  # keeps the temporary name within 255 bytes
+    return posixpath.join(directory, f".{name}.dr-{_HOST_ID}-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def _is_debris(name: str, path: str, now: float, stale_after: float) -> bool:
+    """Whether the file ``name`` (at ``path``) is a temporary file no live writer will finish."""
+    ours = _TEMP_NAME.fullmatch(name)
+    if ours is None and not _OLD_TEMP_NAME.fullmatch(name):
+        return False  # not a temporary file of darkroom's
+    if ours is not None and ours["host"] == _HOST_ID:
+        pid = int(ours["pid"])
+        if pid == os.getpid():
+            return False  # this process's own write in progress (the lease's heartbeat)
+        if not _pid_alive(pid):
+            return True
+    # Another host's writer (or one whose pid was reused): only its age tells.
+    try:
+        return now - os.stat(path).st_mtime > stale_after
+    except FileNotFoundError:
+        return False
+
+
+def sweep_temp_files(uri: str, storage_options: dict | None = None, stale_after: float = STALE_TEMP_SECONDS) -> int:
+    """Remove the temporary files dead writers left anywhere under ``uri``; returns how many.
+
+    A run calls this at its start, holding the output's lease, so no other run writes there:
+    a temporary file is debris when its writer process (on this host) is gone, or when it is
+    older than ``stale_after`` seconds (another host's writer, or a name from before writers
+    were named). Only local disks have temporary files: object stores write in one PUT.
+    """
+    fs, path = filesystem(uri, storage_options)
+    if not is_local(fs) or not os.path.isdir(path):
+        return 0
+    now, removed = time.time(), 0
+    for directory, _, files in os.walk(path):
+        for name in files:
+            full = os.path.join(directory, name)
+            if _is_debris(name, full, now, stale_after):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(full)
+                    removed += 1
+    return removed
 
 
 def stat(uri: str, storage_options: dict | None = None) -> FileEntry:
@@ -343,12 +412,11 @@ def put_if(uri: str, data: bytes, version: str | None, storage_options: dict | N
 
 
 def _put_if_local(path: str, data: bytes, version: str | None) -> str:
-    directory = posixpath.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    tmp = posixpath.join(directory, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
+    os.makedirs(posixpath.dirname(path), exist_ok=True)
+    tmp = _temp_path(path)
     try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
         with open(path + ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if version is None:

@@ -1,4 +1,4 @@
-"""A fault-injecting HTTP proxy in front of the moto S3 server, and a process killer.
+"""A fault-injecting HTTP proxy in front of the moto S3 server, a process killer, and a writer that dies mid-write.
 
 The proxy forwards every request to the real S3 API and, on a seeded share of object
 requests, answers 503 SlowDown or drops the connection without answering — the storage
@@ -12,8 +12,11 @@ import http.client
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import urlsplit
 
 SLOW_DOWN = (
@@ -120,3 +123,14 @@ def kill(pids: list[int]) -> int:
         except ProcessLookupError:
             pass
     return killed
+
+
+def dead_writer_debris(target: Path) -> Path:
+    """What a writer killed between writing and renaming leaves: run storage.write_atomic in a
+    process that dies instead of renaming, and return the temporary file it left."""
+    code = "import os, sys; from pipeline import storage; os.replace = lambda *a: os._exit(9); "
+    code += "storage.write_atomic(sys.argv[1], b'half')"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    assert subprocess.run([sys.executable, "-c", code, str(target)], env=env).returncode == 9
+    [left] = [p for p in target.parent.iterdir() if p.name.startswith(f".{target.name}.")]
+    return left

@@ -125,7 +125,7 @@ def test_malformed_corpus_one_row_each_no_crash(ray_local, tmp_path):
 
 
 # (moto's server cannot store keys with a newline, so control characters are covered by a tab;
-# safe_rel_path's own tests cover the rest.)
+# names.output_name's own tests, tests/pipeline/test_names.py, cover the rest.)
 HOSTILE_KEYS = [
     "../../escape.png",
     "a/../../../etc/passwd.png",

@@ -86,33 +86,6 @@ def test_s3_listing_pages_past_1000_keys(s3_bucket):
     assert rows[0]["etag"] and rows[0]["size"] == 1 and rows[0]["mtime"] > 0
 
 
-@pytest.mark.parametrize(
-    ("rel", "safe"),
-    [
-        ("a/b.jpg", "a/b.jpg"),
-        ("../../etc/passwd.jpg", "__/__/etc/passwd.jpg"),
-        ("/abs//x/./y.png", "abs/x/y.png"),
-        ("ctl\x00\x1b[31m.png", "ctl__[31m.png"),
-        ("back\\slash.png", "back_slash.png"),
-        ("", "_"),
-    ],
-)
-def test_safe_rel_path(rel, safe):
-    assert planning.safe_rel_path(rel) == safe
-
-
-def test_long_names_are_cut_keeping_the_extension():
-    out = planning.safe_rel_path("d/" + "é" * 300 + ".png")
-    assert out.endswith(".png") and len(out.split("/")[1].encode()) <= 200
-
-
-def test_output_rel_path_never_collides_on_extension():
-    assert planning.output_rel_path("a.png", "png") == "a.png"
-    assert planning.output_rel_path("a.JPG", "jpeg") == "a.JPG"
-    assert planning.output_rel_path("a.jpg", "png") == "a.jpg.png"
-    assert planning.output_rel_path("a.webp", "png") != planning.output_rel_path("a.png", "png")
-
-
 def test_list_file_image_test_is_the_extension_after_the_last_dot(tmp_path):
     # The list-file path matches image extensions at the end of the (redacted) URI: the same
     # test as "the extension from the last dot, if no slash follows", because no image

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import time
 from pathlib import Path
 
 import boto3
@@ -15,6 +17,7 @@ from models import default_registry
 from pipeline import api, errors, execute, manifest, runs, storage
 from pipeline.job import Resources, ResourcesError, parse_job
 from tests.corpus import MAX_BYTES, MAX_PIXELS
+from tests.faults import dead_writer_debris
 
 
 def make_job(input_uri: str, output_uri: str, **overrides):
@@ -294,3 +297,26 @@ def test_cpu_actors_share_the_node_threads(ray_local):
         assert ray_local.get(actor.__ray_call__.remote(lambda self: torch.get_num_threads())) == 2
     finally:
         ray_local.kill(actor)
+
+
+def test_failed_writes_and_dead_writers_leave_no_debris(ray_local, corpus_dir, tmp_path):
+    out = tmp_path / "out"
+    blocked = out / "images" / "rgb.png"
+    (blocked / "in-the-way").mkdir(parents=True)  # that output's rename fails: an error row, not a crash
+    job = make_job(str(corpus_dir / "png"), str(out))
+    first = api.run(job)
+    assert first.counts["error"] == 1 and [e["stage"] for e in first.errors] == ["write"]
+    assert not list(out.rglob("*.tmp"))
+    # A run that died mid-write (its writers killed), and the debris of an older version's run.
+    (blocked / "in-the-way").rmdir()
+    blocked.rmdir()
+    debris = [dead_writer_debris(out / "images" / "x.png"), dead_writer_debris(out / "manifest" / "p.parquet")]
+    old = out / "images" / (".y.png." + "ab" * 16 + ".tmp")
+    old.write_bytes(b"x")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    assert all(p.exists() for p in debris)
+    second = api.run(job)
+    assert second.counts == {"ok": 1}
+    assert not list(out.rglob("*.tmp"))
+    written = {str(p) for p in (out / "images").rglob("*") if p.is_file()}
+    assert written == {r["output_uri"] for r in manifest.read(str(out)).to_pylist() if r["status"] == "ok"}
