@@ -6,12 +6,13 @@ registered models with valid params, and carries no inline secrets.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
 import string
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -309,6 +310,41 @@ def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
     return line
 
 
+def models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models a field's annotation holds (``X``, ``X | None``, ``list[X]`` → ``[X]``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in models_in(arg)]
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names allowed where the last key of ``loc`` (a pydantic error location under
+    ``model``) was written; empty where ``loc`` leads into something other than a model."""
+    models = [model]
+    for key in loc[:-1]:
+        if isinstance(key, int):
+            continue  # a list item: the list's models
+        inner = [m for cur in models if key in cur.model_fields for m in models_in(cur.model_fields[key].annotation)]
+        if inner:
+            models = inner
+        elif key in {m.__name__ for m in models}:
+            models = [m for m in models if m.__name__ == key]  # pydantic names the union member it tried
+        else:
+            return []
+    return sorted({name for m in models for name in m.model_fields})
+
+
+def did_you_mean(key: Any, allowed: list[str]) -> str:
+    """``"; did you mean 'scale'?"`` when ``allowed`` holds a name close to ``key``, else ``""``."""
+    close = difflib.get_close_matches(str(key), allowed, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _unknown(kind: str, model: type[BaseModel], loc: tuple) -> str:
+    """The message of an unknown key at ``loc`` (under ``model``), with the close name if there is one."""
+    return f"unknown {kind}{did_you_mean(loc[-1], _allowed_keys(model, loc))}" if loc else f"unknown {kind}"
+
+
 def _where(source: str, root: yaml.Node | None, loc: tuple) -> str:
     line = _line_of(root, loc)
     field = ".".join(str(p) for p in loc) or "(top level)"
@@ -370,7 +406,7 @@ def _param_problems(entry, params: Any, loc: tuple, source: str, root: yaml.Node
     except ValidationError as exc:
         return [
             f"{_where(source, root, (*loc, *err['loc']))}: "
-            f"{'unknown param' if err['type'] == 'extra_forbidden' else err['msg']}"
+            f"{_unknown('param', entry.params, err['loc']) if err['type'] == 'extra_forbidden' else err['msg']}"
             for err in exc.errors()
         ]
     return []
@@ -431,7 +467,7 @@ def parse_job(data: Any, registry: Registry, source: str = "<job>", root: yaml.N
             loc = tuple(p for p in err["loc"] if not str(p).startswith("function-"))
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
-                msg = "unknown key"
+                msg = _unknown("key", Job, loc)
             elif not loc and err["type"] == "value_error":  # Job._one_kind
                 loc = _kind_field(data)
             problems.append(f"{_where(source, root, loc)}: {msg}")

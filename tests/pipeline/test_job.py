@@ -63,6 +63,32 @@ def test_model_params_validated(tmp_path):
     assert any("steps.0.params.sharpen: unknown param" in ln for ln in lines)
 
 
+def test_unknown_keys_and_params_suggest_the_close_name(tmp_path):
+    text = (
+        GOOD.replace("format: png", "fromat: png")
+        .replace("{scale: 2}", "{scael: 2}\n    resources: {actors: {mni: 1}}")
+        .replace("name: t", "name: t\nlimits: {max_pixel: 5}\nzzz: 1")
+    )
+    lines = problems(tmp_path, text)
+    assert len(lines) == 5
+    for field, kind, close in (
+        ("output.fromat", "key", "format"),
+        ("steps.0.params.scael", "param", "scale"),
+        ("steps.0.resources.actors.mni", "key", "min"),
+        ("limits.max_pixel", "key", "max_pixels"),
+    ):
+        assert any(ln.endswith(f"{field}: unknown {kind}; did you mean {close!r}?") for ln in lines), field
+    assert any(ln.endswith("zzz: unknown key") for ln in lines)  # nothing close: no suggestion
+
+
+def test_unknown_generate_params_suggest_the_close_name(tmp_path):
+    text = (
+        "name: g\noutput: {uri: /o}\ngenerate: {model: darkroom-ddpm-digits, samples: 1, seed: 0, params: {stesp: 4}}\n"
+    )
+    [line] = problems(tmp_path, text)
+    assert line.endswith("generate.params.stesp: unknown param; did you mean 'steps'?")
+
+
 def test_inline_credentials_refused(tmp_path):
     text = GOOD.replace(
         "  uri: s3://archive/photos/\n", "  uri: s3://archive/photos/\n  storage_options: {secret: abc}\n"
