@@ -126,7 +126,9 @@ class StepResources(Strict):
 class StepSpec(Strict):
     model: str = Field(description="a registry name (see `darkroom models`)")
     params: dict[str, Any] = Field(
-        default_factory=dict, description="the model's params (see `darkroom models`), e.g. {scale: 2}"
+        default_factory=dict,
+        description="the model's params (`darkroom models NAME` lists them; docs/job-reference.md#model-params), "
+        "e.g. {scale: 2}",
     )
     resources: StepResources | None = Field(None, description="this step's actor pool, if not the job's")
     outscale: float | None = Field(
@@ -143,7 +145,8 @@ class GenerateSpec(Strict):
 
     model: str = Field(description="a registry name of task `generation` (see `darkroom models`)")
     params: dict[str, Any] = Field(
-        default_factory=dict, description="the model's params, e.g. {sampler: ddim, steps: 50}"
+        default_factory=dict,
+        description="the model's params (`darkroom models NAME` lists them), e.g. {sampler: ddim, steps: 50}",
     )
     samples: int = Field(ge=1, description="how many images: sample indices start … start + samples - 1")
     seed: int = Field(

@@ -8,20 +8,76 @@ import sys
 import click
 
 from models import default_registry
+from models.registry import UnknownModelError
 from pipeline import api
+from pipeline.cli import EXIT_BAD_JOB
 from pipeline.job import GENERATION_TASK, Job
+from pipeline.reference import field_rows
 from pipeline.report import write_report
 
 
 @click.command()
-def models() -> None:
-    """Table of registered models: task, scale, weights source, licence."""
-    rows = [("name", "task", "scale", "weights", "licence", "description")]
-    for e in default_registry().entries():
-        rows.append((e.name, e.task, _scale(e), _weights_source(e), e.licence.split(" (")[0], e.description))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+@click.argument("name", required=False)
+def models(name: str | None) -> None:
+    """Table of registered models: task, scale, weights source, licence, params.
+
+    With NAME: that model's params (type, default, range, meaning), what a step's `params:` may hold.
+    """
+    registry = default_registry()
+    if name is not None:
+        try:
+            entry = registry.get(name)
+        except UnknownModelError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_BAD_JOB)
+        _describe(entry)
+        return
+    rows = [("name", "task", "scale", "weights", "licence", "params", "description")]
+    for e in registry.entries():
+        rows.append(
+            (e.name, e.task, _scale(e), _weights_source(e), e.licence.split(" (")[0], _param_names(e), e.description)
+        )
+    _table(rows)
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    """Columns padded to their widest cell, the last one left ragged (descriptions are long)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5])
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1])
+
+
+PARAM_NAMES_WIDTH = 28  # the listing's params column: names up to this width, then "+N more"
+
+
+def _param_names(entry) -> str:
+    names = list(entry.params.model_fields)
+    if not names:
+        return "-"
+    shown = names[:1]
+    for n in names[1:]:
+        rest = len(names) - len(shown) - 1
+        if len(", ".join([*shown, n])) + (len(f", +{rest} more") if rest else 0) > PARAM_NAMES_WIDTH:
+            break
+        shown.append(n)
+    more = len(names) - len(shown)
+    return ", ".join(shown) + (f", +{more} more" if more else "")
+
+
+def _describe(entry) -> None:
+    """``darkroom models NAME``: the entry, then one row per param (docs/job-reference.md has the same)."""
+    click.echo(f"{entry.name}: {entry.description}")
+    click.echo(f"task:     {entry.task}{' (needs a mask: input.mask)' if entry.needs_mask else ''}")
+    click.echo(f"scale:    {_scale(entry)}")
+    click.echo(f"weights:  {_weights_source(entry)}")
+    click.echo(f"licence:  {entry.licence}")
+    where = "generate.params" if entry.task == GENERATION_TASK else "a step's params"
+    rows = field_rows(entry.params)
+    if not rows:
+        click.echo(f"params:   none ({where} must be empty or absent)")
+        return
+    click.echo(f"params ({where}):")
+    _table([("  param", "type", "default", "range", "meaning"), *((f"  {r[0]}", *r[1:]) for r in rows)])
 
 
 def _scale(entry) -> str:

