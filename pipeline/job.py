@@ -24,7 +24,7 @@ from yaml.scanner import Scanner
 
 from models import Registry
 from models.registry import UnknownModelError
-from pipeline.storage import redact
+from pipeline.storage import has_credentials
 
 try:  # libyaml's event parser: the same events as PyYAML's Python parser, many times faster
     from yaml.cyaml import CParser as _CParser
@@ -90,7 +90,7 @@ def secret_paths(value: Any, keys: bool = True) -> list[tuple]:
         return found
     if isinstance(value, list):
         return [(i, *p) for i, v in enumerate(value) for p in secret_paths(v, keys)]
-    return [()] if isinstance(value, str) and redact(value) != value else []
+    return [()] if isinstance(value, str) and has_credentials(value) else []
 
 
 def _no_inline_secrets(options: dict[str, Any]) -> dict[str, Any]:
@@ -103,11 +103,11 @@ def _no_inline_secrets(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _no_credentials_in_uri(uri: str) -> str:
-    """A URI with user:password@ or an http(s) query string (a signed URL) would be recorded in run
-    records, logs and the manifest: refused."""
-    if redact(uri) != uri:
+    """A URI with user:password@ or a signed URL's signature or token would be recorded in run
+    records: refused."""
+    if has_credentials(uri):
         raise ValueError(
-            "credentials do not belong in a URI (user:password@ or a signed URL's query string); "
+            "credentials do not belong in a URI (user:password@, a signed URL's signature or token); "
             "use the environment / a profile"
         )
     return uri

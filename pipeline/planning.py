@@ -185,13 +185,14 @@ def _refuse_credentials(list_uri: str, batch: pa.RecordBatch, first_row: int) ->
     for name in ("uri", "mask_uri"):
         if name not in batch.schema.names:
             continue
-        uris = batch[name].cast(pa.string())
-        secret = pc.fill_null(pc.not_equal(storage.redact_array(uris), uris), False)
+        secret = pc.fill_null(
+            pc.match_substring_regex(batch[name].cast(pa.string()), storage.CREDENTIALS_IN_URI), False
+        )
         if pc.any(secret).as_py():
             row = first_row + pc.indices_nonzero(secret)[0].as_py()
             raise ListFileError(
-                f"{storage.redact(list_uri)} row {row}: `{name}` holds credentials (user:password@ or a signed URL's "
-                "query string), which would be stored in the run's plan: list plain URIs and give credentials "
+                f"{storage.redact(list_uri)} row {row}: `{name}` holds credentials (user:password@, a signed URL's "
+                "signature or token), which would be stored in the run's plan: list plain URIs and give credentials "
                 "through the environment / a profile"
             )
 
