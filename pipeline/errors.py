@@ -13,6 +13,7 @@ import re
 from models.registry import UnknownModelError
 from models.weights import WeightsError
 from pipeline.job import ResourcesError
+from pipeline.planning import ListFileError
 from pipeline.preflight import ConfigurationError
 from pipeline.storage import redact_text
 
@@ -69,7 +70,7 @@ def explain(exc: BaseException, uris: dict[str, str] | None = None) -> str:
             or isinstance(e, PermissionError)
         ):
             return f"access denied by the storage: the credentials in use may not read or write {where}"
-        if isinstance(e, (UnknownModelError, WeightsError, ResourcesError)):
+        if isinstance(e, (UnknownModelError, WeightsError, ResourcesError, ListFileError)):
             return str(e)
         if isinstance(e, FileNotFoundError):
             return f"not found: {redact_text(str(e.filename or e))}"

@@ -16,26 +16,102 @@ from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from yaml.composer import Composer
+from yaml.constructor import SafeConstructor
+from yaml.parser import Parser
+from yaml.reader import Reader
+from yaml.resolver import Resolver
+from yaml.scanner import Scanner
 
 from models import Registry
 from models.registry import UnknownModelError
+from pipeline.storage import has_credentials
 
+try:  # libyaml's event parser: the same events as PyYAML's Python parser, many times faster
+    from yaml.cyaml import CParser as _CParser
+
+    _EVENT_SOURCE: tuple = (_CParser,)
+except ImportError:
+    _CParser = None
+    _EVENT_SOURCE = (Reader, Scanner, Parser)
+
+MAX_JOB_FILE_BYTES = 64 * 1024  # a job file is a few KB; the cap bounds the parser's time and memory
+MAX_YAML_VALUES = 10_000  # YAML values once aliases are expanded; a job has a few hundred
+MAX_YAML_DEPTH = 32  # nesting levels (a mapping's key and value count as one)
 GENERATION_TASK = "generation"  # registry task of models that make images instead of transforming them
-SECRET_KEYS = {"key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key", "aws_session_token"}
+SECRET_KEYS = {
+    "key",
+    "secret",
+    "token",
+    "password",
+    "passwd",
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "aws_session_token",
+    "secret_access_key",
+    "access_key",
+    "account_key",
+    "sas_token",
+    "connection_string",
+    "credential",
+    "credentials",
+    "client_secret",
+    "private_key",
+    "api_key",
+}
+GCS_TOKEN_METHODS = {"anon", "google_default", "cloud", "cache", "browser"}  # gcsfs `token:` values naming no secret
+# Besides the names above: any name with one of these words, or ending in "key" (SSECustomerKey).
+_SECRET_WORDS = {"secret", "secrets", "token", "password", "passwd", "credential", "credentials", "sas"}
+
+
+def is_secret_key(name: str) -> bool:
+    """Whether a storage_options key names a credential, at any depth and in any spelling:
+    ``aws_secret_access_key``, ``sas-token``, ``SSECustomerKey``, ``client_secret``, s3fs's ``key``/``secret``."""
+    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower().replace("-", "_").split("_")
+    return "_".join(words) in SECRET_KEYS or bool(_SECRET_WORDS.intersection(words)) or words[-1] == "key"
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+CREDENTIALS_IN_JOB = "credentials do not belong in a job file; use the environment / a profile"
+
+
+def secret_paths(value: Any, keys: bool = True) -> list[tuple]:
+    """Paths (tuples of keys and indices) under ``value`` (nested dicts and lists) whose key names a
+    credential (if ``keys``) or whose string holds one (a URL with user:password@ or a signed query)."""
+    if isinstance(value, dict):
+        found = []
+        for k, v in value.items():
+            if keys and is_secret_key(str(k)) and not (k == "token" and v in GCS_TOKEN_METHODS):
+                found.append((k,))
+            else:
+                found += [(k, *p) for p in secret_paths(v, keys)]
+        return found
+    if isinstance(value, list):
+        return [(i, *p) for i, v in enumerate(value) for p in secret_paths(v, keys)]
+    return [()] if isinstance(value, str) and has_credentials(value) else []
+
+
 def _no_inline_secrets(options: dict[str, Any]) -> dict[str, Any]:
-    found = sorted(k for k in options if k.lower() in SECRET_KEYS)
+    """Credentials anywhere in storage_options (``client_kwargs.aws_secret_access_key``) would be
+    written into run records and printed by ``darkroom runs``: refused (parse_job names each path)."""
+    found = secret_paths(options)
     if found:
-        raise ValueError(
-            f"credentials must not be written in job files ({', '.join(found)}); "
-            "use the standard chain (AWS_* environment variables, ~/.aws, instance profile)"
-        )
+        raise ValueError(f"{CREDENTIALS_IN_JOB} ({'.'.join(map(str, found[0]))})")
     return options
+
+
+def _no_credentials_in_uri(uri: str) -> str:
+    """A URI with user:password@ or a signed URL's signature or token would be recorded in run
+    records: refused."""
+    if has_credentials(uri):
+        raise ValueError(
+            "credentials do not belong in a URI (user:password@, a signed URL's signature or token); "
+            "use the environment / a profile"
+        )
+    return uri
 
 
 MASK_PLACEHOLDERS = ("stem", "name")
@@ -79,6 +155,7 @@ class InputSpec(Strict):
     storage_options: dict[str, Any] = Field(default_factory=dict, description="passed to fsspec")
 
     _check_secrets = field_validator("storage_options")(_no_inline_secrets)
+    _check_uri = field_validator("uri")(_no_credentials_in_uri)
     _check_mask = field_validator("mask")(_mask_pattern)
 
 
@@ -91,6 +168,7 @@ class OutputSpec(Strict):
     storage_options: dict[str, Any] = Field(default_factory=dict, description="passed to fsspec")
 
     _check_secrets = field_validator("storage_options")(_no_inline_secrets)
+    _check_uri = field_validator("uri")(_no_credentials_in_uri)
 
 
 class ActorRange(Strict):
@@ -448,6 +526,29 @@ def _generate_problems(data: dict, registry: Registry, source: str, root: yaml.N
     return problems
 
 
+def _secret_problems(data: dict, source: str, root: yaml.Node | None) -> list[str]:
+    """One line per credential in the job: a credential-named key at any depth of input's or
+    output's storage_options, or a URL holding user:password@ or a signed query anywhere in
+    storage_options or in a step's or the generator's params (e.g. a weights URI)."""
+    places: list[tuple[tuple, Any, bool]] = [
+        ((side, "storage_options"), (data.get(side) or {}).get("storage_options"), True)
+        for side in ("input", "output")
+        if isinstance(data.get(side), dict)
+    ]
+    steps = data.get("steps")
+    for i, step in enumerate(steps if isinstance(steps, list) else []):
+        if isinstance(step, dict):
+            places.append((("steps", i, "params"), step.get("params"), False))
+    if isinstance(data.get("generate"), dict):
+        places.append((("generate", "params"), data["generate"].get("params"), False))
+    return [
+        f"{_where(source, root, (*loc, *path))}: {CREDENTIALS_IN_JOB}"
+        for loc, value, keys in places
+        if isinstance(value, dict)
+        for path in secret_paths(value, keys)
+    ]
+
+
 def _kind_field(data: dict) -> tuple:
     """Where a problem found by Job._one_kind is reported: the field that is extra or missing."""
     if "generate" in data:
@@ -473,7 +574,10 @@ def parse_job(data: Any, registry: Registry, source: str = "<job>", root: yaml.N
                 msg = _unknown("key", Job, loc)
             elif not loc and err["type"] == "value_error":  # Job._one_kind
                 loc = _kind_field(data)
+            elif msg.startswith(CREDENTIALS_IN_JOB):
+                continue  # _secret_problems names each one at its own path and line
             problems.append(f"{_where(source, root, loc)}: {msg}")
+    problems += _secret_problems(data, source, root)
     problems += _step_problems(data.get("steps"), registry, source, root)
     problems += _mask_problems(data, registry, source, root)
     problems += _generate_problems(data, registry, source, root)
@@ -483,19 +587,13 @@ def parse_job(data: Any, registry: Registry, source: str = "<job>", root: yaml.N
 
 
 def load_job(path: str | Path, registry: Registry, overrides: dict[str, str] | None = None) -> Job:
-    """Read and validate a job file; ``overrides`` maps dotted fields (``input.uri``) to values."""
+    """Read and validate a job file; ``overrides`` maps dotted fields (``input.uri``) to values.
+
+    A job file is hostile input too: it is read only up to MAX_JOB_FILE_BYTES, must be UTF-8,
+    and its YAML may not repeat a key, nest deeper than MAX_YAML_DEPTH or expand (through
+    aliases) to more than MAX_YAML_VALUES values; each is one JobError line."""
     source = str(path)
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise JobError([f"{source}: cannot read job file ({exc.strerror})"]) from None
-    try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark else source
-        raise JobError([f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
+    data, root = _compose(_read_text(path, source), source)
     for dotted, value in (overrides or {}).items():
         if not isinstance(data, dict):
             break
@@ -505,3 +603,113 @@ def load_job(path: str | Path, registry: Registry, overrides: dict[str, str] | N
             node = node.setdefault(part, {})
         node[last] = value
     return parse_job(data, registry, source, root)
+
+
+def _read_text(path: str | Path, source: str) -> str:
+    """The job file's text: refused past MAX_JOB_FILE_BYTES (read no further) or if not UTF-8."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_JOB_FILE_BYTES + 1)
+    except OSError as exc:
+        raise JobError([f"{source}: cannot read job file ({exc.strerror})"]) from None
+    if len(raw) > MAX_JOB_FILE_BYTES:
+        raise JobError([f"{source}: larger than {MAX_JOB_FILE_BYTES // 1024} KiB; a job file is a few KB"])
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise JobError([f"{source}: not UTF-8 text (byte {exc.start}: {exc.reason})"]) from None
+
+
+def _compose(text: str, source: str) -> tuple[Any, yaml.Node | None]:
+    """(data, root node) of the one YAML document in ``text``, parsed once; the node graph is
+    checked (``_check_nodes``) before any Python object is built from it."""
+    loader = _JobLoader(text, source)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None, None
+        _check_nodes(root, source)
+        return loader.construct_document(root), root
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise JobError([f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
+    finally:
+        loader.dispose()
+
+
+class _JobLoader(Composer, *_EVENT_SOURCE, SafeConstructor, Resolver):
+    """PyYAML's safe loading, composed in Python over libyaml's events (where PyYAML has libyaml),
+    stopping past MAX_YAML_VALUES nodes or MAX_YAML_DEPTH levels: parsing costs at most that many
+    nodes whatever the file holds (libyaml's own composer builds the whole file first)."""
+
+    def __init__(self, text: str, source: str):
+        for base in _EVENT_SOURCE:
+            base.__init__(self, *([text] if base in (_CParser, Reader) else []))
+        Composer.__init__(self)
+        SafeConstructor.__init__(self)
+        Resolver.__init__(self)
+        self.source, self.nodes, self.depth = source, 0, 0
+
+    def compose_node(self, parent, index):
+        self.nodes += 1
+        if self.nodes > MAX_YAML_VALUES or self.depth >= MAX_YAML_DEPTH:
+            line = self.peek_event().start_mark.line + 1
+            what = f"more than {MAX_YAML_VALUES} values" if self.nodes > MAX_YAML_VALUES else "nested too deeply"
+            raise JobError(
+                [f"{self.source}:{line}: {what} (at most {MAX_YAML_VALUES} values, {MAX_YAML_DEPTH} levels)"]
+            )
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _children(node: yaml.Node) -> list[tuple[Any, yaml.Node]]:
+    """(path part, child node) of a collection node, in document order; a mapping's keys count."""
+    if isinstance(node, yaml.SequenceNode):
+        return list(enumerate(node.value))
+    if isinstance(node, yaml.MappingNode):
+        return [(k.value if isinstance(k, yaml.ScalarNode) else "?", n) for k, v in node.value for n in (k, v)]
+    return []
+
+
+def _check_nodes(root: yaml.Node, source: str) -> None:
+    """Refuse duplicate mapping keys, nesting deeper than MAX_YAML_DEPTH, recursive aliases and
+    more than MAX_YAML_VALUES values once aliases are expanded (a billion-laughs bomb is a few
+    hundred bytes). An aliased node is one object in the graph, so the walk visits it once
+    (sizes are memoised): linear in the file, without recursion."""
+
+    def where(node: yaml.Node, path: tuple) -> str:
+        return f"{source}:{node.start_mark.line + 1}: {'.'.join(map(str, path)) or '(top level)'}"
+
+    values: dict[int, int] = {}  # id(node) → values it stands for once aliases are expanded
+    open_nodes: set[int] = set()  # being walked: an alias to one of them is a cycle
+    stack: list[tuple[yaml.Node, tuple, bool]] = [(root, (), False)]
+    while stack:
+        node, path, walked = stack.pop()
+        if walked:
+            open_nodes.discard(id(node))
+            values[id(node)] = 1 + sum(values[id(child)] for _, child in _children(node))
+            if values[id(node)] > MAX_YAML_VALUES:
+                raise JobError(
+                    [f"{where(node, path)}: more than {MAX_YAML_VALUES} values once aliases are expanded (refused)"]
+                )
+            continue
+        if id(node) in values:
+            continue
+        if id(node) in open_nodes:
+            raise JobError([f"{where(node, path)}: recursive alias (refused)"])
+        if len(path) > MAX_YAML_DEPTH:
+            raise JobError([f"{where(node, path)}: nested deeper than {MAX_YAML_DEPTH} levels"])
+        if isinstance(node, yaml.MappingNode):
+            first: dict[tuple, int] = {}
+            for key, _ in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    line = first.setdefault((key.tag, key.value), key.start_mark.line + 1)
+                    if line != key.start_mark.line + 1:
+                        raise JobError([f"{where(key, (*path, key.value))}: duplicate key (first at line {line})"])
+        open_nodes.add(id(node))
+        stack.append((node, path, True))
+        stack.extend((child, (*path, part), False) for part, child in reversed(_children(node)))

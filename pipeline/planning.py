@@ -127,11 +127,14 @@ def _list_file_tables(spec: InputSpec, rows: int, summary: PlanSummary) -> Itera
             batches = pacsv.open_csv(fh)
         else:
             batches = pajson.read_json(fh).to_batches(max_chunksize=max(rows, LIST_FILE_BATCH_ROWS))
+        first_row = 1
         for batch in batches:
             if "uri" not in batch.schema.names:
                 raise ValueError(
                     f"{spec.uri}: list file has no `uri` column (columns: {', '.join(batch.schema.names)})"
                 )
+            _refuse_credentials(spec.uri, batch, first_row)
+            first_row += batch.num_rows
             table = pa.Table.from_batches([batch])
             table = table.filter(pc.is_valid(table["uri"]))
             uris = table["uri"].combine_chunks().cast(pa.string())
@@ -169,6 +172,29 @@ def _list_file_tables(spec: InputSpec, rows: int, summary: PlanSummary) -> Itera
             ).filter(image)
             for start in range(0, len(plan), rows):
                 yield plan.slice(start, rows)
+
+
+class ListFileError(ValueError):
+    """A list file that cannot be planned; the message is one line naming the file and row."""
+
+
+def _refuse_credentials(list_uri: str, batch: pa.RecordBatch, first_row: int) -> None:
+    """A URI with user:password@ or a signed URL's query string would be written into the run's
+    plan on the output (and a signed URL expires before a resume): refused, naming the first such
+    row (1-based, counting data rows) and column, never the secret itself."""
+    for name in ("uri", "mask_uri"):
+        if name not in batch.schema.names:
+            continue
+        secret = pc.fill_null(
+            pc.match_substring_regex(batch[name].cast(pa.string()), storage.CREDENTIALS_IN_URI), False
+        )
+        if pc.any(secret).as_py():
+            row = first_row + pc.indices_nonzero(secret)[0].as_py()
+            raise ListFileError(
+                f"{storage.redact(list_uri)} row {row}: `{name}` holds credentials (user:password@, a signed URL's "
+                "signature or token), which would be stored in the run's plan: list plain URIs and give credentials "
+                "through the environment / a profile"
+            )
 
 
 def _mask_uris(given: pa.Array, uris: pa.Array, pattern: str | None) -> pa.Array:

@@ -71,6 +71,22 @@ def redact(uri: str) -> str:
     return re.sub(_QUERY, r"\1", re.sub(_USERINFO, r"\1", uri))
 
 
+_SECRET_PARAM_WORDS = "sig|signature|token|credential|credentials|password|passwd|pwd|secret|key|apikey|policy|auth|sas"
+# One regex for Python's re and Arrow's RE2: user:password@ (any userinfo), or an http(s) query or
+# fragment parameter whose name holds a credential word (X-Amz-Signature, X-Amz-Security-Token,
+# X-Amz-Credential, sig, access_token, Key-Pair-Id, …); ?v=2 or ?width=100 is no secret.
+CREDENTIALS_IN_URI = (
+    r"(?i)^[a-z][a-z0-9+.-]*://[^/@?#]*@"
+    r"|^https?://[^?#]*[?#](.*[&;])?([^=&;#]*[-_.])?(" + _SECRET_PARAM_WORDS + r")([-_.][^=&;#]*)?(=|&|;|$)"
+)
+
+
+def has_credentials(uri: str) -> bool:
+    """Whether ``uri`` carries a credential (user:password@, a signed URL's signature or token):
+    such a URI must not be stored, so job files and list files holding one are refused."""
+    return re.search(CREDENTIALS_IN_URI, uri) is not None
+
+
 def redact_array(uris: pa.Array) -> pa.Array:
     """``redact`` over an Arrow string array, without a Python object per row."""
     # Only a URI with userinfo ("@") or a query or fragment ("?", "#") can change: most listings

@@ -1,7 +1,15 @@
+import time
+import tracemalloc
+from pathlib import Path
+
 import pytest
+from click.testing import CliRunner
 
 from models import default_registry
+from pipeline.cli import main
 from pipeline.job import JobError, load_job
+
+REPO = Path(__file__).resolve().parents[2]
 
 GOOD = """\
 name: t
@@ -137,3 +145,94 @@ def test_committed_job_reference_matches_the_models():
     committed = (Path(__file__).parents[2] / "docs" / "job-reference.md").read_text()
     assert committed == reference(), "regenerate: python -m pipeline.reference > docs/job-reference.md"
     assert "`resources.tile`" in committed and "`steps[].resources.actors`" in committed
+
+
+# ---- hostile job files: one line on stderr, exit 2, in bounded time and memory ----
+
+
+def _cli(*args: str) -> tuple:
+    """``darkroom ARGS`` in this process: (result, seconds, peak bytes Python allocated)."""
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        result = CliRunner().invoke(main, list(args))
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return result, time.perf_counter() - started, peak
+
+
+def _refused_in_bounds(path, command: str) -> str:
+    """``darkroom COMMAND path`` exits 2 with one line on stderr, taking at most 5 s and 100 MB more
+    than validating jobs/demo.yaml; returns the line."""
+    demo, demo_seconds, demo_peak = _cli("validate", str(REPO / "jobs" / "demo.yaml"))
+    assert demo.exit_code == 0, demo.output
+    result, seconds, peak = _cli(command, str(path))
+    assert result.exit_code == 2, result.output
+    [line] = result.stderr.splitlines()
+    assert result.stdout == ""
+    assert seconds < demo_seconds + 5 and peak < demo_peak + 100 * 2**20, (seconds, peak)
+    return line
+
+
+def _alias_bomb() -> str:
+    """Billion laughs: 9 levels of 9 aliases each, 9**9 strings once expanded."""
+    levels = ["      l0: &l0 [" + ", ".join(['"lol"'] * 9) + "]"]
+    for i in range(1, 9):
+        levels.append(f"      l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]")
+    return GOOD.replace(
+        "  uri: s3://archive/photos/\n",
+        "  uri: s3://archive/photos/\n  storage_options:\n    config_kwargs:\n" + "\n".join(levels) + "\n",
+    )
+
+
+@pytest.mark.parametrize("command", ["validate", "plan"])
+def test_alias_bomb_in_storage_options_refused(tmp_path, command):
+    line = _refused_in_bounds(write(tmp_path, _alias_bomb()), command)
+    assert line.startswith(f"{tmp_path / 'job.yaml'}:") and "alias" in line
+
+
+def test_benign_aliases_still_work(tmp_path):
+    text = GOOD.replace("  format: png\n", "  format: png\n  storage_options: *opts\n").replace(
+        "  uri: s3://archive/photos/\n", "  uri: s3://archive/photos/\n  storage_options: &opts {anon: true}\n"
+    )
+    job = load_job(write(tmp_path, text), default_registry())
+    assert job.input.storage_options == job.output.storage_options == {"anon": True}
+
+
+@pytest.mark.parametrize("command", ["validate", "plan"])
+def test_duplicate_keys_refused_naming_key_and_line(tmp_path, command):
+    text = GOOD.replace("  format: png\n", "  format: png\n  format: jpeg\n")
+    line = _refused_in_bounds(write(tmp_path, text), command)
+    assert line == f"{tmp_path / 'job.yaml'}:7: output.format: duplicate key (first at line 6)"
+
+
+@pytest.mark.parametrize("command", ["validate", "plan"])
+def test_non_utf8_job_file_refused_naming_the_byte(tmp_path, command):
+    path = tmp_path / "job.yaml"
+    path.write_bytes(GOOD.encode().replace(b"name: t", b"name: t\xe9"))
+    line = _refused_in_bounds(path, command)
+    assert line.startswith(f"{path}: not UTF-8 text") and "byte 7" in line
+
+
+@pytest.mark.parametrize("command", ["validate", "plan"])
+def test_huge_job_file_refused_by_size(tmp_path, command):
+    path = tmp_path / "job.yaml"
+    with path.open("w") as fh:  # a valid job, then 15 MB of one long list
+        fh.write(GOOD + "extra: [" + ",".join(["1"] * 7_500_000) + "]\n")
+    line = _refused_in_bounds(path, command)
+    assert line.startswith(f"{path}: ") and "larger than" in line and "64 KiB" in line
+
+
+@pytest.mark.parametrize("command", ["validate", "plan"])
+def test_job_file_just_under_the_size_cap_stays_in_bounds(tmp_path, command):
+    # The costliest file the cap lets through: as many YAML values as fit.
+    body = "extra: [" + ",".join(["1"] * 30_000) + "]\n"
+    assert len(GOOD + body) < 64 * 1024
+    line = _refused_in_bounds(write(tmp_path, GOOD + body), command)
+    assert line.startswith(f"{tmp_path / 'job.yaml'}:10: more than 10000 values")
+
+
+def test_deeply_nested_job_file_refused(tmp_path):
+    line = _refused_in_bounds(write(tmp_path, GOOD + "extra: " + "[" * 20_000 + "]" * 20_000 + "\n"), "validate")
+    assert line.startswith(f"{tmp_path / 'job.yaml'}:")
