@@ -37,11 +37,12 @@ gen-quality: $(STAMP)
 zeroshot-quality: $(STAMP)
 	$(PY) benchmarks/zeroshot_quality.py
 
-# Throughput of darkroom vs a raw loop, a one-image loop and naive Ray Data, 3 rounds (~25 min on 2 cores);
+# Throughput of darkroom (tuned and default resources) vs a raw loop, a one-image loop and naive Ray Data,
+# 5 rounds, every target checked in every round (~50 min on 2 cores: each round ~8 min, plus inputs and limits);
 # prints a table, writes benchmarks/results/throughput-<date>.json. See docs/benchmarks.md.
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[test,bench]'
-	$(PY) benchmarks/throughput.py --repeat 3
+	$(PY) benchmarks/throughput.py --repeat 5
 
 clean:
 	rm -rf out .pytest_cache

@@ -156,3 +156,116 @@ def test_process_memory_is_read_for_a_whole_process_tree():
         child.kill()
         child.wait()
     assert big_image.memory_of(child.pid) is None
+
+
+def test_targets_hold_in_every_round_not_the_median(bench):
+    ok = bench.every_round("t", [0.95, 0.92, 0.91], 0.90)
+    assert ok["met"] is True and ok["value"] == 0.91 and ok["per_round"] == [0.95, 0.92, 0.91]
+    # The median (0.95) would pass; one round under the threshold fails the target.
+    assert bench.every_round("t", [0.95, 0.85, 1.0], 0.90)["met"] is False
+    assert bench.every_round("t", [0.95, None], 0.90)["met"] is None  # a round without a figure: unknown
+    assert bench.every_round("t", [0.8, float("nan")], 0.90) | {"per_round": None} == {
+        "target": "t",
+        "rule": "every round",
+        "per_round": None,
+        "value": 0.8,
+        "threshold": 0.90,
+        "unit": "×",
+        "met": False,
+    }
+    assert bench.every_round("t", [], 0.90)["met"] is None
+
+
+def test_per_round_targets_from_rows(bench):
+    def row(variant, workload, steady, vs_raw, vs_rd, marginal):
+        return {
+            "variant": variant,
+            "workload": workload,
+            "per_round": [{"steady": s} for s in steady],
+            "ratios_vs_raw": vs_raw,
+            "ratios_vs_ray_data": vs_rd,
+            "marginal_ratios_vs_raw": marginal,
+        }
+
+    rows = [
+        row("darkroom", "compute", [1, 1], [0.95, 0.91], [1.3, 1.25], [0.9, 0.93]),
+        row("darkroom-defaults", "compute", [1, 1], [0.95, 0.55], [1.3, 1.0], [0.9, 0.6]),
+        row("darkroom", "decode", [2.0, 0.9], [], [], []),
+    ]
+    targets = {t["target"]: t for t in bench.evaluate_targets(rows, {"limit_img_s": 2.0}, None)}
+    assert targets["compute: darkroom steady / raw steady"]["met"] is True
+    assert targets["compute: darkroom-defaults steady / raw steady"]["value"] == 0.55
+    assert targets["compute: darkroom-defaults steady / Ray Data steady (equal threads)"]["met"] is False
+    decode = targets["decode: darkroom steady / decode limit (darkroom's encoder)"]
+    assert decode["per_round"] == [1.0, 0.45] and decode["met"] is False
+
+
+def test_timeline_totals_split_the_actors_calls(bench):
+    """ray.timeline() rows as Ray 2.x writes them (µs): the actor's calls, their phases, its
+    constructor (not a call), and a shard task."""
+
+    def ev(cat, tid, ts, dur):
+        return {"cat": cat, "name": cat, "tid": tid, "ts": ts, "dur": dur, "ph": "X", "pid": "node", "args": {}}
+
+    actor, task = "worker:a", "worker:t"
+    events = [
+        ev("task::ModelActor.__init__", actor, 0, 2_000_000),
+        ev("task:execute", actor, 100_000, 1_800_000),  # the constructor's: not counted
+        ev("task::ModelActor.infer", actor, 10_000_000, 1_000_000),
+        ev("task:deserialize_arguments", actor, 10_000_000, 100_000),
+        ev("task:execute", actor, 10_100_000, 800_000),
+        ev("task:store_outputs", actor, 10_900_000, 100_000),
+        ev("task::ModelActor.infer", actor, 12_000_000, 2_000_000),
+        ev("task:deserialize_arguments", actor, 12_000_000, 200_000),
+        ev("task:execute", actor, 12_200_000, 1_700_000),
+        ev("task:store_outputs", actor, 13_900_000, 100_000),
+        ev("task::process_shard", task, 9_000_000, 6_000_000),
+        ev("task:execute", task, 9_000_000, 6_000_000),
+        ev("submit_task", task, 9_500_000, 1_000),
+    ]
+    t = bench.timeline_totals(events)
+    assert t["actors"] == 1 and t["infer_calls"] == 2 and t["shard_tasks"] == 1
+    assert (
+        t["infer_s"] == pytest.approx(3.0) and t["window_s"] == pytest.approx(4.0) and t["idle_s"] == pytest.approx(1)
+    )
+    assert t["deserialize_s"] == pytest.approx(0.3) and t["execute_s"] == pytest.approx(2.5)
+    assert t["store_s"] == pytest.approx(0.2) and t["shard_task_s"] == pytest.approx(6.0)
+    assert bench.timeline_totals([])["infer_calls"] == 0
+
+
+def test_stage_breakdown_per_image(bench):
+    raw = bench.stage_breakdown(
+        "raw", 4, {"loop_s": 4.4, "stage_s": dict(read=0.4, decode=0.4, model=2.0, encode=0.8, write=0.4)}, 1.0
+    )
+    assert raw["model"] == pytest.approx(0.5) and raw["loop_other"] == pytest.approx(0.1) and raw["wall"] == 1.0
+    assert raw["to_actor"] == 0 and raw["actor_busy"] is None
+    means = dict(t_read=0.1, t_decode=0.1, t_model=0.5, t_encode=0.2, t_write=0.1)
+    timeline = dict(
+        infer_calls=1,
+        deserialize_s=0.4,
+        execute_s=2.4,
+        store_s=0.4,
+        infer_s=3.2,
+        idle_s=0.8,
+        shard_tasks=2,
+        shard_task_s=6,
+    )
+    dark = bench.stage_breakdown("darkroom-defaults", 4, {"manifest_mean_stage_s": means, "timeline": timeline}, 0.8)
+    assert dark["to_actor"] == pytest.approx(0.1) and dark["actor_other"] == pytest.approx(0.1)
+    assert dark["actor_busy"] == pytest.approx(0.8) and dark["actor_idle"] == pytest.approx(0.2)
+    assert dark["task_wait"] == pytest.approx(1.5 - 0.5) and dark["wall"] == pytest.approx(1.25)
+    assert bench.stage_breakdown("ray-data", 4, {}, 1.0) is None
+    assert bench.stage_breakdown("darkroom", 4, {}, None)["actor_busy"] is None  # no timeline: unknown, not 0
+
+
+def test_default_resources_variant_and_equal_threads(tmp_path, bench):
+    from models import default_registry
+    from pipeline.job import Resources, load_job
+
+    bench.write_job(tmp_path / "job.yaml", "compute", tmp_path / "in", tmp_path / "out", defaults=True)
+    assert load_job(tmp_path / "job.yaml", default_registry()).resources == Resources()
+    bench.write_job(tmp_path / "tuned.yaml", "compute", tmp_path / "in", tmp_path / "out")
+    assert load_job(tmp_path / "tuned.yaml", default_registry()).resources.shard_size == 16
+    # Ray Data's model runs darkroom's default threads; every darkroom variant encodes alike.
+    assert bench.model_threads("ray-data", 1, 2) == bench.model_threads("darkroom-defaults", 1, 2) == 2
+    assert bench.encoder("darkroom-defaults:tile=0") == bench.encoder("raw") != bench.encoder("ray-data")
