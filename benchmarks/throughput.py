@@ -25,8 +25,9 @@ Same inputs, same model (from darkroom's registry), same machine, in one run:
 Every darkroom variant runs as ``throughput.py --child darkroom JOB``, which calls the
 ``darkroom`` command's own entry point (``darkroom run JOB --log-format json``) in-process and,
 after the run, reads Ray's task timeline (``ray.timeline()``) before the process exits. The
-timeline (and its 1 s wait for events to reach Ray's GCS) is timed by the child and taken off
-the run's wall time.
+timeline (read until it holds every model call of the run: workers send their events to Ray's
+GCS about once a second; at most ``TRACE_WAIT`` s) is timed by the child and taken off the run's
+wall time.
 
 Workloads: ``compute`` = realesr-animevideov3 (×4 SRVGGNetCompact, real weights) on 128×128
 PNGs → 512×512 PNGs; ``decode`` = bicubic scale 2 on 1152×864 JPEGs → 2304×1728 PNGs. Inputs
@@ -125,6 +126,7 @@ WORKLOADS = {
 VARIANTS = ["raw", "one-image", "ray-data", "darkroom", "darkroom-defaults", "pillow"]
 OPTIONAL_VARIANTS = ["darkroom:FIELD=VALUE;…", "darkroom-defaults:FIELD=VALUE;…"]
 STARTUP_IMAGES = 10
+TRACE_WAIT = 30.0  # seconds a darkroom child waits for its run's task events to reach Ray's GCS
 PNG_LEVEL = 1  # Pillow's compress_level in the pillow variant's extra figure (its limit uses encode_png)
 DARKROOM_ENCODER = "libpng L1 (encode_png)"
 ENCODERS = {  # the PNG encoder each variant writes its outputs with (every variant decodes with Pillow)
@@ -374,7 +376,10 @@ def child_darkroom(args) -> int:
     """``darkroom run JOB --log-format json`` through the command's own entry point, in this
     process; then one JSON line ``{"event": "bench_trace", …}``: the Ray timeline's totals
     (``timeline_totals``) and the seconds reading it took (``trace_s``, taken off the run's wall
-    time by the parent). Returns the command's exit code."""
+    time by the parent). Workers send their task events to Ray's GCS about once a second, later
+    on a loaded machine, so the timeline is read again (each read waits 1 s) until it holds
+    ``args.expect_calls`` model calls, for at most ``TRACE_WAIT`` seconds (``complete`` says
+    whether it did). Returns the command's exit code."""
     from pipeline.cli import main as darkroom
 
     code = 0
@@ -388,8 +393,11 @@ def child_darkroom(args) -> int:
     if args.trace:
         import ray
 
-        if ray.is_initialized():
+        while ray.is_initialized():
             totals = timeline_totals(ray.timeline())
+            totals["complete"] = totals["infer_calls"] >= (args.expect_calls or 1)
+            if totals["complete"] or time.perf_counter() - t0 > TRACE_WAIT:
+                break
     print(json.dumps({"event": "bench_trace", "trace_s": time.perf_counter() - t0, "timeline": totals}), flush=True)
     return code
 
@@ -508,6 +516,22 @@ def darkroom_overrides(variant: str) -> dict:
     return {k.strip(): yaml.safe_load(v) for k, v in pairs}
 
 
+def job_resources_of(variant: str, workload: str) -> dict:
+    """The ``resources`` a darkroom variant's job file gets (see ``write_job``)."""
+    tuned = {"actors": 1, "cpus_per_actor": 1, "batch_size": BATCH, "shard_size": WORKLOADS[workload]["shard_size"]}
+    defaults = variant.partition(":")[0] == "darkroom-defaults"
+    return ({} if defaults else tuned) | darkroom_overrides(variant)
+
+
+def model_calls(n: int, resources: dict) -> int:
+    """Model actor calls a one-step run of ``n`` inputs makes: shards of ``shard_size``, each in
+    batches of ``batch_size`` (the job schema's defaults where ``resources`` has none)."""
+    from pipeline.job import Resources
+
+    r = Resources(**{k: v for k, v in resources.items() if k in ("shard_size", "batch_size")})
+    return sum(-(-min(r.shard_size, n - start) // r.batch_size) for start in range(0, n, r.shard_size))
+
+
 def write_job(
     path: Path,
     workload: str,
@@ -521,8 +545,7 @@ def write_job(
     import yaml
 
     spec = WORKLOADS[workload]
-    tuned = {"actors": 1, "cpus_per_actor": 1, "batch_size": BATCH, "shard_size": spec["shard_size"]}
-    resources = ({} if defaults else tuned) | (overrides or {})
+    resources = job_resources_of("darkroom-defaults" if defaults else "darkroom", workload) | (overrides or {})
     job = {
         "name": f"bench-{workload}",
         "input": {"uri": str(input_dir) + "/"},
@@ -581,7 +604,8 @@ def run_variant(
         defaults = variant.partition(":")[0] == "darkroom-defaults"
         write_job(job, workload, input_dir, out, darkroom_overrides(variant), defaults=defaults)
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "darkroom", "--input", str(job)]
-        cmd += ["--trace"] if trace else []
+        calls = model_calls(n, job_resources_of(variant, workload))
+        cmd += ["--trace", "--expect-calls", str(calls)] if trace else []
     else:
         cmd = [
             sys.executable,
@@ -865,7 +889,7 @@ def stage_breakdown(variant: str, n: int, detail: dict, steady: float | None) ->
     means = detail.get("manifest_mean_stage_s") or {}
     out |= {k: means.get(f"t_{k}") for k in LOOP_STAGES}
     timeline = detail.get("timeline") or {}
-    if timeline.get("infer_calls"):
+    if timeline.get("infer_calls") and timeline.get("complete", True):  # a partial timeline would understate
         out["to_actor"] = timeline["deserialize_s"] / n
         out["back"] = timeline["store_s"] / n
         if out["model"] is not None:
@@ -1091,6 +1115,7 @@ def main(argv: list[str] | None = None) -> int:
     # Internal: run one variant in this (fresh) process.
     ap.add_argument("--child", choices=["raw", "one-image", "ray-data", "pillow", "darkroom"], help=argparse.SUPPRESS)
     ap.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--expect-calls", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--workload", help=argparse.SUPPRESS)
     ap.add_argument("--input", help=argparse.SUPPRESS)
     ap.add_argument("--output", help=argparse.SUPPRESS)

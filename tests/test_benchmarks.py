@@ -256,6 +256,14 @@ def test_stage_breakdown_per_image(bench):
     assert dark["task_wait"] == pytest.approx(1.5 - 0.5) and dark["wall"] == pytest.approx(1.25)
     assert bench.stage_breakdown("ray-data", 4, {}, 1.0) is None
     assert bench.stage_breakdown("darkroom", 4, {}, None)["actor_busy"] is None  # no timeline: unknown, not 0
+    partial = {"manifest_mean_stage_s": means, "timeline": timeline | {"complete": False}}
+    assert bench.stage_breakdown("darkroom", 4, partial, 0.8)["actor_busy"] is None
+
+
+def test_model_calls_of_a_run(bench):
+    assert bench.model_calls(128, {}) == 32  # the defaults: shards of 64, batches of 4
+    assert bench.model_calls(8, {"shard_size": 3, "batch_size": 2, "tile": 0}) == 5  # shards 3, 3, 2
+    assert bench.model_calls(64, bench.job_resources_of("darkroom", "compute")) == 16
 
 
 def test_default_resources_variant_and_equal_threads(tmp_path, bench):
