@@ -126,7 +126,7 @@ WORKLOADS = {
 VARIANTS = ["raw", "one-image", "ray-data", "darkroom", "darkroom-defaults", "pillow"]
 OPTIONAL_VARIANTS = ["darkroom:FIELD=VALUE;…", "darkroom-defaults:FIELD=VALUE;…"]
 STARTUP_IMAGES = 10
-TRACE_WAIT = 30.0  # seconds a darkroom child waits for its run's task events to reach Ray's GCS
+TRACE_WAIT = 10.0  # seconds a darkroom child waits for its run's task events to reach Ray's GCS
 PNG_LEVEL = 1  # Pillow's compress_level in the pillow variant's extra figure (its limit uses encode_png)
 DARKROOM_ENCODER = "libpng L1 (encode_png)"
 ENCODERS = {  # the PNG encoder each variant writes its outputs with (every variant decodes with Pillow)
@@ -839,7 +839,12 @@ def summarise(variant: str, workload: str, n: int, runs: list[dict], threads: in
         "marginal_img_s": med["marginal"],
         "inner_steady_img_s": med["inner"],
         # seconds per image per stage (see stage_breakdown), each the median over rounds
-        "breakdown": {k: _median([b.get(k) for b in breakdowns]) for k in BREAKDOWN} if breakdowns else None,
+        "breakdown": (
+            {k: _median([b.get(k) for b in breakdowns]) for k in BREAKDOWN}
+            | {"actor_idle_from": next((b["actor_idle_from"] for b in breakdowns if "actor_idle_from" in b), None)}
+            if breakdowns
+            else None
+        ),
         "per_round": per_round,
         "runs": runs,
     }
@@ -872,7 +877,9 @@ def stage_breakdown(variant: str, n: int, detail: dict, steady: float | None) ->
     loop's time outside its timers. Darkroom: the manifest's per-image means (``t_read`` …
     ``t_write``) and the Ray timeline's totals (``timeline_totals``) over ``n``; its stages
     overlap, so they do not add up to ``wall`` (when the actor is the bottleneck, busy + idle
-    does). Ray Data: None (no per-stage timers)."""
+    does). Without a complete timeline ``actor_idle`` is wall − ``t_model`` (everything the actor
+    did besides its forward passes, idle time included) and ``actor_idle_from`` says so. Ray
+    Data: None (no per-stage timers)."""
     out: dict = dict.fromkeys(BREAKDOWN)
     out["wall"] = 1 / steady if steady else None
     if variant in ("raw", "one-image"):
@@ -896,6 +903,11 @@ def stage_breakdown(variant: str, n: int, detail: dict, steady: float | None) ->
             out["actor_other"] = timeline["execute_s"] / n - out["model"]
         out["actor_busy"] = timeline["infer_s"] / n
         out["actor_idle"] = timeline["idle_s"] / n
+    elif out["wall"] is not None and out["model"] is not None:
+        # No (complete) timeline: the actor's time outside its forward passes, from wall and t_model
+        # alone (transfers, the rest of its calls and idle time together), marked as such.
+        out["actor_idle"] = out["wall"] - out["model"]
+        out["actor_idle_from"] = "wall - t_model (no timeline)"
     own = [out[k] for k in ("read", "decode", "encode", "write")]
     if timeline.get("shard_tasks") and None not in own:
         out["task_wait"] = timeline["shard_task_s"] / n - sum(own)
@@ -1005,6 +1017,8 @@ def print_breakdown(rows: list[dict]) -> None:
         print(f"{'stage':<{label}} {'raw':>9} {dark['variant']:>18} {'difference':>10}")
         for key, name in BREAKDOWN.items():
             a, b = base.get(key), dark["breakdown"].get(key)
+            if key == "actor_idle" and dark["breakdown"].get("actor_idle_from"):
+                name = f"actor idle + transfers ({dark['breakdown']['actor_idle_from']})"
             diff = None if a is None or b is None else b - a
             ms = [None if x is None else 1000 * x for x in (a, b, diff)]
             print(f"{name:<{label}} {_fmt(ms[0], '.1f'):>9} {_fmt(ms[1], '.1f'):>18} {_fmt(ms[2], '+.1f'):>10}")

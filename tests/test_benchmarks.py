@@ -255,9 +255,11 @@ def test_stage_breakdown_per_image(bench):
     assert dark["actor_busy"] == pytest.approx(0.8) and dark["actor_idle"] == pytest.approx(0.2)
     assert dark["task_wait"] == pytest.approx(1.5 - 0.5) and dark["wall"] == pytest.approx(1.25)
     assert bench.stage_breakdown("ray-data", 4, {}, 1.0) is None
-    assert bench.stage_breakdown("darkroom", 4, {}, None)["actor_busy"] is None  # no timeline: unknown, not 0
+    assert bench.stage_breakdown("darkroom", 4, {}, None)["actor_idle"] is None  # nothing known: unknown, not 0
     partial = {"manifest_mean_stage_s": means, "timeline": timeline | {"complete": False}}
-    assert bench.stage_breakdown("darkroom", 4, partial, 0.8)["actor_busy"] is None
+    no_timeline = bench.stage_breakdown("darkroom", 4, partial, 0.8)
+    assert no_timeline["actor_busy"] is None and no_timeline["actor_idle"] == pytest.approx(1.25 - 0.5)
+    assert no_timeline["actor_idle_from"]
 
 
 def test_model_calls_of_a_run(bench):
