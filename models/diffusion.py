@@ -281,7 +281,7 @@ def sample_generator(job_seed: int, index: int, device: str | torch.device = "cp
     return gen
 
 
-def _noise(shape: Sequence[int], generators: Sequence[torch.Generator], device: torch.device) -> torch.Tensor:
+def noise(shape: Sequence[int], generators: Sequence[torch.Generator], device: torch.device) -> torch.Tensor:
     """One N(0, I) float32 draw of shape C×H×W per generator, stacked to N×C×H×W on ``device``."""
     rows = [torch.randn(tuple(shape[1:]), generator=g, device=g.device, dtype=torch.float32) for g in generators]
     return torch.stack(rows).to(device)
@@ -335,7 +335,7 @@ def ddpm_sample(
     T = acp.shape[0]
     timesteps = leading_timesteps(T, steps or T)
     one = torch.tensor(1.0, dtype=torch.float32, device=device)
-    x = _noise(shape, generators, device)
+    x = noise(shape, generators, device)
     for k, t in enumerate(timesteps):
         prev = timesteps[k + 1] if k + 1 < len(timesteps) else -1
         a_t = acp[t]
@@ -350,7 +350,7 @@ def ddpm_sample(
         mean = (a_prev**0.5 * beta_step / beta_prod_t) * x0 + (alpha_step**0.5 * beta_prod_prev / beta_prod_t) * x
         if t > 0:
             variance = torch.clamp(beta_prod_prev / beta_prod_t * beta_step, min=1e-20)
-            x = mean + variance**0.5 * _noise(shape, generators, device)
+            x = mean + variance**0.5 * noise(shape, generators, device)
         else:
             x = mean
     return _to_unit(x)
@@ -387,7 +387,7 @@ def ddim_sample(
     acp = alphas_cumprod.to(device=device, dtype=torch.float32)
     timesteps = leading_timesteps(acp.shape[0], num_steps)
     one = torch.tensor(1.0, dtype=torch.float32, device=device)
-    x = _noise(shape, generators, device)
+    x = noise(shape, generators, device)
     for k, t in enumerate(timesteps):
         prev = timesteps[k + 1] if k + 1 < len(timesteps) else -1
         a_t = acp[t]
@@ -401,7 +401,7 @@ def ddim_sample(
         std = eta * variance**0.5
         x = a_prev**0.5 * x0 + (1 - a_prev - std**2) ** 0.5 * eps
         if eta > 0 and prev >= 0:
-            x = x + std * _noise(shape, generators, device)
+            x = x + std * noise(shape, generators, device)
     return _to_unit(x)
 
 

@@ -54,10 +54,10 @@ from models.catalog import DDNMParams, PriorParams, RepaintParams, SRParams
 from models.diffusion import (
     EpsModel,
     NoiseSchedule,
-    _noise,
     leading_timesteps,
     load_pipeline_folder,
     load_schedule,
+    noise,
     unet_eps,
 )
 from models.diffusion import alphas_cumprod as cumprod
@@ -156,7 +156,7 @@ def _predict_x0(
 def _renoise(x: torch.Tensor, a_from: torch.Tensor, a_to: torch.Tensor, generators, device) -> torch.Tensor:
     """Forward process from noise level ᾱ=a_from up to a_to < a_from (a RePaint jump)."""
     ratio = a_to / a_from
-    return ratio**0.5 * x + (1 - ratio) ** 0.5 * _noise(x.shape, generators, device)
+    return ratio**0.5 * x + (1 - ratio) ** 0.5 * noise(x.shape, generators, device)
 
 
 def _check(y: torch.Tensor, generators: Sequence[torch.Generator]) -> None:
@@ -199,7 +199,7 @@ def repaint(
     known = (mask >= 0.5).to(torch.float32).expand_as(y)
     y = y.to(torch.float32)
     y2 = y * 2 - 1
-    x = _noise(y.shape, generators, device)
+    x = noise(y.shape, generators, device)
     path = jump_schedule(n, jump_length, jumps)
     for p, q in zip(path, path[1:]):
         if q < p:
@@ -212,8 +212,8 @@ def repaint(
         mean = (a_prev**0.5 * beta_step / (1 - a_t)) * x0 + (alpha_step**0.5 * (1 - a_prev) / (1 - a_t)) * x
         if q < n:
             variance = torch.clamp((1 - a_prev) / (1 - a_t) * beta_step, min=1e-20)
-            holes = mean + variance**0.5 * _noise(y.shape, generators, device)
-            seen = a_prev**0.5 * y2 + (1 - a_prev) ** 0.5 * _noise(y.shape, generators, device)
+            holes = mean + variance**0.5 * noise(y.shape, generators, device)
+            seen = a_prev**0.5 * y2 + (1 - a_prev) ** 0.5 * noise(y.shape, generators, device)
         else:
             holes, seen = mean, y2
         x = known * seen + (1 - known) * holes
@@ -260,7 +260,7 @@ def ddnm(
     shape = A_pinv(y).shape
     ts, a = _levels(alphas_cumprod, steps, device)
     n = len(ts)
-    x = _noise(shape, generators, device)
+    x = noise(shape, generators, device)
     path = jump_schedule(n, jump_length, jumps)
     for p, q in zip(path, path[1:]):
         if q < p:
@@ -270,8 +270,8 @@ def ddnm(
         x0 = x0 - A_pinv(A(x0) - y2)
         if q < n:
             a_prev = a[q]
-            noise = eta * _noise(shape, generators, device) + (1 - eta**2) ** 0.5 * eps if eta > 0 else eps
-            x = a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * noise
+            z = eta * noise(shape, generators, device) + (1 - eta**2) ** 0.5 * eps if eta > 0 else eps
+            x = a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * z
         else:
             x = x0
     return consistent((x + 1) / 2, y, A, A_pinv)
