@@ -27,15 +27,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import torch
 
+from models import fetch as remote
 from models.base import GenerativeModel
 from models.catalog import DDPMFolderParams, SamplerParams
 from models.weights import PACKAGE_SCHEME, WeightsError, cache_dir, file_sha256, package_file
@@ -213,16 +212,19 @@ def load_pipeline_folder(uri: str, *, sha256: str | None = None, storage_options
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not fs.exists(f"{root}/{name}"):
             raise WeightsError(f"{uri}: no {name} (a diffusers folder saved with safe_serialization=True is needed)")
-    with fs.open(f"{root}/{CONFIG_NAME}", "r") as fh:
-        config = json.load(fh)
+    local = remote.is_local(fs)
+    folder = Path(root) if local else download_folder(fs, root)
+    if not local:
+        remote.fetch(fs, f"{root}/{CONFIG_NAME}", folder / CONFIG_NAME)
+    config = json.loads((folder / CONFIG_NAME).read_text())
     if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
         raise WeightsError(f"{uri}: config.json describes a {config.get('_class_name')}, not a UNet2DModel")
-    local = _is_local(fs)
-    folder = Path(root) if local else _download_folder(fs, root, uri)
-    if sha256 is not None:
-        actual = file_sha256(folder / WEIGHTS_NAME)
-        if actual != sha256.lower():
-            raise WeightsError(f"{uri}: sha256 mismatch (pinned {sha256}, file has {actual}); refusing to load")
+    if local:
+        actual = file_sha256(folder / WEIGHTS_NAME) if sha256 is not None else None
+    else:  # atomic: concurrent loaders never see half a file
+        actual = remote.fetch(fs, f"{root}/{WEIGHTS_NAME}", folder / WEIGHTS_NAME)
+    if sha256 is not None and actual != sha256.lower():
+        raise WeightsError(f"{uri}: sha256 mismatch (pinned {sha256}, file has {actual}); refusing to load")
     unet = UNet2DModel.from_pretrained(
         str(folder), use_safetensors=True, local_files_only=True, low_cpu_mem_usage=False
     )
@@ -238,28 +240,19 @@ def resolve_folder(uri: str, storage_options: dict | None = None) -> tuple[Any, 
             uri = str(package_file(f"{base}/{CONFIG_NAME}").parent)
         except WeightsError:
             uri = str(package_file(f"{base}/unet/{CONFIG_NAME}").parent)
-    fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    fs, root = remote.filesystem(uri, storage_options)
     root = root.rstrip("/")
     if not fs.exists(f"{root}/{CONFIG_NAME}") and fs.exists(f"{root}/unet/{CONFIG_NAME}"):
         root = f"{root}/unet"
     return fs, root
 
 
-def _is_local(fs) -> bool:
-    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
-    return "file" in protocols or "local" in protocols
-
-
-def _download_folder(fs, root: str, uri: str) -> Path:
+def download_folder(fs, root: str) -> Path:
+    """The cache folder (``$DARKROOM_CACHE/diffusers/<key>``) that holds local copies of the files
+    of the remote folder ``root`` of ``fs``; the caller copies the files it needs there."""
     key = hashlib.sha256(f"{fs.protocol}:{root}".encode()).hexdigest()[:24]
     folder = cache_dir() / "diffusers" / key
     folder.mkdir(parents=True, exist_ok=True)
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
-        with os.fdopen(fd, "wb") as dst, fs.open(f"{root}/{name}", "rb") as src:
-            for chunk in iter(lambda: src.read(1 << 20), b""):
-                dst.write(chunk)
-        os.replace(tmp, folder / name)  # atomic: concurrent loaders never see half a file
     return folder
 
 
@@ -475,8 +468,12 @@ def load_schedule(uri: str, storage_options: dict | None = None) -> NoiseSchedul
     found = next((c for c in candidates if fs.exists(c)), None)
     if found is None:
         return NoiseSchedule()
-    with fs.open(found, "r") as fh:
-        config = json.load(fh)
+    if remote.is_local(fs):
+        config = json.loads(Path(found).read_text())
+    else:
+        local = download_folder(fs, root) / SCHEDULER_CONFIG_NAME
+        remote.fetch(fs, found, local)
+        config = json.loads(local.read_text())
     unsupported = [
         (
             config.get("prediction_type", "epsilon") != "epsilon",
@@ -507,37 +504,19 @@ def load_schedule(uri: str, storage_options: dict | None = None) -> NoiseSchedul
     return schedule
 
 
-_digests: dict[tuple, str] = {}  # (protocol, path, size, version marks…) → sha256, for unpinned folders
-
-
 def weights_digest(p: DDPMFolderParams) -> str:
     """sha256 of the folder's ``diffusion_pytorch_model.safetensors``: the pin when given, else the
-    file's digest, computed once per process and file version (size plus ETag / mtime) because
-    the driver asks several times while planning a run."""
+    file's digest, computed once per process and file version (:func:`models.fetch.digest`)
+    because the driver asks several times while planning a run."""
     if p.sha256:
         return p.sha256
     fs, root = resolve_folder(p.uri, p.storage_options)
-    path = f"{root}/{WEIGHTS_NAME}"
-    fs.invalidate_cache(path)
     try:
-        info = fs.info(path)
+        return remote.digest(fs, f"{root}/{WEIGHTS_NAME}")
     except FileNotFoundError:
         raise WeightsError(
             f"{p.uri}: no {WEIGHTS_NAME} (a diffusers folder saved with safe_serialization=True is needed)"
         ) from None
-    marks = tuple(
-        str(info[k]) for k in ("ETag", "etag", "mtime", "LastModified", "generation", "version_id") if info.get(k)
-    )
-    key = (str(fs.protocol), path, info.get("size"), *marks)
-    if not marks or key not in _digests:
-        digest = hashlib.sha256()
-        with fs.open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        if not marks:
-            return digest.hexdigest()
-        _digests[key] = digest.hexdigest()
-    return _digests[key]
 
 
 def build_folder(p: DDPMFolderParams) -> GenerativeModel:
