@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from models import default_registry
-from models.diffusion import resolve_folder
+from models.diffusers_folder import resolve_folder
 from models.resample import resize
 from models.zeroshot import DEFAULT_PRIOR, gray, pool
 

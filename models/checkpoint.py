@@ -28,11 +28,11 @@ import logging
 import re
 from pathlib import Path
 
-import fsspec
 import torch
 from torch import nn
 
 from models import catalog
+from models import fetch as remote
 from models.base import ImageModel
 from models.catalog import CheckpointParams
 from models.weights import PACKAGE_SCHEME, WeightsError, fetch, file_sha256, load_state_dict, package_file
@@ -143,41 +143,21 @@ def build(p: CheckpointParams) -> ImageModel:
     )
 
 
-_digests: dict[tuple, str] = {}  # (uri, size, version marks…) → sha256, for unpinned files
-
-
 def weights_digest(p: CheckpointParams) -> str:
     """The sha256 that the manifest and the fingerprint record for these params.
 
     The pin when given (``build`` refuses any other file); otherwise the digest of the
-    file as it is now, computed once per process and file version (size plus ETag /
-    mtime), since the driver asks for it several times while planning a run.
+    file as it is now, computed once per process and file version (:func:`models.fetch.digest`),
+    since the driver asks for it several times while planning a run.
     """
     if p.sha256:
         return p.sha256
-    key = _version_key(p.uri)
-    if key is None or key not in _digests:
-        digest = file_sha256(fetch(p.uri))
-        if key is None:
-            return digest
-        _digests[key] = digest
-    return _digests[key]
-
-
-def _version_key(uri: str) -> tuple | None:
+    local = package_file(p.uri) if p.uri.startswith(PACKAGE_SCHEME) else None
+    fs, path = remote.filesystem(str(local) if local else p.uri)
     try:
-        if uri.startswith(PACKAGE_SCHEME):
-            st = package_file(uri).stat()
-            return (uri, st.st_size, st.st_mtime_ns)
-        fs, path = fsspec.core.url_to_fs(uri)
-        fs.invalidate_cache(path)
-        info = fs.info(path)
-    except Exception:  # fetch reports a missing file more readably
-        return None
-    marks = tuple(
-        str(info[k]) for k in ("ETag", "etag", "mtime", "LastModified", "generation", "version_id") if info.get(k)
-    )
-    return (uri, info.get("size"), *marks) if marks else None
+        return remote.digest(fs, path)
+    except FileNotFoundError:
+        raise WeightsError(f"{p.uri}: weights file not found") from None
 
 
 def _some(keys: list) -> str:

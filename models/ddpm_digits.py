@@ -16,7 +16,10 @@ from __future__ import annotations
 from models import catalog
 from models.base import GenerativeModel
 from models.catalog import SamplerParams
-from models.diffusion import DDPMConfig, generative_model, load_pipeline_folder
+from models.ddpm import generative_model
+from models.diffusers_folder import load_pipeline_folder
+from models.diffusion import DDPMConfig
+from models.schedule import NoiseSchedule
 from models.weights import WeightsSpec, package_file
 
 NAME = catalog.DDPM_DIGITS_NAME  # models/catalog.py: read by the registry without torch
@@ -28,7 +31,7 @@ CONFIG = DDPMConfig(
     block_out_channels=(16, 32, 64),
     layers_per_block=1,
     norm_num_groups=8,
-    num_train_timesteps=1000,
+    schedule=NoiseSchedule(num_train_timesteps=1000),
 )
 FOLDER_URI = catalog.DDPM_DIGITS_FOLDER
 WEIGHTS = catalog.DDPM_DIGITS
@@ -39,4 +42,4 @@ def build(p: SamplerParams | None = None, spec: WeightsSpec = WEIGHTS) -> Genera
     unet = load_pipeline_folder(
         str(package_file(spec.uri).parent), sha256=spec.sha256
     )  # the folder holding the pinned file
-    return generative_model(NAME, unet, CONFIG.schedule(), p or SamplerParams(), weights_sha256=spec.sha256)
+    return generative_model(NAME, unet, CONFIG.schedule, p or SamplerParams(), weights_sha256=spec.sha256)

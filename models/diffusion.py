@@ -1,9 +1,9 @@
-"""Denoising diffusion (DDPM / DDIM) for image generation: the network, its weights, the samplers.
+"""Denoising diffusion (DDPM / DDIM) for image generation: the UNet and the samplers.
 
-The network is diffusers' ``UNet2DModel`` (built from :class:`DDPMConfig`, or loaded from a
-diffusers-format folder: ``config.json`` + ``diffusion_pytorch_model.safetensors``; never
-unpickled). The samplers are pure functions of an ``eps_model(x_t, t) -> eps`` callable, a noise
-schedule and one ``torch.Generator`` per sample:
+The network is diffusers' ``UNet2DModel``, built from :class:`DDPMConfig` (or loaded from a
+diffusers folder: models/diffusers_folder.py). The samplers are pure functions of an
+``eps_model(x_t, t) -> eps`` callable, a noise schedule and one ``torch.Generator`` per sample;
+each of their steps is :func:`models.schedule.step`:
 
 * ``x_t``: float32 N×C×H×W, the noisy sample in the model's value range ([-1, 1] for x_0);
 * ``t``: int64 tensor of shape (N,), the training timestep of every row (all equal);
@@ -17,66 +17,26 @@ which other samples share its batch, provided the network itself is batch-invari
 :func:`unet_eps`, whose fixed micro-batch shape makes it so (tests/models/test_diffusion.py checks
 it on CPU).
 
-As a :class:`models.base.GenerativeModel` (:func:`generative_model`): the registry entries
-``darkroom-ddpm-digits`` (models/ddpm_digits.py) and ``ddpm`` (:func:`build_folder`, any diffusers
-folder a user brings), both sampled as :class:`SamplerParams` say.
+As a :class:`models.base.GenerativeModel`: models/ddpm.py (the registry entries
+``darkroom-ddpm-digits`` and ``ddpm``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import fsspec
 import torch
 
-from models.base import GenerativeModel
-from models.catalog import DDPMFolderParams, SamplerParams
-from models.weights import PACKAGE_SCHEME, WeightsError, cache_dir, file_sha256, package_file
+from models.schedule import NoiseSchedule, alphas_cumprod, leading_timesteps, step
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
-SCHEDULER_CONFIG_NAME = "scheduler_config.json"
-
 
 @dataclass(frozen=True)
-class NoiseSchedule:
-    """What sampling needs from a DDPM's training, apart from the network; :func:`load_schedule`
-    reads it from a diffusers folder.
-
-    num_train_timesteps: T, the length of the forward (noising) chain.
-    beta_schedule: ``linear`` (betas evenly spaced from ``beta_start`` to ``beta_end``, as in
-        Ho et al. 2020) or ``scaled_linear`` (evenly spaced in sqrt).
-    clip_sample: clamp the predicted x_0 to [-1, 1] at every sampling step (diffusers' default).
-    """
-
-    num_train_timesteps: int = 1000
-    beta_schedule: str = "linear"
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    clip_sample: bool = True
-
-    def betas(self) -> torch.Tensor:
-        """float32 (T,) tensor of per-step noise variances β_t, t = 0 … T-1."""
-        return make_betas(self.num_train_timesteps, self.beta_schedule, self.beta_start, self.beta_end)
-
-    def alphas_cumprod(self) -> torch.Tensor:
-        """float32 (T,) tensor ᾱ_t = ∏_{s≤t} (1 - β_s)."""
-        return alphas_cumprod(self.betas())
-
-
-@dataclass(frozen=True)
-class DDPMConfig(NoiseSchedule):
-    """A pixel-space DDPM: the training noise schedule (the fields of :class:`NoiseSchedule`)
-    and the UNet's shape.
+class DDPMConfig:
+    """A pixel-space DDPM: its training noise schedule and the UNet's shape.
 
     sample_size: height = width of generated images, in pixels.
     in_channels / out_channels: image channels (out = in for an ε-predicting model).
@@ -84,6 +44,7 @@ class DDPMConfig(NoiseSchedule):
     layers_per_block: ResNet layers per down block (up blocks get one more, as in diffusers).
     attention_levels: indices of levels whose blocks carry self-attention (none by default).
     norm_num_groups: GroupNorm groups; must divide every entry of ``block_out_channels``.
+    schedule: the forward process the network is trained for (T, β schedule, x̂₀ clipping).
     """
 
     sample_size: int = 32
@@ -93,28 +54,7 @@ class DDPMConfig(NoiseSchedule):
     layers_per_block: int = 2
     attention_levels: tuple[int, ...] = ()
     norm_num_groups: int = 8
-
-    def schedule(self) -> NoiseSchedule:
-        """The schedule alone, as :func:`load_schedule` reads it back from a saved folder."""
-        return NoiseSchedule(
-            self.num_train_timesteps, self.beta_schedule, self.beta_start, self.beta_end, self.clip_sample
-        )
-
-
-def make_betas(
-    num_train_timesteps: int, schedule: str = "linear", beta_start: float = 1e-4, beta_end: float = 0.02
-) -> torch.Tensor:
-    """float32 (T,) β schedule, computed as diffusers' DDPMScheduler/DDIMScheduler compute it."""
-    if schedule == "linear":
-        return torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
-    if schedule == "scaled_linear":
-        return torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float32) ** 2
-    raise ValueError(f"unknown beta_schedule {schedule!r} (linear | scaled_linear)")
-
-
-def alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:
-    """ᾱ_t = ∏_{s≤t} (1 - β_s), float32 (T,)."""
-    return torch.cumprod(1.0 - betas.to(torch.float32), dim=0)
+    schedule: NoiseSchedule = NoiseSchedule()
 
 
 def build_unet(cfg: DDPMConfig):
@@ -173,96 +113,6 @@ def unet_eps(unet, micro_batch: int | None = 1) -> EpsModel:
     return eps
 
 
-def scheduler_config(cfg: DDPMConfig) -> dict:
-    """The ``scheduler_config.json`` diffusers' DDPMScheduler/DDIMScheduler read for ``cfg``."""
-    return {
-        "_class_name": "DDPMScheduler",
-        "num_train_timesteps": cfg.num_train_timesteps,
-        "beta_schedule": cfg.beta_schedule,
-        "beta_start": cfg.beta_start,
-        "beta_end": cfg.beta_end,
-        "clip_sample": cfg.clip_sample,
-        "prediction_type": "epsilon",
-        "variance_type": "fixed_small",
-    }
-
-
-def save_pipeline_folder(unet, cfg: DDPMConfig | None, path: str | os.PathLike) -> Path:
-    """Write ``config.json`` + ``diffusion_pytorch_model.safetensors`` (+ ``scheduler_config.json``
-    when ``cfg`` is given) to the local folder ``path``; returns it."""
-    out = Path(path)
-    unet.save_pretrained(out, safe_serialization=True)
-    if cfg is not None:
-        (out / SCHEDULER_CONFIG_NAME).write_text(json.dumps(scheduler_config(cfg), indent=2) + "\n")
-    return out
-
-
-def load_pipeline_folder(uri: str, *, sha256: str | None = None, storage_options: dict | None = None):
-    """Load a ``UNet2DModel`` from a diffusers-format folder at an fsspec URI (eval mode, CPU).
-
-    ``uri`` may also be ``package://<module>/<folder>`` (a folder shipped in an installed package).
-    The folder holds ``config.json`` and ``diffusion_pytorch_model.safetensors`` (a full
-    diffusers pipeline folder is accepted too: its ``unet/`` subfolder is used). Local folders are
-    read in place; remote ones (``s3://…``) have those two files copied into the cache
-    (``$DARKROOM_CACHE/diffusers/…``) first. Only safetensors are read: a folder with pickled
-    weights alone is refused. ``sha256`` pins the weights file; a mismatch is refused.
-    """
-    from diffusers import UNet2DModel
-
-    fs, root = resolve_folder(uri, storage_options)
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        if not fs.exists(f"{root}/{name}"):
-            raise WeightsError(f"{uri}: no {name} (a diffusers folder saved with safe_serialization=True is needed)")
-    with fs.open(f"{root}/{CONFIG_NAME}", "r") as fh:
-        config = json.load(fh)
-    if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
-        raise WeightsError(f"{uri}: config.json describes a {config.get('_class_name')}, not a UNet2DModel")
-    local = _is_local(fs)
-    folder = Path(root) if local else _download_folder(fs, root, uri)
-    if sha256 is not None:
-        actual = file_sha256(folder / WEIGHTS_NAME)
-        if actual != sha256.lower():
-            raise WeightsError(f"{uri}: sha256 mismatch (pinned {sha256}, file has {actual}); refusing to load")
-    unet = UNet2DModel.from_pretrained(
-        str(folder), use_safetensors=True, local_files_only=True, low_cpu_mem_usage=False
-    )
-    return unet.eval()
-
-
-def resolve_folder(uri: str, storage_options: dict | None = None) -> tuple[Any, str]:
-    """(filesystem, path) of the UNet folder at ``uri``: the folder itself, or the ``unet/``
-    subfolder of a full pipeline folder; ``package://`` URIs resolve to the installed files."""
-    if uri.startswith(PACKAGE_SCHEME):
-        base = uri.rstrip("/")
-        try:
-            uri = str(package_file(f"{base}/{CONFIG_NAME}").parent)
-        except WeightsError:
-            uri = str(package_file(f"{base}/unet/{CONFIG_NAME}").parent)
-    fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
-    root = root.rstrip("/")
-    if not fs.exists(f"{root}/{CONFIG_NAME}") and fs.exists(f"{root}/unet/{CONFIG_NAME}"):
-        root = f"{root}/unet"
-    return fs, root
-
-
-def _is_local(fs) -> bool:
-    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
-    return "file" in protocols or "local" in protocols
-
-
-def _download_folder(fs, root: str, uri: str) -> Path:
-    key = hashlib.sha256(f"{fs.protocol}:{root}".encode()).hexdigest()[:24]
-    folder = cache_dir() / "diffusers" / key
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
-        with os.fdopen(fd, "wb") as dst, fs.open(f"{root}/{name}", "rb") as src:
-            for chunk in iter(lambda: src.read(1 << 20), b""):
-                dst.write(chunk)
-        os.replace(tmp, folder / name)  # atomic: concurrent loaders never see half a file
-    return folder
-
-
 # ----------------------------------------------------------------------------------------------
 # Samplers
 
@@ -281,7 +131,7 @@ def sample_generator(job_seed: int, index: int, device: str | torch.device = "cp
     return gen
 
 
-def _noise(shape: Sequence[int], generators: Sequence[torch.Generator], device: torch.device) -> torch.Tensor:
+def noise(shape: Sequence[int], generators: Sequence[torch.Generator], device: torch.device) -> torch.Tensor:
     """One N(0, I) float32 draw of shape C×H×W per generator, stacked to N×C×H×W on ``device``."""
     rows = [torch.randn(tuple(shape[1:]), generator=g, device=g.device, dtype=torch.float32) for g in generators]
     return torch.stack(rows).to(device)
@@ -294,16 +144,16 @@ def _check(shape: Sequence[int], generators: Sequence[torch.Generator]) -> None:
         raise ValueError(f"batch of {shape[0]} needs {shape[0]} generators, got {len(generators)}")
 
 
-def leading_timesteps(num_train_timesteps: int, num_steps: int) -> list[int]:
-    """Descending timesteps ``[(n-1)·r, …, r, 0]`` with ``r = T // n`` (diffusers' "leading" spacing)."""
-    if not 1 <= num_steps <= num_train_timesteps:
-        raise ValueError(f"num_steps must be in 1…{num_train_timesteps}, got {num_steps}")
-    ratio = num_train_timesteps // num_steps
-    return [i * ratio for i in reversed(range(num_steps))]
-
-
 def _to_unit(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1) / 2).clamp(0, 1)
+
+
+def _steps(acp: torch.Tensor, timesteps: list[int]):
+    """(t, previous timestep or -1, ᾱ_t, ᾱ_prev with ᾱ = 1 past t = 0) for each step of the chain."""
+    one = torch.tensor(1.0, dtype=torch.float32, device=acp.device)
+    for k, t in enumerate(timesteps):
+        prev = timesteps[k + 1] if k + 1 < len(timesteps) else -1
+        yield t, prev, acp[t], (acp[prev] if prev >= 0 else one)
 
 
 def ddpm_sample(
@@ -333,26 +183,11 @@ def ddpm_sample(
     device = torch.device(device)
     acp = alphas_cumprod(betas).to(device)
     T = acp.shape[0]
-    timesteps = leading_timesteps(T, steps or T)
-    one = torch.tensor(1.0, dtype=torch.float32, device=device)
-    x = _noise(shape, generators, device)
-    for k, t in enumerate(timesteps):
-        prev = timesteps[k + 1] if k + 1 < len(timesteps) else -1
-        a_t = acp[t]
-        a_prev = acp[prev] if prev >= 0 else one
-        beta_prod_t, beta_prod_prev = 1 - a_t, 1 - a_prev
-        alpha_step = a_t / a_prev
-        beta_step = 1 - alpha_step
+    x = noise(shape, generators, device)
+    for t, prev, a_t, a_prev in _steps(acp, leading_timesteps(T, steps or T)):
         eps = eps_model(x, torch.full((shape[0],), t, dtype=torch.long, device=device)).to(torch.float32)
-        x0 = (x - beta_prod_t**0.5 * eps) / a_t**0.5
-        if clip_sample:
-            x0 = x0.clamp(-1, 1)
-        mean = (a_prev**0.5 * beta_step / beta_prod_t) * x0 + (alpha_step**0.5 * beta_prod_prev / beta_prod_t) * x
-        if t > 0:
-            variance = torch.clamp(beta_prod_prev / beta_prod_t * beta_step, min=1e-20)
-            x = mean + variance**0.5 * _noise(shape, generators, device)
-        else:
-            x = mean
+        z = noise(shape, generators, device) if prev >= 0 else None
+        x = step(x, eps, a_t, a_prev, noise=z, clip_sample=clip_sample)
     return _to_unit(x)
 
 
@@ -385,164 +220,9 @@ def ddim_sample(
         raise ValueError(f"eta must be ≥ 0, got {eta}")
     device = torch.device(device)
     acp = alphas_cumprod.to(device=device, dtype=torch.float32)
-    timesteps = leading_timesteps(acp.shape[0], num_steps)
-    one = torch.tensor(1.0, dtype=torch.float32, device=device)
-    x = _noise(shape, generators, device)
-    for k, t in enumerate(timesteps):
-        prev = timesteps[k + 1] if k + 1 < len(timesteps) else -1
-        a_t = acp[t]
-        a_prev = acp[prev] if prev >= 0 else one
-        beta_prod_t = 1 - a_t
+    x = noise(shape, generators, device)
+    for t, prev, a_t, a_prev in _steps(acp, leading_timesteps(acp.shape[0], num_steps)):
         eps = eps_model(x, torch.full((shape[0],), t, dtype=torch.long, device=device)).to(torch.float32)
-        x0 = (x - beta_prod_t**0.5 * eps) / a_t**0.5
-        if clip_sample:
-            x0 = x0.clamp(-1, 1)
-        variance = (1 - a_prev) / beta_prod_t * (1 - a_t / a_prev)
-        std = eta * variance**0.5
-        x = a_prev**0.5 * x0 + (1 - a_prev - std**2) ** 0.5 * eps
-        if eta > 0 and prev >= 0:
-            x = x + std * _noise(shape, generators, device)
+        z = noise(shape, generators, device) if eta > 0 and prev >= 0 else None
+        x = step(x, eps, a_t, a_prev, eta=eta, noise=z, clip_sample=clip_sample)
     return _to_unit(x)
-
-
-# ----------------------------------------------------------------------------------------------
-# As a GenerativeModel (registry entries `darkroom-ddpm-digits` and `ddpm`)
-
-
-def generative_model(
-    name: str, unet, schedule: NoiseSchedule, p: SamplerParams, weights_sha256: str | None
-) -> GenerativeModel:
-    """An unconditional ε-prediction ``UNet2DModel`` as a :class:`GenerativeModel` sampling with ``p``.
-
-    ``sample(generators, None, device)`` → float32 N×C×H×W in [0, 1] (C, H, W from the UNet's
-    config); sample i's noise comes from ``generators[i]`` only and the UNet runs on fixed
-    ``p.micro_batch``-row chunks, so a sample does not depend on its batch (module docstring).
-    """
-    cfg = unet.config
-    if cfg.in_channels != cfg.out_channels:
-        raise WeightsError(
-            f"{name}: the UNet maps {cfg.in_channels} channels to {cfg.out_channels}; an ε-prediction DDPM maps C to C"
-        )
-    if cfg.get("num_class_embeds") or cfg.get("class_embed_type"):
-        raise WeightsError(f"{name}: class-conditional UNets are not supported (unconditional DDPMs only)")
-    T = schedule.num_train_timesteps
-    steps = p.steps or (T if p.sampler == "ddpm" else min(50, T))
-    if steps > T:
-        raise ValueError(f"steps={steps} exceeds the model's {T} training timesteps")
-    size = cfg.sample_size
-    height, width = (size, size) if isinstance(size, int) else tuple(size)
-    shape = (int(cfg.in_channels), int(height), int(width))
-    betas = schedule.betas()
-    acp = alphas_cumprod(betas)
-    eta = p.eta or 0.0
-
-    def sample(
-        generators: Sequence[torch.Generator], labels: Sequence[int] | None, device: torch.device
-    ) -> torch.Tensor:
-        if labels is not None:
-            raise ValueError(f"{name} is unconditional: labels must be None")
-        eps = unet_eps(unet, p.micro_batch)  # here, not above: the engine may move or cast the UNet after building
-        batch = (len(generators), *shape)
-        if p.sampler == "ddpm":
-            return ddpm_sample(eps, batch, betas, generators, steps, clip_sample=schedule.clip_sample, device=device)
-        return ddim_sample(eps, batch, acp, generators, steps, eta, clip_sample=schedule.clip_sample, device=device)
-
-    return GenerativeModel(
-        name=name,
-        module=unet,
-        sample=sample,
-        shape=shape,
-        sampler=p.sampler,
-        steps=steps,
-        weights_sha256=weights_sha256,
-    )
-
-
-def load_schedule(uri: str, storage_options: dict | None = None) -> NoiseSchedule:
-    """The noise schedule of the diffusers folder at ``uri``.
-
-    Read from its ``scheduler_config.json`` (or ``scheduler/scheduler_config.json`` of a full
-    pipeline folder, also when ``uri`` names its ``unet/``); without one, diffusers' scheduler
-    defaults (linear β from 1e-4 to 0.02 over T = 1000, x̂₀ clipped). What the samplers do not
-    implement is refused (``WeightsError``): a prediction type other than ε, a learned variance,
-    trained betas, dynamic thresholding, a clip range other than 1, an unknown β schedule.
-    Timesteps are leading-spaced whatever the file's ``timestep_spacing`` says.
-    """
-    fs, root = resolve_folder(uri, storage_options)
-    candidates = [f"{root}/{SCHEDULER_CONFIG_NAME}"]
-    if root.endswith("/unet"):  # a full pipeline folder: its scheduler/ sits next to unet/
-        candidates.append(f"{root.rsplit('/', 1)[0]}/scheduler/{SCHEDULER_CONFIG_NAME}")
-    found = next((c for c in candidates if fs.exists(c)), None)
-    if found is None:
-        return NoiseSchedule()
-    with fs.open(found, "r") as fh:
-        config = json.load(fh)
-    unsupported = [
-        (
-            config.get("prediction_type", "epsilon") != "epsilon",
-            f"prediction_type {config.get('prediction_type')!r} (ε only)",
-        ),
-        (
-            str(config.get("variance_type") or "fixed_small").startswith("learned"),
-            f"variance_type {config.get('variance_type')!r}",
-        ),
-        (config.get("trained_betas") is not None, "trained_betas"),
-        (bool(config.get("thresholding")), "thresholding"),
-        (float(config.get("clip_sample_range", 1.0)) != 1.0, f"clip_sample_range {config.get('clip_sample_range')}"),
-    ]
-    refused = [why for bad, why in unsupported if bad]
-    if refused:
-        raise WeightsError(f"{uri}: scheduler config not supported: {', '.join(refused)}")
-    schedule = NoiseSchedule(
-        num_train_timesteps=int(config.get("num_train_timesteps", 1000)),
-        beta_schedule=str(config.get("beta_schedule", "linear")),
-        beta_start=float(config.get("beta_start", 1e-4)),
-        beta_end=float(config.get("beta_end", 0.02)),
-        clip_sample=bool(config.get("clip_sample", True)),
-    )
-    try:
-        schedule.betas()
-    except ValueError as exc:
-        raise WeightsError(f"{uri}: {exc}") from None
-    return schedule
-
-
-_digests: dict[tuple, str] = {}  # (protocol, path, size, version marks…) → sha256, for unpinned folders
-
-
-def weights_digest(p: DDPMFolderParams) -> str:
-    """sha256 of the folder's ``diffusion_pytorch_model.safetensors``: the pin when given, else the
-    file's digest, computed once per process and file version (size plus ETag / mtime) because
-    the driver asks several times while planning a run."""
-    if p.sha256:
-        return p.sha256
-    fs, root = resolve_folder(p.uri, p.storage_options)
-    path = f"{root}/{WEIGHTS_NAME}"
-    fs.invalidate_cache(path)
-    try:
-        info = fs.info(path)
-    except FileNotFoundError:
-        raise WeightsError(
-            f"{p.uri}: no {WEIGHTS_NAME} (a diffusers folder saved with safe_serialization=True is needed)"
-        ) from None
-    marks = tuple(
-        str(info[k]) for k in ("ETag", "etag", "mtime", "LastModified", "generation", "version_id") if info.get(k)
-    )
-    key = (str(fs.protocol), path, info.get("size"), *marks)
-    if not marks or key not in _digests:
-        digest = hashlib.sha256()
-        with fs.open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        if not marks:
-            return digest.hexdigest()
-        _digests[key] = digest.hexdigest()
-    return _digests[key]
-
-
-def build_folder(p: DDPMFolderParams) -> GenerativeModel:
-    """The ``ddpm`` registry entry: load (pinned to :func:`weights_digest`, so the model reports the
-    digest of the very file it loaded) and wrap a user's diffusers DDPM folder."""
-    digest = weights_digest(p)
-    unet = load_pipeline_folder(p.uri, sha256=digest, storage_options=p.storage_options)
-    return generative_model("ddpm", unet, load_schedule(p.uri, p.storage_options), p, weights_sha256=digest)

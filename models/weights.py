@@ -12,11 +12,12 @@ import importlib.util
 import os
 import re
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import fsspec
+from models import fetch as remote
 
 if TYPE_CHECKING:
     import torch
@@ -80,19 +81,19 @@ def package_file(uri: str) -> Path:
 def fetch(uri: str, sha256: str | None = None, storage_options: dict | None = None) -> Path:
     """Return a local path holding the file at ``uri``, verified against ``sha256`` if given.
 
-    Remote files are copied into the cache once (named by their digest); local files
-    and package files are used in place.
+    Remote files are copied into the cache once (named by their digest; :func:`models.fetch.fetch`
+    reads them); local files and package files are used in place.
     """
     if uri.startswith(PACKAGE_SCHEME):
         path = package_file(uri)
     else:
-        fs, fpath = fsspec.core.url_to_fs(uri, **(storage_options or {}))
-        if fs.protocol in ("file", ("file", "local")) or "file" in fs.protocol:
+        fs, fpath = remote.filesystem(uri, storage_options)
+        if remote.is_local(fs):
             path = Path(fpath)
             if not path.is_file():
                 raise WeightsError(f"{uri}: weights file not found")
         else:
-            path = _download(fs, fpath, uri, sha256)
+            path = _download(fs, fpath, sha256)
     if sha256 is not None:
         actual = file_sha256(path)
         if actual != sha256.lower():
@@ -100,20 +101,15 @@ def fetch(uri: str, sha256: str | None = None, storage_options: dict | None = No
     return path
 
 
-def _download(fs, fpath: str, uri: str, sha256: str | None) -> Path:
+def _download(fs, fpath: str, sha256: str | None) -> Path:
     downloads = cache_dir() / "downloads"
     downloads.mkdir(exist_ok=True)
     suffix = Path(fpath).suffix
     if sha256 and (downloads / f"{sha256}{suffix}").is_file():
         return downloads / f"{sha256}{suffix}"
-    digest = hashlib.sha256()
-    with tempfile.NamedTemporaryFile(dir=downloads, delete=False, suffix=".part") as tmp:
-        with fs.open(fpath, "rb") as src:
-            for chunk in iter(lambda: src.read(1 << 20), b""):
-                digest.update(chunk)
-                tmp.write(chunk)
-    final = downloads / f"{digest.hexdigest()}{suffix}"
-    os.replace(tmp.name, final)
+    part = downloads / f"{uuid.uuid4().hex}{suffix}.part"  # its name (the digest) is known once it is read
+    final = downloads / f"{remote.fetch(fs, fpath, part)}{suffix}"
+    os.replace(part, final)
     return final
 
 

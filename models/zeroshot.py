@@ -48,19 +48,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models import catalog, ddpm_digits, diffusion
+from models import catalog, ddpm_digits, diffusers_folder
 from models.base import ImageModel
 from models.catalog import DDNMParams, PriorParams, RepaintParams, SRParams
-from models.diffusion import (
-    EpsModel,
-    NoiseSchedule,
-    _noise,
-    leading_timesteps,
-    load_pipeline_folder,
-    load_schedule,
-    unet_eps,
-)
-from models.diffusion import alphas_cumprod as cumprod
+from models.diffusers_folder import load_pipeline_folder, load_schedule
+from models.diffusion import EpsModel, noise, unet_eps
+from models.schedule import NoiseSchedule, leading_timesteps, predict_x0, step
+from models.schedule import alphas_cumprod as cumprod
 from models.weights import WeightsError
 
 Operator = Callable[[torch.Tensor], torch.Tensor]
@@ -145,18 +139,14 @@ def _levels(alphas_cumprod: torch.Tensor, steps: int, device: torch.device) -> t
     return ts, torch.cat([acp[ts], torch.ones(1, device=device)])
 
 
-def _predict_x0(
-    eps_model: EpsModel, x: torch.Tensor, t: int, a_t: torch.Tensor, clip: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    eps = eps_model(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)).to(torch.float32)
-    x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t**0.5
-    return (x0.clamp(-1, 1) if clip else x0), eps
+def _eps(eps_model: EpsModel, x: torch.Tensor, t: int) -> torch.Tensor:
+    return eps_model(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)).to(torch.float32)
 
 
 def _renoise(x: torch.Tensor, a_from: torch.Tensor, a_to: torch.Tensor, generators, device) -> torch.Tensor:
     """Forward process from noise level ᾱ=a_from up to a_to < a_from (a RePaint jump)."""
     ratio = a_to / a_from
-    return ratio**0.5 * x + (1 - ratio) ** 0.5 * _noise(x.shape, generators, device)
+    return ratio**0.5 * x + (1 - ratio) ** 0.5 * noise(x.shape, generators, device)
 
 
 def _check(y: torch.Tensor, generators: Sequence[torch.Generator]) -> None:
@@ -178,7 +168,7 @@ def repaint(
     *,
     clip_sample: bool = True,
 ) -> torch.Tensor:
-    """RePaint inpainting with DDPM ancestral steps (σ² = β̃, as ``ddpm_sample``).
+    """RePaint inpainting with DDPM ancestral steps (:func:`models.schedule.step`, as ``ddpm_sample``).
 
     eps_model: ``(x_t, t) -> eps`` on N×C×H×W in the DDPM's [-1, 1] scale (models.diffusion).
     y: float N×C×H×W in [0, 1], the image; its values under holes are ignored.
@@ -199,23 +189,19 @@ def repaint(
     known = (mask >= 0.5).to(torch.float32).expand_as(y)
     y = y.to(torch.float32)
     y2 = y * 2 - 1
-    x = _noise(y.shape, generators, device)
+    x = noise(y.shape, generators, device)
     path = jump_schedule(n, jump_length, jumps)
     for p, q in zip(path, path[1:]):
         if q < p:
             x = _renoise(x, a[p], a[q], generators, device)
             continue
-        a_t, a_prev = a[p], a[q]
-        x0, _ = _predict_x0(eps_model, x, ts[p], a_t, clip_sample)
-        alpha_step = a_t / a_prev
-        beta_step = 1 - alpha_step
-        mean = (a_prev**0.5 * beta_step / (1 - a_t)) * x0 + (alpha_step**0.5 * (1 - a_prev) / (1 - a_t)) * x
-        if q < n:
-            variance = torch.clamp((1 - a_prev) / (1 - a_t) * beta_step, min=1e-20)
-            holes = mean + variance**0.5 * _noise(y.shape, generators, device)
-            seen = a_prev**0.5 * y2 + (1 - a_prev) ** 0.5 * _noise(y.shape, generators, device)
+        a_prev = a[q]
+        eps = _eps(eps_model, x, ts[p])
+        if q < n:  # the holes' noise first, then the known pixels': the order of the generators' draws
+            holes = step(x, eps, a[p], a_prev, noise=noise(y.shape, generators, device), clip_sample=clip_sample)
+            seen = a_prev**0.5 * y2 + (1 - a_prev) ** 0.5 * noise(y.shape, generators, device)
         else:
-            holes, seen = mean, y2
+            holes, seen = step(x, eps, a[p], a_prev, clip_sample=clip_sample), y2
         x = known * seen + (1 - known) * holes
     out = ((x + 1) / 2).clamp(0, 1)
     return known * y + (1 - known) * out
@@ -260,18 +246,20 @@ def ddnm(
     shape = A_pinv(y).shape
     ts, a = _levels(alphas_cumprod, steps, device)
     n = len(ts)
-    x = _noise(shape, generators, device)
+    x = noise(shape, generators, device)
     path = jump_schedule(n, jump_length, jumps)
     for p, q in zip(path, path[1:]):
         if q < p:
             x = _renoise(x, a[p], a[q], generators, device)
             continue
-        x0, eps = _predict_x0(eps_model, x, ts[p], a[p], clip_sample)
+        eps = _eps(eps_model, x, ts[p])
+        x0 = predict_x0(x, eps, a[p])
+        x0 = x0.clamp(-1, 1) if clip_sample else x0
         x0 = x0 - A_pinv(A(x0) - y2)
         if q < n:
             a_prev = a[q]
-            noise = eta * _noise(shape, generators, device) + (1 - eta**2) ** 0.5 * eps if eta > 0 else eps
-            x = a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * noise
+            z = eta * noise(shape, generators, device) + (1 - eta**2) ** 0.5 * eps if eta > 0 else eps
+            x = a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * z
         else:
             x = x0
     return consistent((x + 1) / 2, y, A, A_pinv)
@@ -310,7 +298,7 @@ def weights_digest(p: PriorParams) -> str:
     prior is pinned by ``models.ddpm_digits.WEIGHTS``), else computed as for the ``ddpm``
     generation entry, once per process and file version."""
     pin = p.prior_sha256 or (ddpm_digits.WEIGHTS.sha256 if p.prior.rstrip("/") == DEFAULT_PRIOR else None)
-    return diffusion.weights_digest(diffusion.DDPMFolderParams(uri=p.prior, sha256=pin))
+    return diffusers_folder.weights_digest(p.prior, pin)
 
 
 class ZeroShotModule(nn.Module):

@@ -1,7 +1,9 @@
 """All storage I/O goes through this module (fsspec: local paths, s3:// via s3fs, any protocol).
 
 S3-compatible stores: besides boto's usual credential chain, ``AWS_ENDPOINT_URL`` (or
-``AWS_ENDPOINT_URL_S3``) points s3fs at another endpoint, e.g. MinIO or a test server.
+``AWS_ENDPOINT_URL_S3``) points s3fs at another endpoint, e.g. MinIO or a test server. That policy
+(endpoint, retries of transient errors, redaction of logged URIs) is ``models/fetch.py``'s, shared
+with the model loaders: this module imports it.
 """
 
 from __future__ import annotations
@@ -9,17 +11,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import logging
 import os
 import posixpath
-import random
 import re
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TypeVar
 
 import fsspec
 import pyarrow as pa
@@ -27,19 +26,10 @@ import pyarrow.compute as pc
 from fsspec.asyn import sync
 from fsspec.utils import glob_translate
 
-log = logging.getLogger(__name__)
-T = TypeVar("T")
+from models.fetch import QUERY, USERINFO, filesystem, is_local, protocols, redact, retrying
+from models.fetch import redact_text as redact_text  # re-exported for pipeline/errors.py
 
 GLOB_CHARS = re.compile(r"[*?\[]")
-TRANSIENT = re.compile(
-    r"SlowDown|Throttl|ServiceUnavailable|Service Unavailable|InternalError|RequestTimeout|"
-    r"\b50[0234]\b|reset by peer|timed out|Timeout|Connection refused|Server disconnected|"
-    r"Connection aborted|IncompleteRead|RemoteDisconnected",
-    re.IGNORECASE,
-)
-RETRY_ATTEMPTS = 6
-RETRY_BASE_SECONDS = 0.2
-RETRY_CAP_SECONDS = 5.0
 STALE_TEMP_SECONDS = 600.0  # a temporary file of an unknown writer this old is debris, not a write in progress
 # Temporary files name their writer: .<name>.dr-<host id>-<pid>-<nonce>.tmp (host id: 8 hex of the
 # host name's SHA-256), so a sweep can tell a dead writer's debris from a live writer's file.
@@ -58,17 +48,6 @@ class FileEntry:
     size: int
     etag: str | None
     mtime: float | None
-
-
-_USERINFO = r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@?#]*@"
-_QUERY = r"^((?i:https?)://[^?#]*)[?#].*$"  # only web URLs: in S3 keys and file names ? and # are plain characters
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
-
-
-def redact(uri: str) -> str:
-    """``uri`` without credentials: user:password@ and, for http(s) URLs, the query string
-    (signed-URL signatures, tokens) are dropped. What manifests, logs and reports show of an input."""
-    return re.sub(_QUERY, r"\1", re.sub(_USERINFO, r"\1", uri))
 
 
 _SECRET_PARAM_WORDS = "sig|signature|token|credential|credentials|password|passwd|pwd|secret|key|apikey|policy|auth|sas"
@@ -93,53 +72,8 @@ def redact_array(uris: pa.Array) -> pa.Array:
     # have none, and one scan for them is far cheaper than the two regex passes.
     if not pc.any(pc.match_substring_regex(uris, "[@?#]")).as_py():
         return uris
-    no_userinfo = pc.replace_substring_regex(uris, pattern=_USERINFO, replacement=r"\1")
-    return pc.replace_substring_regex(no_userinfo, pattern=_QUERY, replacement=r"\1")
-
-
-def redact_text(text: str) -> str:
-    """Every URL inside free text (an error message) redacted."""
-    return _URL_IN_TEXT.sub(lambda m: redact(m.group(0)), text)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Errors worth retrying: throttling, 5xx, resets and timeouts — not missing files or denials."""
-    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, PreconditionFailed)):
-        return False
-    if isinstance(exc, (ConnectionError, TimeoutError)):
-        return True
-    return isinstance(exc, OSError) and bool(TRANSIENT.search(f"{type(exc).__name__} {exc}"))
-
-
-def retrying(fn: Callable[[], T], what: str) -> T:
-    """Call ``fn``, retrying transient storage errors with capped exponential backoff and full jitter.
-
-    s3fs and botocore already retry some errors themselves; this is the bounded last line
-    for what still comes through (e.g. a reset in the middle of a body).
-    """
-    for attempt in range(1, RETRY_ATTEMPTS + 1):
-        try:
-            return fn()
-        except Exception as exc:
-            if attempt == RETRY_ATTEMPTS or not is_transient(exc):
-                raise
-            delay = random.uniform(0, min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2**attempt))
-            log.info(
-                "%s: transient error (%s), retry %d in %.2f s", redact_text(what), redact_text(str(exc)), attempt, delay
-            )
-            time.sleep(delay)
-    raise AssertionError("unreachable")
-
-
-def _options(uri: str, storage_options: dict | None) -> dict:
-    opts = dict(storage_options or {})
-    if uri.startswith(("s3://", "s3a://")):
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        client_kwargs = dict(opts.get("client_kwargs") or {})
-        if endpoint and "endpoint_url" not in client_kwargs and "endpoint_url" not in opts:
-            client_kwargs["endpoint_url"] = endpoint
-            opts["client_kwargs"] = client_kwargs
-    return opts
+    no_userinfo = pc.replace_substring_regex(uris, pattern=USERINFO, replacement=r"\1")
+    return pc.replace_substring_regex(no_userinfo, pattern=QUERY, replacement=r"\1")
 
 
 class NoCredentialsFound(PermissionError):
@@ -156,15 +90,6 @@ def check_credentials(uri: str, storage_options: dict | None = None) -> None:
 
     if botocore.session.get_session().get_credentials() is None:
         raise NoCredentialsFound(f"NoCredentialsError: no AWS credentials for {redact(uri)}")
-
-
-def filesystem(uri: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """(filesystem, path without protocol) for ``uri``."""
-    return fsspec.core.url_to_fs(uri, **_options(uri, storage_options))
-
-
-def is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    return "file" in _protocols(fs) or "local" in _protocols(fs)
 
 
 def join(base: str, *parts: str) -> str:
@@ -309,7 +234,7 @@ def iter_files(root: str, storage_options: dict | None = None) -> Iterator[FileE
     walked directory by directory, sorted. A ``root`` that is itself a file yields it.
     """
     fs, path = filesystem(root, storage_options)
-    if "s3" in _protocols(fs):
+    if "s3" in protocols(fs):
         yield from _iter_s3(fs, path)
         return
     if fs.isfile(path):
@@ -389,7 +314,7 @@ def read_versioned(uri: str, storage_options: dict | None = None) -> tuple[bytes
         if is_local(fs):
             data = fs.cat_file(path)
             return data, hashlib.sha256(data).hexdigest()
-        info = retrying(lambda: fs.info(path, refresh=True) if "s3" in _protocols(fs) else fs.info(path), f"stat {uri}")
+        info = retrying(lambda: fs.info(path, refresh=True) if "s3" in protocols(fs) else fs.info(path), f"stat {uri}")
         data = retrying(lambda: fs.cat_file(path), f"read {uri}")
         return data, (info.get("ETag") or "").strip('"') or hashlib.sha256(data).hexdigest()
     except FileNotFoundError:
@@ -407,7 +332,7 @@ def put_if(uri: str, data: bytes, version: str | None, storage_options: dict | N
     fs, path = filesystem(uri, storage_options)
     if is_local(fs):
         return _put_if_local(path, data, version)
-    if "s3" in _protocols(fs):
+    if "s3" in protocols(fs):
         try:
             if version is None:
                 out = fs.pipe_file(path, data, mode="create")
@@ -453,7 +378,3 @@ def _put_if_local(path: str, data: bytes, version: str | None) -> str:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return hashlib.sha256(data).hexdigest()
-
-
-def _protocols(fs: fsspec.AbstractFileSystem) -> tuple:
-    return fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)

@@ -38,15 +38,8 @@ from torch.nn import functional as F
 from torchvision.utils import save_image
 
 from models.ddpm_digits import CONFIG, NAME
-from models.diffusion import (
-    WEIGHTS_NAME,
-    build_unet,
-    ddim_sample,
-    load_pipeline_folder,
-    sample_generator,
-    save_pipeline_folder,
-    unet_eps,
-)
+from models.diffusers_folder import WEIGHTS_NAME, load_pipeline_folder, save_pipeline_folder
+from models.diffusion import build_unet, ddim_sample, sample_generator, unet_eps
 from models.training import digits
 from models.training.common import WEIGHTS_DIR, train
 from models.training.generation import GRID_SEED, provenance
@@ -99,7 +92,8 @@ def save_grid(unet, path: Path) -> None:
     """GRID_SAMPLES DDIM samples (seeds sample_generator(GRID_SEED, 0…)) as one PNG, pixels 2× (nearest)."""
     gens = [sample_generator(GRID_SEED, i) for i in range(GRID_SAMPLES)]
     shape = (GRID_SAMPLES, CONFIG.in_channels, CONFIG.sample_size, CONFIG.sample_size)
-    images = ddim_sample(unet_eps(unet, micro_batch=GRID_SAMPLES), shape, CONFIG.alphas_cumprod(), gens, GRID_STEPS)
+    eps = unet_eps(unet, micro_batch=GRID_SAMPLES)
+    images = ddim_sample(eps, shape, CONFIG.schedule.alphas_cumprod(), gens, GRID_STEPS)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(
         F.interpolate(images, scale_factor=2, mode="nearest"), path, nrow=GRID_COLUMNS, padding=2, pad_value=0.25
@@ -126,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
 
     train_set = digits.load(CONFIG.sample_size)[0]
     data = train_set.coloured() * 2 - 1
-    acp = CONFIG.alphas_cumprod()
+    acp = CONFIG.schedule.alphas_cumprod()
     net = EpsNet(build_unet(CONFIG))
     prior: dict[str, str] = {}
     earlier: list[dict] = []  # one summary per earlier run of the chain that --init continues
@@ -155,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def make_batch(gen: torch.Generator) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         x0 = data[torch.randint(data.shape[0], (args.batch,), generator=gen)]
-        t = torch.randint(CONFIG.num_train_timesteps, (args.batch,), generator=gen)
+        t = torch.randint(CONFIG.schedule.num_train_timesteps, (args.batch,), generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
         a = acp[t].view(-1, 1, 1, 1)
         return (a.sqrt() * x0 + (1 - a).sqrt() * noise, t), (noise, weight[t])
@@ -190,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     save_grid(ema.net, args.grids / "ddpm-digits-final.png")
 
     args.out.mkdir(parents=True, exist_ok=True)
-    save_pipeline_folder(ema.net, CONFIG, args.out)
+    save_pipeline_folder(ema.net, CONFIG.schedule, args.out)
     meta = {
         "model": NAME,
         **provenance(train_set),
@@ -232,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
         **meta,
         "wall_seconds": round(wall) + sum(r["wall_seconds"] for r in earlier),
         "parameters": params,
-        "config": asdict(CONFIG),
+        # flat, the schedule's fields last, as training.json has always recorded the config
+        "config": {**{k: v for k, v in asdict(CONFIG).items() if k != "schedule"}, **asdict(CONFIG.schedule)},
         "weights_sha256": digest,
         "runs": [*earlier, this_run],
     }

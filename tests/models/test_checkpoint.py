@@ -18,20 +18,23 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import save_file
 
-from models import default_registry
+from models import default_registry, realesrgan, realesrgan_ncnn
 from models.checkpoint import CheckpointParams, weights_digest
 from models.weights import WeightsError
 
 
 @pytest.fixture(scope="module")
 def originals():
-    """name → (the registry's own model, its state_dict): a genuine SRVGGNetCompact and a genuine RRDBNet."""
+    """name → (the registry's own model, its state_dict in Real-ESRGAN's key layout): a genuine
+    SRVGGNetCompact and a genuine RRDBNet, as Real-ESRGAN's training code saves them."""
     reg = default_registry()
-    out = {}
-    for name in ("realesr-animevideov3", "realesrgan-x4plus-anime"):
-        model = reg.build(name)
-        out[name] = (model, {k: v.clone() for k, v in model.module.state_dict().items()})
-    return out
+    return {
+        name: (reg.build(name), realesrgan.converted(spec, convert))
+        for name, spec, convert in (
+            ("realesr-animevideov3", realesrgan.ANIMEVIDEOV3, realesrgan_ncnn.srvgg_from_ncnn),
+            ("realesrgan-x4plus-anime", realesrgan.X4PLUS_ANIME, realesrgan_ncnn.rrdbnet_from_ncnn),
+        )
+    }
 
 
 def sha256_of(path: Path) -> str:

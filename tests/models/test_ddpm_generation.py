@@ -16,14 +16,9 @@ from safetensors import safe_open
 
 from models import ddpm_digits, default_registry, digits_classifier
 from models.base import GenerativeModel
-from models.diffusion import (
-    SCHEDULER_CONFIG_NAME,
-    WEIGHTS_NAME,
-    DDPMConfig,
-    build_unet,
-    load_schedule,
-    save_pipeline_folder,
-)
+from models.diffusers_folder import SCHEDULER_CONFIG_NAME, WEIGHTS_NAME, load_schedule, save_pipeline_folder
+from models.diffusion import DDPMConfig, build_unet
+from models.schedule import NoiseSchedule
 from models.weights import WeightsError, file_sha256, package_file
 from tests.models.generation_checks import gens
 
@@ -34,7 +29,7 @@ TINY = DDPMConfig(
     block_out_channels=(8, 16),
     layers_per_block=1,
     norm_num_groups=4,
-    num_train_timesteps=50,
+    schedule=NoiseSchedule(num_train_timesteps=50),
 )
 FAST = {"sampler": "ddim", "steps": 3, "micro_batch": 2}
 
@@ -50,7 +45,7 @@ def reg():
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory, one_torch_thread):
     torch.manual_seed(0)
-    return save_pipeline_folder(build_unet(TINY).eval(), TINY, tmp_path_factory.mktemp("tiny-ddpm"))
+    return save_pipeline_folder(build_unet(TINY).eval(), TINY.schedule, tmp_path_factory.mktemp("tiny-ddpm"))
 
 
 def test_shipped_folder_is_pinned_and_documented():
@@ -65,7 +60,7 @@ def test_shipped_folder_is_pinned_and_documented():
         meta = fh.metadata()
     assert record["weights_sha256"] == spec.sha256 and record["steps"] == meta["steps"] and int(meta["steps"]) > 0
     assert meta["model"] == ddpm_digits.NAME and "training digits" in meta["data"] and "held-back" in meta["held_out"]
-    assert load_schedule(str(folder)) == ddpm_digits.CONFIG.schedule()
+    assert load_schedule(str(folder)) == ddpm_digits.CONFIG.schedule
 
 
 def test_digits_entry_builds_and_samples(reg):
@@ -143,13 +138,13 @@ def test_ddpm_entry_loads_a_local_folder_and_pins_it(reg, tiny_folder):
     out = model.sample(gens(range(3)), None, torch.device("cpu"))
     assert out.shape == (3, 3, 8, 8) and 0 <= float(out.min()) and float(out.max()) <= 1
     assert (
-        reg.build("ddpm", {"uri": str(tiny_folder), "sampler": "ddpm"}).steps == TINY.num_train_timesteps
+        reg.build("ddpm", {"uri": str(tiny_folder), "sampler": "ddpm"}).steps == TINY.schedule.num_train_timesteps
     )  # T from its scheduler_config.json
     assert reg.build("ddpm", {**params, "sha256": digest.upper()}).weights_sha256 == digest
     with pytest.raises(WeightsError, match="sha256 mismatch"):
         reg.build("ddpm", {**params, "sha256": "0" * 64})
     with pytest.raises(ValueError, match="exceeds"):
-        reg.build("ddpm", {**params, "steps": TINY.num_train_timesteps + 1})
+        reg.build("ddpm", {**params, "steps": TINY.schedule.num_train_timesteps + 1})
 
 
 def test_ddpm_entry_reads_a_pipeline_folder_on_s3(reg, tiny_folder, s3_bucket, s3_endpoint):

@@ -12,16 +12,9 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.schedulers import scheduling_ddpm
 
-from models.diffusion import (
-    DDPMConfig,
-    build_unet,
-    ddim_sample,
-    ddpm_sample,
-    load_pipeline_folder,
-    sample_generator,
-    save_pipeline_folder,
-    unet_eps,
-)
+from models.diffusers_folder import load_pipeline_folder, save_pipeline_folder
+from models.diffusion import DDPMConfig, build_unet, ddim_sample, ddpm_sample, sample_generator, unet_eps
+from models.schedule import NoiseSchedule
 from models.weights import WeightsError, file_sha256
 
 CFG = DDPMConfig(
@@ -31,7 +24,7 @@ CFG = DDPMConfig(
     block_out_channels=(8, 16),
     layers_per_block=1,
     norm_num_groups=4,
-    num_train_timesteps=50,
+    schedule=NoiseSchedule(num_train_timesteps=50),
 )
 SHAPE = (3, 3, 8, 8)
 TOL = 1e-5
@@ -71,10 +64,10 @@ def _noise_stream(seed=3, n=SHAPE[0]):
 
 def _ddpm_scheduler():
     return DDPMScheduler(
-        num_train_timesteps=CFG.num_train_timesteps,
+        num_train_timesteps=CFG.schedule.num_train_timesteps,
         beta_schedule="linear",
-        beta_start=CFG.beta_start,
-        beta_end=CFG.beta_end,
+        beta_start=CFG.schedule.beta_start,
+        beta_end=CFG.schedule.beta_end,
         clip_sample=True,
         variance_type="fixed_small",
         prediction_type="epsilon",
@@ -92,12 +85,12 @@ def _assert_trajectories_match(ours: Recorder, reference: list[torch.Tensor], ou
 def test_ddpm_matches_diffusers_step_by_step(unet, steps, monkeypatch):
     eps = unet_eps(unet, micro_batch=None)
     ours = Recorder(eps)
-    out = ddpm_sample(ours, SHAPE, CFG.betas(), _gens(), steps=steps)
+    out = ddpm_sample(ours, SHAPE, CFG.schedule.betas(), _gens(), steps=steps)
 
     noise = _noise_stream()
     monkeypatch.setattr(scheduling_ddpm, "randn_tensor", lambda shape, **_: next(noise))
     sched = _ddpm_scheduler()
-    sched.set_timesteps(steps or CFG.num_train_timesteps)
+    sched.set_timesteps(steps or CFG.schedule.num_train_timesteps)
     x, reference = next(noise), []
     for t in sched.timesteps:
         reference.append(x.clone())
@@ -113,14 +106,14 @@ def test_ddim_matches_diffusers_step_by_step(unet, eta):
     num_steps = 10
     eps = unet_eps(unet, micro_batch=None)
     ours = Recorder(eps)
-    out = ddim_sample(ours, SHAPE, CFG.alphas_cumprod(), _gens(), num_steps=num_steps, eta=eta)
+    out = ddim_sample(ours, SHAPE, CFG.schedule.alphas_cumprod(), _gens(), num_steps=num_steps, eta=eta)
 
     noise = _noise_stream()
     sched = DDIMScheduler(
-        num_train_timesteps=CFG.num_train_timesteps,
+        num_train_timesteps=CFG.schedule.num_train_timesteps,
         beta_schedule="linear",
-        beta_start=CFG.beta_start,
-        beta_end=CFG.beta_end,
+        beta_start=CFG.schedule.beta_start,
+        beta_end=CFG.schedule.beta_end,
         clip_sample=True,
         set_alpha_to_one=True,
         steps_offset=0,
@@ -141,7 +134,7 @@ def test_ddim_matches_diffusers_step_by_step(unet, eta):
 
 def test_ddim_eta0_is_deterministic_given_x_T_and_eta1_is_not(unet):
     eps = unet_eps(unet)
-    acp = CFG.alphas_cumprod()
+    acp = CFG.schedule.alphas_cumprod()
     a = ddim_sample(eps, SHAPE, acp, _gens(), num_steps=5, eta=0.0)
     b = ddim_sample(eps, SHAPE, acp, _gens(), num_steps=5, eta=0.0)
     c = ddim_sample(eps, SHAPE, acp, _gens(), num_steps=5, eta=1.0)
@@ -151,20 +144,20 @@ def test_ddim_eta0_is_deterministic_given_x_T_and_eta1_is_not(unet):
 def test_model_call_counts_and_output_contract(unet):
     eps = unet_eps(unet)
     calls = Recorder(eps)
-    out = ddpm_sample(calls, SHAPE, CFG.betas(), _gens())
-    assert len(calls.inputs) == CFG.num_train_timesteps
-    assert calls.timesteps == list(reversed(range(CFG.num_train_timesteps)))
+    out = ddpm_sample(calls, SHAPE, CFG.schedule.betas(), _gens())
+    assert len(calls.inputs) == CFG.schedule.num_train_timesteps
+    assert calls.timesteps == list(reversed(range(CFG.schedule.num_train_timesteps)))
     assert out.shape == SHAPE and out.dtype == torch.float32
     assert out.min() >= 0 and out.max() <= 1
     for n in (1, 7, 25):
         calls = Recorder(eps)
-        ddim_sample(calls, SHAPE, CFG.alphas_cumprod(), _gens(), num_steps=n, eta=0.5)
+        ddim_sample(calls, SHAPE, CFG.schedule.alphas_cumprod(), _gens(), num_steps=n, eta=0.5)
         assert len(calls.inputs) == n and calls.timesteps[-1] == 0
 
 
 def test_generator_count_must_match_batch(unet):
     with pytest.raises(ValueError, match="needs 3 generators"):
-        ddpm_sample(unet_eps(unet), SHAPE, CFG.betas(), _gens(n=2))
+        ddpm_sample(unet_eps(unet), SHAPE, CFG.schedule.betas(), _gens(n=2))
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim-eta1"])
@@ -175,9 +168,9 @@ def test_sample_is_bit_identical_whatever_the_batching(unet, sampler):
         gens = [sample_generator(7, i) for i in indices]
         shape = (len(indices), *SHAPE[1:])
         if sampler == "ddpm":
-            out = ddpm_sample(eps, shape, CFG.betas(), gens)
+            out = ddpm_sample(eps, shape, CFG.schedule.betas(), gens)
         else:
-            out = ddim_sample(eps, shape, CFG.alphas_cumprod(), gens, num_steps=10, eta=1.0)
+            out = ddim_sample(eps, shape, CFG.schedule.alphas_cumprod(), gens, num_steps=10, eta=1.0)
         return dict(zip(indices, out))
 
     whole = run([0, 1, 2, 3, 4, 5])
@@ -192,7 +185,7 @@ def test_sample_is_bit_identical_whatever_the_batching(unet, sampler):
 
 
 def test_folder_round_trip_local(unet, tmp_path):
-    folder = save_pipeline_folder(unet, CFG, tmp_path / "digits")
+    folder = save_pipeline_folder(unet, CFG.schedule, tmp_path / "digits")
     assert {p.name for p in folder.iterdir()} >= {
         "config.json",
         "diffusion_pytorch_model.safetensors",

@@ -7,7 +7,7 @@ import torch
 from models import default_registry
 from models import ncnn as ncnn_reader
 from models.realesrgan import ANIMEVIDEOV3
-from models.srvgg import SRVGGNetCompact, state_dict_from_ncnn
+from models.realesrgan_ncnn import srvgg_from_ncnn as state_dict_from_ncnn
 from models.weights import WeightsError, fetch, package_file
 
 
@@ -47,9 +47,11 @@ def test_converted_state_dict_loads_in_spandrel():
     path = package_file(ANIMEVIDEOV3.uri)
     layers = ncnn_reader.read_model(path.with_suffix(".param").read_text(), path.read_bytes())
     cfg, sd = state_dict_from_ncnn(layers)
-    desc = spandrel.ModelLoader().load_from_state_dict(sd)
+    assert (cfg.in_channels, cfg.out_channels, cfg.features, cfg.convs, cfg.upscale) == (3, 3, 64, 16, 4)
+    desc = spandrel.ModelLoader().load_from_state_dict(sd)  # strict: every key matches
+    assert desc.architecture.name == "RealESRGAN Compact"
+    assert desc.model.num_conv == cfg.convs and desc.model.num_feat == cfg.features
     assert desc.scale == 4 and desc.input_channels == 3
-    SRVGGNetCompact(cfg).load_state_dict(sd)  # strict: every key matches
 
 
 def test_truncated_bin_refused():

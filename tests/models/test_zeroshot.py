@@ -15,13 +15,15 @@ import pytest
 import torch
 
 from models import default_registry
-from models.diffusion import WEIGHTS_NAME, DDPMConfig, build_unet, save_pipeline_folder
+from models.diffusers_folder import WEIGHTS_NAME, save_pipeline_folder
+from models.diffusion import DDPMConfig, build_unet
+from models.schedule import NoiseSchedule
 from models.weights import WeightsError, file_sha256
 from models.zeroshot import consistent, ddnm, gray, gray_pinv, input_generators, jump_schedule, pool, pool_pinv, repaint
 
 CFG = DDPMConfig(
     sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
-    norm_num_groups=4, num_train_timesteps=50,
+    norm_num_groups=4, schedule=NoiseSchedule(num_train_timesteps=50),
 )  # fmt: skip
 FAST = {"steps": 6, "micro_batch": 2}
 TOL = 1 / 255
@@ -33,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _write_prior(folder: Path, cfg: DDPMConfig, seed: int = 0) -> str:
     torch.manual_seed(seed)
-    save_pipeline_folder(build_unet(cfg).eval(), cfg, folder)
+    save_pipeline_folder(build_unet(cfg).eval(), cfg.schedule, folder)
     return str(folder)
 
 
@@ -130,7 +132,7 @@ class ExactPrior:
 
 @pytest.mark.parametrize("task", ["inpaint", "sr", "colorize"])
 def test_exact_prior_restores_its_images(task):
-    acp = DDPMConfig().alphas_cumprod()
+    acp = NoiseSchedule().alphas_cumprod()
     images = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(5))
     eps = ExactPrior(images, acp)
     truth = images[[4, 1, 6]]  # an unconditional sample would hit these three by chance 1 time in 512

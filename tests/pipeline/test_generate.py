@@ -18,6 +18,7 @@ from models import Registry, default_registry
 from models.base import GenerativeModel
 from models.diffusion import DDPMConfig, build_unet, ddim_sample, sample_generator, unet_eps
 from models.registry import ModelEntry
+from models.schedule import NoiseSchedule
 from models.weights import WeightsSpec, fetch, file_sha256, load_state_dict
 from pipeline import api, cli, manifest, runs
 from pipeline.job import GENERATION_TASK, JobError, load_job, parse_job
@@ -29,7 +30,7 @@ TINY = DDPMConfig(
     block_out_channels=(8, 16),
     layers_per_block=1,
     norm_num_groups=4,
-    num_train_timesteps=100,
+    schedule=NoiseSchedule(num_train_timesteps=100),
 )
 SEED = 7
 POISONED = 5  # tiny-ddpm-flaky fails on this sample index of seed SEED
@@ -62,7 +63,7 @@ def tiny_registry(weights: tuple[str, str]) -> Registry:
         unet = build_unet(cfg)
         unet.load_state_dict(load_state_dict(fetch(uri, sha)))
         eps = unet_eps(unet.eval(), micro_batch=1)
-        acp = cfg.alphas_cumprod()
+        acp = cfg.schedule.alphas_cumprod()
 
         def sample(generators, labels, device):
             if fail_on is not None and any(g.initial_seed() == fail_on for g in generators):

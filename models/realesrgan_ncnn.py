@@ -1,11 +1,17 @@
-"""RRDBNet: the ESRGAN / Real-ESRGAN generator (Residual-in-Residual Dense Blocks).
+"""Real-ESRGAN's ncnn exports mapped to PyTorch state_dicts in Real-ESRGAN's own key layout.
 
-``conv_first`` → ``blocks`` RRDBs → ``conv_body``, added to the ``conv_first`` features;
-then two (nearest ×2 upsample → conv → LeakyReLU) stages, ``conv_hr`` + LeakyReLU and
-``conv_last``. Each RRDB chains three residual dense blocks (five 3×3 convs, each seeing
-the block input and every earlier conv's output) and scales every residual by 0.2.
-State-dict keys follow Real-ESRGAN's layout (``body.{i}.rdb{1,2,3}.conv{1..5}``,
-``conv_up1`` …), which spandrel and other tools also load.
+Two architectures, whose networks spandrel builds from these state_dicts (models/realesrgan.py):
+
+* SRVGGNetCompact: a plain stack of 3×3 convolutions with PReLU, then a pixel shuffle, plus the
+  input upsampled by nearest neighbour as a residual; keys ``body.{i}.weight`` / ``.bias``.
+* RRDBNet ×4 (ESRGAN's Residual-in-Residual Dense Blocks): ``conv_first`` → ``blocks`` RRDBs →
+  ``conv_body``, added to the ``conv_first`` features; two (nearest ×2 upsample → conv →
+  LeakyReLU) stages, ``conv_hr`` + LeakyReLU and ``conv_last``. Each RRDB chains three residual
+  dense blocks (five 3×3 convs, each seeing the block input and every earlier conv's output) and
+  scales every residual by 0.2; keys ``body.{i}.rdb{1,2,3}.conv{1..5}``, ``conv_up1`` ….
+
+Each converter returns (the export's shape, state_dict) and refuses (``NcnnFormatError``) a graph
+that is not the architecture it maps.
 """
 
 from __future__ import annotations
@@ -14,14 +20,21 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
-from torch.nn import functional as F
 
 from models.ncnn import NcnnFormatError, NcnnLayer
 
-SCALE = 4  # two nearest ×2 upsampling stages; the ×1/×2 variants (pixel-unshuffled input) are not handled
+SCALE = 4  # RRDBNet: two nearest ×2 upsampling stages; the ×1/×2 variants (pixel-unshuffled input) are not handled
 LRELU_SLOPE = 0.2
 RESIDUAL_SCALE = 0.2
+
+
+@dataclass(frozen=True)
+class SRVGGConfig:
+    in_channels: int = 3
+    out_channels: int = 3
+    features: int = 64
+    convs: int = 16
+    upscale: int = 4
 
 
 @dataclass(frozen=True)
@@ -33,54 +46,34 @@ class RRDBConfig:
     blocks: int = 23  # RRDBs in the body
 
 
-class ResidualDenseBlock(nn.Module):
-    def __init__(self, features: int, growth: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(features, growth, 3, 1, 1)
-        self.conv2 = nn.Conv2d(features + growth, growth, 3, 1, 1)
-        self.conv3 = nn.Conv2d(features + 2 * growth, growth, 3, 1, 1)
-        self.conv4 = nn.Conv2d(features + 3 * growth, growth, 3, 1, 1)
-        self.conv5 = nn.Conv2d(features + 4 * growth, features, 3, 1, 1)
+def srvgg_from_ncnn(layers: list[NcnnLayer]) -> tuple[SRVGGConfig, dict[str, torch.Tensor]]:
+    """Map an ncnn SRVGGNetCompact export to (config, state_dict).
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = [x]
-        for conv in (self.conv1, self.conv2, self.conv3, self.conv4):
-            feats.append(F.leaky_relu(conv(torch.cat(feats, 1)), LRELU_SLOPE))
-        return x + RESIDUAL_SCALE * self.conv5(torch.cat(feats, 1))
-
-
-class RRDB(nn.Module):
-    def __init__(self, features: int, growth: int):
-        super().__init__()
-        self.rdb1 = ResidualDenseBlock(features, growth)
-        self.rdb2 = ResidualDenseBlock(features, growth)
-        self.rdb3 = ResidualDenseBlock(features, growth)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + RESIDUAL_SCALE * self.rdb3(self.rdb2(self.rdb1(x)))
-
-
-class RRDBNet(nn.Module):
-    """N×C×H×W float in [0, 1] → N×C×4H×4W, unclamped."""
-
-    def __init__(self, cfg: RRDBConfig):
-        super().__init__()
-        self.cfg = cfg
-        f = cfg.features
-        self.conv_first = nn.Conv2d(cfg.in_channels, f, 3, 1, 1)
-        self.body = nn.Sequential(*(RRDB(f, cfg.growth) for _ in range(cfg.blocks)))
-        self.conv_body = nn.Conv2d(f, f, 3, 1, 1)
-        self.conv_up1 = nn.Conv2d(f, f, 3, 1, 1)
-        self.conv_up2 = nn.Conv2d(f, f, 3, 1, 1)
-        self.conv_hr = nn.Conv2d(f, f, 3, 1, 1)
-        self.conv_last = nn.Conv2d(f, cfg.out_channels, 3, 1, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feat = self.conv_first(x)
-        feat = feat + self.conv_body(self.body(feat))
-        for conv in (self.conv_up1, self.conv_up2):
-            feat = F.leaky_relu(conv(F.interpolate(feat, scale_factor=2, mode="nearest")), LRELU_SLOPE)
-        return self.conv_last(F.leaky_relu(self.conv_hr(feat), LRELU_SLOPE))
+    The export lists conv, PReLU, conv, PReLU, …, conv in the same order as the network's ``body``
+    (``body.{i}.weight``: a conv's weight and bias, or a PReLU's slopes).
+    """
+    weighted = [layer for layer in layers if layer.type in ("Convolution", "PReLU")]
+    convs = [layer for layer in weighted if layer.type == "Convolution"]
+    shuffles = [layer for layer in layers if layer.type == "PixelShuffle"]
+    if len(convs) < 2 or not shuffles:
+        raise NcnnFormatError("not an SRVGGNetCompact export (need ≥2 convolutions and a PixelShuffle)")
+    upscale = int(shuffles[0].params[0])
+    first, last = convs[0].weights["weight"], convs[-1].weights["weight"]
+    cfg = SRVGGConfig(
+        in_channels=first.shape[1],
+        out_channels=last.shape[0] // upscale**2,
+        features=first.shape[0],
+        convs=len(convs) - 2,
+        upscale=upscale,
+    )
+    sd: dict[str, torch.Tensor] = {}
+    for i, layer in enumerate(weighted):
+        if layer.type == "Convolution":
+            sd[f"body.{i}.weight"] = torch.from_numpy(np.ascontiguousarray(layer.weights["weight"]))
+            sd[f"body.{i}.bias"] = torch.from_numpy(layer.weights["bias"])
+        else:
+            sd[f"body.{i}.weight"] = torch.from_numpy(layer.weights["slope"])
+    return cfg, sd
 
 
 def _expect(cond: bool, what: str) -> None:
@@ -92,7 +85,7 @@ def _close(value: object, target: float) -> bool:
     return isinstance(value, (int, float)) and abs(float(value) - target) < 1e-6
 
 
-def state_dict_from_ncnn(layers: list[NcnnLayer]) -> tuple[RRDBConfig, dict[str, torch.Tensor]]:
+def rrdbnet_from_ncnn(layers: list[NcnnLayer]) -> tuple[RRDBConfig, dict[str, torch.Tensor]]:
     """Map an ncnn RRDBNet export to (config, state_dict).
 
     The export (PyTorch → ONNX → ncnn) lists the convolutions in forward order:
