@@ -279,7 +279,8 @@ def main() -> None:
     where = f"s3 + {args.latency_ms:g} ms proxy" if args.s3 else "local disk"
     print(f"\n{where}: {args.inputs} inputs, {touched} touched a night")
     print(
-        f"{'nights':>6} {'parts':>7} {'snapshot':>8} {'plan s':>7} {'CPU s':>6} {'peak MiB':>8} {'reads':>6} {'lists':>6}"
+        f"{'nights':>6} {'parts':>7} {'snapshot':>8} {'plan s':>7} {'CPU s':>6} {'peak MiB':>8}"
+        f" {'reads':>6} {'lists':>6}"
     )
     for r in rows:
         print(
