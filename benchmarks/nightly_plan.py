@@ -222,6 +222,7 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=20.0)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds a plan may take before it is stopped")
     parser.add_argument("--no-baseline", action="store_true", help="skip the plan without the snapshot")
+    parser.add_argument("--results-dir", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     checkpoints = sorted(int(x) for x in args.nights.split(","))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
@@ -287,8 +288,8 @@ def main() -> None:
             f"{r['nightly_runs']:>6} {r['parts']:>7} {'yes' if r['snapshot'] else 'no':>8} {r['plan_s']:>7.2f}"
             f" {r['plan_cpu_s']:>6.2f} {r['peak_rss_mib']:>8} {r['read_bytes']:>6} {r['list_dir']:>6}"
         )
-    results = Path(__file__).parent / "results"
-    results.mkdir(exist_ok=True)
+    results = args.results_dir
+    results.mkdir(parents=True, exist_ok=True)
     name = f"nightly_plan{'_s3' if args.s3 else ''}.json"
     (results / name).write_text(
         json.dumps(
