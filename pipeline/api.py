@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from models import Registry, default_registry
-from pipeline import __version__, incremental, manifest, preflight, runs, storage
+from pipeline import __version__, incremental, manifest, preflight, runs, snapshot, storage
 from pipeline.job import Job
 from pipeline.lease import Lease
 from pipeline.planning import PlanSummary, iter_shards
@@ -204,6 +204,7 @@ def run(
         counts, errors = _outcome(parts)
         record.status, record.finished_at, record.counts = "committed", runs.now(), counts
         runs.save(record, out.storage_options)
+        snapshot.update(out.uri, out.storage_options)  # the next plan reads it instead of every part
     summary = RunSummary(
         run_id=record.run_id,
         resumed=resumed,

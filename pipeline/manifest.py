@@ -5,6 +5,7 @@ Layout under the output prefix::
     manifest/<run_id>/part-<shard:05d>.parquet    one part per committed shard
     _darkroom/runs/<run_id>/run.json              the run record (see pipeline.runs)
     _darkroom/runs/<run_id>/plan/shard-<n>.parquet  the recorded plan
+    _darkroom/snapshot/history.parquet            what planning reads instead of every part (pipeline.snapshot)
 
 A part is written atomically, so ``read_parquet('<output>/manifest/**/*.parquet')`` sees
 exactly the committed rows of every run: a shard either has its whole part or none.
@@ -83,25 +84,31 @@ def _is_part(name: str) -> bool:
     return name.startswith("part-") and name.endswith(".parquet")
 
 
+def shard_of(name: str) -> int:
+    """``part-00042.parquet`` → 42."""
+    return int(name[len("part-") : -len(".parquet")])
+
+
 def committed_shards(output_uri: str, run_id: str, storage_options: dict | None = None) -> set[int]:
     names = storage.list_names(storage.join(output_uri, "manifest", run_id), storage_options)
-    return {int(n[len("part-") : -len(".parquet")]) for n in names if _is_part(n)}
+    return {shard_of(n) for n in names if _is_part(n)}
+
+
+def run_ids(output_uri: str, storage_options: dict | None = None) -> list[str]:
+    """The runs with a folder under ``manifest/`` (at least one committed part), sorted."""
+    return sorted(
+        e["name"].rstrip("/").rsplit("/", 1)[-1]
+        for e in storage.list_dir(storage.join(output_uri, "manifest"), storage_options)
+        if e["type"] == "directory"
+    )
 
 
 def part_uris(output_uri: str, storage_options: dict | None = None, run_id: str | None = None) -> list[str]:
     """Every committed part (of one run, if given), in run then shard order."""
     base = storage.join(output_uri, "manifest")
-    if run_id is None:
-        run_ids = sorted(
-            e["name"].rstrip("/").rsplit("/", 1)[-1]
-            for e in storage.list_dir(base, storage_options)
-            if e["type"] == "directory"
-        )
-    else:
-        run_ids = [run_id]
     return [
         storage.join(base, rid, name)
-        for rid in run_ids
+        for rid in (run_ids(output_uri, storage_options) if run_id is None else [run_id])
         for name in storage.list_names(storage.join(base, rid), storage_options)
         if _is_part(name)
     ]

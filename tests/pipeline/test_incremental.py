@@ -226,3 +226,27 @@ def test_lease_refuses_a_concurrent_run(ray_local, corpus_dir, tmp_path):
         with pytest.raises(LeaseHeld, match="in use by run someone-else"):
             api.run(job_for(str(corpus_dir), out))
     assert not (tmp_path / "out" / "manifest").exists()
+
+
+def test_readme_query_gives_the_latest_row_per_input(ray_local, tmp_path):
+    from pathlib import Path
+
+    from PIL import Image
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    query = next(block for block in readme.split("```sql\n")[1:] if "QUALIFY" in block).split("```")[0]
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(src / f"{i}.png")
+    api.run(job_for(str(src), str(out)))
+    Image.new("RGB", (8, 6), (0, 200, 0)).save(src / "1.png")  # replaced: another size, another version
+    replaced = api.run(job_for(str(src), str(out)))
+    assert replaced.categories == {"unchanged": 2, "changed": 1}
+
+    assert duckdb.sql(query.replace("out/demo", str(out))).fetchall() == [("ok", None, 3)]
+    every_row = query.replace("QUALIFY", "-- QUALIFY").replace("out/demo", str(out))
+    assert duckdb.sql(every_row).fetchall() == [("ok", None, 4)]  # the superseded row of 1.png
+    with_latest = query.rsplit("SELECT", 1)[0].replace("out/demo", str(out))
+    latest = duckdb.sql(with_latest + "SELECT height_out FROM latest WHERE input_uri LIKE '%1.png'").fetchall()
+    assert latest == [(12,)]  # bicubic ×2 of the replacement's 6 rows
