@@ -14,8 +14,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# The demo ends with the before/after report: open out/demo/report.html in a browser.
 demo: $(STAMP)
-	$(VENV)/bin/darkroom run jobs/demo.yaml --log-format plain
+	$(VENV)/bin/darkroom run jobs/demo.yaml --log-format plain; rc=$$?; \
+	if [ $$rc -ne 0 ] && [ $$rc -ne 3 ]; then exit $$rc; fi; \
+	$(VENV)/bin/darkroom report out/demo && echo "before/after: open out/demo/report.html in a browser"
 
 # pytest exits 5 when it collected no tests: that is a failure here, not a pass.
 test: $(STAMP)
