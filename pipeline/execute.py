@@ -239,6 +239,11 @@ class ShardContext:
     weights_sha256: list[str]
     steps_json: str
     needs_mask: bool = False  # a step takes a mask: read each input's mask with it
+    scale: float | None = None  # the chain's output size / input size; None: known only once the models load
+
+    def output_check(self) -> images.OutputCheck:
+        """What each input's header is checked against, so an output no encoder can write fails at decode."""
+        return images.OutputCheck(self.job.output.format, self.scale)
 
 
 @dataclass
@@ -314,7 +319,10 @@ def _load(ctx: ShardContext, item: dict, shard: int, attempt: int) -> _Work:
         data = storage.read_bytes(item["input_uri"], opts)
         t1 = time.perf_counter()
         stage = "decode"
-        work.decoded = images.decode(data, ctx.job.limits.max_pixels)
+        limits = ctx.job.limits
+        work.decoded = images.decode(
+            data, limits.max_pixels, max_aspect_ratio=limits.max_aspect_ratio, output=ctx.output_check()
+        )
         row.update(t_read=t1 - t0, t_decode=time.perf_counter() - t1)
         d = work.decoded
         row.update(width_in=d.width, height_in=d.height, mode_in=d.mode, format_in=d.format)
@@ -539,6 +547,7 @@ def commit_shard(ctx: ShardContext, shard: int, rows: list[dict], started: float
 
 def context_for(job: Job, registry: Registry, run_id: str) -> ShardContext:
     weights = [registry.get(s.model).weights_sha256(s.params) for s in job.steps]
+    scales = [s.outscale or registry.get(s.model).output_scale(s.params) for s in job.steps]
     return ShardContext(
         run_id=run_id,
         job=job,
@@ -547,6 +556,7 @@ def context_for(job: Job, registry: Registry, run_id: str) -> ShardContext:
         weights_sha256=[w or "" for w in weights],
         steps_json=json.dumps([s.model_dump() for s in job.steps], sort_keys=True),
         needs_mask=any(registry.get(s.model).needs_mask for s in job.steps),
+        scale=None if None in scales else math.prod(scales),
     )
 
 

@@ -37,6 +37,11 @@ FORMAT_EXTENSIONS = {"png": (".png",), "jpeg": (".jpg", ".jpeg", ".jpe"), "webp"
 SAME_FORMAT = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp", "TIFF": "tiff", "MPO": "jpeg"}
 PIL_FORMAT = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP", "tiff": "TIFF"}
 SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
+# Largest width or height each encoder writes, in pixels: libpng's default user limit (kept by
+# imagecodecs; beyond it "Invalid IHDR data"), JPEG's 16-bit and WebP's 14-bit header fields,
+# classic TIFF's 32-bit tags.
+MAX_SIDE = {"png": 1_000_000, "jpeg": 65_535, "webp": 16_383, "tiff": 2**32 - 1}
 
 
 class ImageError(Exception):
@@ -77,8 +82,24 @@ class Encoded:
     seconds: float
 
 
-def decode(data: bytes, max_pixels: int) -> Decoded:
-    """Decode one file. The pixel limit is checked from the header, before any pixel is allocated."""
+@dataclass(frozen=True)
+class OutputCheck:
+    """What an input's output will be, for checking it from the input's header: ``format`` is
+    output.format (``same`` is resolved per input, as :func:`choose_format` will), ``scale`` the
+    chain's output size / input size (None: not known before the models load, e.g. a checkpoint;
+    the encoder limits are then not checked)."""
+
+    format: str
+    scale: float | None
+
+
+def decode(
+    data: bytes, max_pixels: int, *, max_aspect_ratio: float | None = None, output: OutputCheck | None = None
+) -> Decoded:
+    """Decode one file. The header is checked before any pixel is allocated: at most
+    ``max_pixels``, at most ``max_aspect_ratio`` (longer side / shorter side; None: any), and,
+    with ``output``, an output size the encoder can write (:func:`check_output_size`), so an
+    image that could never be written fails here, before any model spends time on it."""
     if not data:
         raise ImageError("empty_file", "zero-byte file")
     try:
@@ -100,6 +121,15 @@ def decode(data: bytes, max_pixels: int) -> Decoded:
         raise ImageError("corrupt", f"image has no pixels ({width}×{height})")
     fmt = im.format or "unknown"
     mode = im.mode
+    if max_aspect_ratio is not None and max(width, height) > max_aspect_ratio * min(width, height):
+        raise ImageError(
+            "extreme_aspect_ratio",
+            f"{width}×{height} is {max(width, height) / min(width, height):.0f}:1, "
+            f"beyond limits.max_aspect_ratio={max_aspect_ratio:g}",
+        )
+    if output is not None and output.scale is not None:
+        has_alpha = mode in ALPHA_MODES or (mode == "P" and "transparency" in im.info)
+        check_output_size(width, height, output.scale, choose_format(output.format, fmt, has_alpha))
     try:
         im.load()
         im = ImageOps.exif_transpose(im)
@@ -107,6 +137,19 @@ def decode(data: bytes, max_pixels: int) -> Decoded:
         raise ImageError("corrupt", f"cannot decode {fmt}: {exc}") from None
     pixels, alpha = _to_arrays(im)
     return Decoded(pixels=pixels, alpha=alpha, mode=mode, format=fmt)
+
+
+def check_output_size(width: int, height: int, scale: float, fmt: str) -> None:
+    """Raise ImageError ``output_too_large`` if a width×height input, scaled by ``scale``, has a
+    side longer than the ``fmt`` encoder can write (:data:`MAX_SIDE`)."""
+    out_w, out_h = round(width * scale), round(height * scale)
+    limit = MAX_SIDE.get(fmt)
+    if limit is not None and max(out_w, out_h) > limit:
+        raise ImageError(
+            "output_too_large",
+            f"the output would be {out_w}×{out_h} ({width}×{height} × {scale:g}); "
+            f"{fmt} holds at most {limit} pixels a side (choose another output.format, or a smaller scale)",
+        )
 
 
 def _to_arrays(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:

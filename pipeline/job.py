@@ -290,6 +290,12 @@ class Resources(Strict):
 
 class Limits(Strict):
     max_pixels: int = Field(50_000_000, ge=1, description="refuse images with more pixels (checked from the header)")
+    max_aspect_ratio: float = Field(
+        1000,
+        ge=1,
+        description="refuse images whose longer side exceeds this many times the shorter (checked from the header): "
+        "degenerate strips such as 1×1,000,000 would spend minutes in the model as thousands of mostly-context tiles",
+    )
     max_bytes: int = Field(200_000_000, ge=1, description="refuse files larger than this (checked from the listing)")
 
 

@@ -142,3 +142,47 @@ def test_jpeg_decodes_to_what_pillows_own_encoder_gives(shape, mode):
     Image.fromarray(pixels[..., 0] if shape[2] == 1 else pixels).save(theirs, format="JPEG", quality=85)
     assert ours.format == "JPEG" and ours.mode == mode
     np.testing.assert_array_equal(np.asarray(ours), np.asarray(Image.open(theirs)))
+
+
+def _png(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (width, height), 128).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "output", "limit"),
+    [
+        # A real 1×300,000 PNG, ×4: 1,200,000 rows, over libpng's 1,000,000 ("Invalid IHDR data").
+        (_png(1, 300_000), images.OutputCheck("png", 4), 1_000_000),
+        # A header that claims 1×400,000 with no pixel data behind it: refused from the header alone.
+        (_png_header_only(1, 400_000), images.OutputCheck("same", 4), 1_000_000),
+        (_png(20, 9000), images.OutputCheck("webp", 2), 16_383),
+        (_png(40, 20_000), images.OutputCheck("jpeg", 4), 65_535),
+    ],
+)
+def test_output_size_checked_against_the_encoder_from_the_header(data, output, limit):
+    with pytest.raises(images.ImageError) as err:
+        images.decode(data, MAX_PIXELS, output=output)
+    assert err.value.error_type == "output_too_large"
+    assert f"at most {limit} pixels a side" in str(err.value)
+
+
+def test_output_check_follows_the_format_actually_written():
+    # `same` for a PNG input and an alpha image bound for JPEG both write PNG: 20,000 × 2 fits.
+    images.decode(_png(20, 20_000), MAX_PIXELS, output=images.OutputCheck("same", 2))
+    rgba = io.BytesIO()
+    Image.new("RGBA", (20, 20_000)).save(rgba, format="PNG")
+    images.decode(rgba.getvalue(), MAX_PIXELS, output=images.OutputCheck("jpeg", 4))  # 80,000 rows: PNG holds it
+    with pytest.raises(images.ImageError, match="jpeg holds at most 65535"):
+        images.decode(_png(20, 20_000), MAX_PIXELS, output=images.OutputCheck("jpeg", 4))
+    # A scale known only once the models load (a checkpoint): nothing to check yet.
+    images.decode(_png(1, 300_000), MAX_PIXELS, output=images.OutputCheck("png", None))
+
+
+def test_aspect_ratio_checked_from_the_header():
+    with pytest.raises(images.ImageError) as err:
+        images.decode(_png_header_only(400_000, 1), MAX_PIXELS, max_aspect_ratio=1000)
+    assert err.value.error_type == "extreme_aspect_ratio" and "400000:1" in str(err.value)
+    d = images.decode(_png(2, 2000), MAX_PIXELS, max_aspect_ratio=1000)  # exactly 1000:1 passes
+    assert (d.width, d.height) == (2, 2000)

@@ -163,7 +163,35 @@ def test_outputs_encoded_by_the_actor_are_the_same_files(ray_local, corpus_dir, 
     assert seen[0] == seen[None]
     assert sum(1 for row in seen[0] if row[1] == "ok") == sum(1 for _, status in corpus.values() if status == "ok")
     [wide] = [row for row in seen[0] if row[0].endswith("/wide.webp")]
-    assert wide[1:4] == ("error", "encode", "ValueError")
+    # 1×8200 is refused from its header now (a 8200:1 strip; ×2 it would also be over WebP's width
+    # limit), before any model ran; the actor's encode errors are tested in test_execute.py.
+    assert wide[1:4] == ("error", "decode", "extreme_aspect_ratio")
+
+
+def test_outputs_no_encoder_can_write_fail_at_decode_before_the_model(ray_local, tmp_path):
+    """Checked from the header against the encoder's limit and limits.max_aspect_ratio: one error
+    row each at stage decode, no model time, and the rest of the run goes on."""
+    root = tmp_path / "in"
+    root.mkdir()
+    Image.new("L", (1, 600_000), 128).save(root / "tall.png")  # 600,000:1, under max_pixels
+    Image.new("RGB", (9000, 10), (1, 2, 3)).save(root / "wide.webp", lossless=True)  # ×2: 18,000 > WebP's 16,383
+    Image.new("RGB", (32, 24), (4, 5, 6)).save(root / "ok.png")
+    out = tmp_path / "out"
+    summary = api.run(make_job(str(root), str(out), output={"uri": str(out), "format": "same"}))
+    assert summary.counts == {"ok": 1, "error": 2}
+    rows = {
+        Path(uri).name: rest
+        for uri, *rest in rows_of(str(out))
+        .execute("SELECT input_uri, status, stage, error_type, error_message, t_model FROM m")
+        .fetchall()
+    }
+    assert rows["ok.png"][:1] == ["ok"]
+    status, stage, error_type, message, t_model = rows["tall.png"]
+    assert (status, stage, error_type, t_model) == ("error", "decode", "extreme_aspect_ratio", None)
+    assert "1×600000 is 600000:1" in message
+    status, stage, error_type, message, t_model = rows["wide.webp"]
+    assert (status, stage, error_type, t_model) == ("error", "decode", "output_too_large", None)
+    assert "18000×20" in message and "webp holds at most 16383" in message
 
 
 def test_learned_model_on_s3(ray_local, s3_bucket, corpus):
