@@ -267,7 +267,12 @@ class Resources(Strict):
     )
     batch_size: int = Field(4, ge=1, description="images per forward pass")
     tile: int = Field(512, ge=0, description="tile size in input pixels for the models; 0 = whole images")
-    tile_pad: int = Field(16, ge=0, description="context pixels around each tile (seams are feathered)")
+    tile_pad: int | None = Field(
+        None,
+        ge=0,
+        description="context pixels around each tile (seams are feathered); null = each model's own, derived from its "
+        "receptive field so that tiled output equals untiled within one 8-bit level",
+    )
     shard_size: int = Field(64, ge=1, description="inputs per shard (the unit of commit)")
     max_inflight_shards: int | None = Field(None, ge=1, description="shards in flight at once; default 2 × max actors")
     encode_in_actor_above: int | None = Field(
