@@ -165,6 +165,11 @@ class OutputSpec(Strict):
         "png", description="written format; same = the input's (BMP → png)"
     )
     quality: int = Field(95, ge=1, le=100, description="JPEG/WebP quality")
+    metadata: bool = Field(
+        True,
+        description="copy the input's EXIF and XMP (camera, date, GPS, …) to the output; the orientation tag is "
+        "dropped, as outputs are upright",
+    )
     storage_options: dict[str, Any] = Field(default_factory=dict, description="passed to fsspec")
 
     _check_secrets = field_validator("storage_options")(_no_inline_secrets)
