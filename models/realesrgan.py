@@ -74,8 +74,10 @@ def _build_rrdbnet(name: str, spec: WeightsSpec, tile_pad: int) -> ImageModel:
 # 93 for 6: the exact feathered pad (698, 188) would make a 512 tile read 3.7× (1.8×) its area
 # again in context. The pads below were measured instead: tiled against untiled on crops of
 # scikit-image's astronaut (tests/models/test_tiling.py, slow suite) at tile 96 and 128, the
-# largest difference was ≤ 1 8-bit level. realesrgan-x4plus: pad 64 → 1.9 levels, 96 → 1.14,
-# 112 → 0.98, 128 → see X4PLUS_TILE_PAD; realesrgan-x4plus-anime: pad 64 → 0.10 levels.
+# largest difference was ≤ 1 8-bit level. realesrgan-x4plus at tile 96: pad 64 → 1.9 levels (the
+# issue's figure), 96 → 1.14, 112 → 0.98, 128 → 0.017 (a 389×32 strip); realesrgan-x4plus-anime at
+# pad 64: 0.28 levels at tile 96 (261×44), 0.33 at tile 128 (293×64). Costs at tile 512: x4plus reads
+# (512 + 2·128)² = 2.25× the core's pixels (1.13× at the former shared pad 16).
 X4PLUS_TILE_PAD = 128
 X4PLUS_ANIME_TILE_PAD = 64
 
