@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from models.tiling import DEFAULT_TILE_PAD, receptive_field
+
 
 @dataclass
 class ImageModel:
@@ -28,6 +30,11 @@ class ImageModel:
     ``tiling``: False for models whose memory is only their input and output (classical
     resamplers, identity). The engine then runs them on whole images even where
     ``resources.tile`` is set: a tile would save no memory, only add overlap and blending work.
+
+    ``tile_pad`` and ``tile_align``: the context, in input pixels, each tile needs on every side
+    for tiled output to equal untiled output within one 8-bit level, and the grid tiles start on
+    (see models.tiling). None: derived from the network (``models.tiling.receptive_field``) when
+    the engine first tiles it; builders set them where a measured figure is needed instead.
     """
 
     name: str
@@ -39,9 +46,25 @@ class ImageModel:
     needs_mask: bool = False
     colour_out: bool = False
     tiling: bool = True
+    tile_pad: int | None = None
+    tile_align: int | None = None
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         return round(height * self.scale), round(width * self.scale)
+
+    def tile_context(self) -> tuple[int, int]:
+        """(tile_pad, tile_align) for this model: the builder's, else derived from the network
+        once (a forward pass on a 32×32 input) and kept; (16, 1) if the network cannot be
+        inspected so (e.g. it needs larger inputs)."""
+        if self.tile_pad is None or self.tile_align is None:
+            try:
+                field = receptive_field(self.module, self.channels + (1 if self.needs_mask else 0))
+                pad, align = field.feather_pad, field.align
+            except Exception:  # a network that refuses a 32×32 probe: the engine's former default
+                pad, align = DEFAULT_TILE_PAD, 1
+            self.tile_pad = pad if self.tile_pad is None else self.tile_pad
+            self.tile_align = align if self.tile_align is None else self.tile_align
+        return self.tile_pad, self.tile_align
 
 
 SampleFn = Callable[[Sequence[torch.Generator], "Sequence[int] | None", torch.device], torch.Tensor]

@@ -44,6 +44,16 @@ class ModelEntry:
     weights_digest: Callable[[BaseModel], str] | None = None
     needs_mask: bool = False  # the built model takes a mask (ImageModel.needs_mask); jobs are checked for a mask source
     num_classes: int | None = None
+    scale: float | None = None  # output/input size where neither the weights nor a `scale` param says
+
+    def output_scale(self, params: dict) -> float | None:
+        """Output size / input size of a step with these params, known without building the model
+        (from the weights spec, a ``scale`` param, or ``scale``); None where only the built model
+        knows (``checkpoint``: spandrel reads it from the file)."""
+        if self.weights is not None:
+            return float(self.weights.scale)
+        given = getattr(self.validate_params(params), "scale", None)
+        return float(given) if given is not None else self.scale
 
     def validate_params(self, params: dict) -> BaseModel:
         return self.params.model_validate(params)
@@ -138,6 +148,7 @@ def default_registry() -> Registry:
             description="returns the input unchanged (tests, format conversion)",
             params=NoParams,
             build=_build_identity,
+            scale=1,
         )
     )
     reg.register(_resample_entry("bicubic", "Keys cubic (a=-0.5), antialiased when shrinking"))
@@ -293,6 +304,7 @@ def default_registry() -> Registry:
                 licence=catalog.ZEROSHOT_LICENCE,
                 weights_digest=lazy("models.zeroshot", "weights_digest"),
                 needs_mask=task == "inpainting",
+                scale=1,  # ddnm-sr says its own through its `scale` param
             )
         )
     return reg

@@ -28,11 +28,25 @@ exact once ``tile_pad`` reaches the receptive-field radius (half what feathering
 leaves a hard step at every seam when it does not. Where cores overlap (the last row and
 column are shifted back to stay full-size) the overlapping predictions are averaged.
 
-Feathering is the default because real restoration networks have receptive fields far
-wider than any affordable ``tile_pad`` (realesr-animevideov3: 18 convolutions), so the
-small-pad regime is the normal one. There, on realesr-animevideov3 with tile 32 and
-tile_pad 2–10, feathering halved the mean error jump across seams (e.g. 0.24 → 0.11 grey
-levels at pad 10) at about the same maximum error.
+Feathering is the default because some networks have receptive fields far wider than any
+affordable ``tile_pad`` (RRDBNet, below), so a short pad must degrade gracefully. On
+realesr-animevideov3 with tile 32 and tile_pad 2–10, feathering halved the mean error jump
+across seams (e.g. 0.24 → 0.11 grey levels at pad 10) at about the same maximum error.
+
+Context per model. How much context a tile needs is a property of the network, so each model
+has its own default ``tile_pad`` (``ImageModel.tile_pad``; a job's ``resources.tile_pad`` still
+overrides it). :func:`receptive_field` derives it from the network itself, by module inspection that
+works on any ``nn.Module``: each ``nn.Conv2d`` met in a forward pass adds
+(kernel − 1) / 2 × dilation of its own input's pixels, converted to network-input pixels by
+that input's resolution relative to the network's input (so convolutions after a ×2 upsample
+count half, after a stride-2 one twice). Summing over all convolutions is the longest path
+through plain, residual and densely connected stacks, an upper bound where branches run in
+parallel. ``ReceptiveField.feather_pad`` is the ``tile_pad`` that makes feathered tiles exact;
+``ReceptiveField.align`` the grid tiles must start on for networks that work on a coarser grid
+(pixel-unshuffle, strided convolutions). Where that bound is so wide that tiles would be
+pointless (RRDBNet: 348 input pixels for realesrgan-x4plus, a pad of 698 around a 512 tile),
+the model's builder sets a pad measured to keep tiled output within one grey level instead,
+and records the figure (models/realesrgan.py).
 
 Out-of-memory back-off. :func:`run_with_backoff` retries a failing call with half the
 batch, then (at batch 1) with half the tile size, and reports the settings that worked
@@ -41,6 +55,7 @@ so later batches can start from them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -48,6 +63,7 @@ import torch
 from torch import nn
 
 DEFAULT_START_TILE = 512
+DEFAULT_TILE_PAD = 16  # for networks that cannot be inspected (ImageModel.tile_context)
 
 
 @dataclass(frozen=True)
@@ -61,16 +77,18 @@ class _AxisTile:
     weight: torch.Tensor  # (keep1 - keep0)·scale float32 weights, normalised across tiles
 
 
-def _core_spans(length: int, tile: int) -> list[tuple[int, int]]:
+def _core_spans(length: int, tile: int, align: int = 1) -> list[tuple[int, int]]:
     """Cores of ``tile`` pixels covering [0, length); the last is shifted back to stay full-size.
 
     Full-size tiles keep every call the same shape (cuDNN autotuning and compiled graphs
-    reuse their plan) and avoid a sliver tile that would be mostly context.
+    reuse their plan) and avoid a sliver tile that would be mostly context. Every core starts
+    on the ``align`` grid (``tile`` is a multiple of it), so the last one starts up to
+    ``align`` − 1 pixels earlier and is that much longer.
     """
     if tile <= 0 or length <= tile:
         return [(0, length)]
-    starts = list(range(0, length - tile, tile)) + [length - tile]
-    return [(s, s + tile) for s in starts]
+    last = (length - tile) // align * align
+    return [(s, s + tile) for s in range(0, last, tile)] + [(last, length)]
 
 
 def _ramp(n: int) -> torch.Tensor:
@@ -78,12 +96,12 @@ def _ramp(n: int) -> torch.Tensor:
     return (torch.arange(n, dtype=torch.float32) + 0.5) / n
 
 
-def _axis_plan(length: int, tile: int, pad: int, scale: int, feather: bool) -> list[_AxisTile]:
+def _axis_plan(length: int, tile: int, pad: int, scale: int, feather: bool, align: int = 1) -> list[_AxisTile]:
     margin = pad // 2 if feather else 0
     band = 2 * margin * scale  # ramp length in output pixels
     plans = []
     total = torch.zeros(length * scale)
-    for c0, c1 in _core_spans(length, tile):
+    for c0, c1 in _core_spans(length, tile, align):
         read0, read1 = max(0, c0 - pad), min(length, c1 + pad)
         keep0, keep1 = max(0, c0 - margin), min(length, c1 + margin)
         n = (keep1 - keep0) * scale
@@ -120,6 +138,7 @@ def tiled_forward(
     device: torch.device | str,
     *,
     blend: str = "feather",
+    align: int = 1,
     out: torch.Tensor | None = None,
     finish: Callable[[torch.Tensor], torch.Tensor] | None = None,
     peak: float | None = None,
@@ -135,6 +154,8 @@ def tiled_forward(
         call on the whole tensor.
     tile_pad: context pixels on each side of a core, clipped at the image border.
     blend: ``"feather"`` (linear ramps over the inner half of the context) or ``"crop"``.
+    align: every tile starts on this grid of input pixels (``ReceptiveField.align``); ``tile``
+        is rounded down and ``tile_pad`` up to a multiple of it.
     out: optional CPU tensor N×C'×H·scale×W·scale of any dtype and strides (e.g. a permuted
         view of an N×H'×W'×C' uint8 buffer) that receives the result. The whole result then
         never exists in float: the tiles are blended one row of tiles at a time, and each run
@@ -176,8 +197,9 @@ def tiled_forward(
         return out
 
     s = _integer_scale(scale)
-    rows = _axis_plan(h, tile, tile_pad, s, blend == "feather")
-    cols = _axis_plan(w, tile, tile_pad, s, blend == "feather")
+    tile, tile_pad = max(align, tile // align * align), _round_up(tile_pad, align)
+    rows = _axis_plan(h, tile, tile_pad, s, blend == "feather", align)
+    cols = _axis_plan(w, tile, tile_pad, s, blend == "feather", align)
     col_weights = [c.weight.to(device) for c in cols]
     carry: torch.Tensor | None = None  # rows the previous row of tiles left unfinished
     for j, r in enumerate(rows):
@@ -218,6 +240,58 @@ def tiled_forward(
         del acc
     assert out is not None
     return out
+
+
+# ----------------------------------------------------------------------------------------
+# Context per model
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """``radius``: how far, in input pixels, an output pixel's value can depend on input pixels
+    away from it. ``align``: the grid, in input pixels, the network's coarsest layer works on
+    (2 after a pixel-unshuffle by 2 or a stride-2 convolution, 8 after three): a tile must start
+    on that grid, or its pixels fall into other cells than untiled and the outputs differ."""
+
+    radius: float
+    align: int
+
+    @property
+    def feather_pad(self) -> int:
+        """The ``tile_pad`` that makes feathered tiles exact: only the inner half of the context
+        is kept (module docstring), so twice the radius, rounded up to the grid."""
+        return _round_up(2 * math.ceil(self.radius), self.align)
+
+
+@torch.no_grad()
+def receptive_field(module: nn.Module, in_channels: int, size: int = 32) -> ReceptiveField:
+    """The receptive field of ``module``, from the ``nn.Conv2d`` layers a forward pass calls (see
+    the module docstring): radius = the sum of (kernel − 1) / 2 × dilation in each layer's input
+    pixels, scaled to the network's input; align = the largest network-input pixels per pixel
+    of a layer's input or output. One forward pass on a 1×``in_channels``×``size``×``size`` tensor of zeros
+    (on the module's device), so it works on whatever ``nn.Module`` builds the network. Other
+    operators (resampling, pooling, attention, global statistics) are not counted: a model with
+    a global term is never exactly equal when tiled."""
+    radius, align = 0.0, 1.0
+
+    def add(conv: nn.Conv2d, inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal radius, align
+        step = size / inputs[0].shape[-1]  # network-input pixels per pixel of this layer's input
+        radius += max((k - 1) / 2 * d for k, d in zip(conv.kernel_size, conv.dilation)) * step
+        align = max(align, size / output.shape[-1])  # a strided layer's output is on a coarser grid
+
+    hooks = [m.register_forward_hook(add) for m in module.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        param = next(module.parameters(), None)
+        module(torch.zeros(1, in_channels, size, size, device=param.device if param is not None else "cpu"))
+    finally:
+        for h in hooks:
+            h.remove()
+    return ReceptiveField(radius, round(align))
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
 
 
 # ----------------------------------------------------------------------------------------

@@ -161,18 +161,25 @@ class Encoding:
     above: int
     source_format: str
     alpha: np.ndarray | None = None
+    metadata: images.Metadata | None = None  # the input's EXIF/XMP, if output.metadata carries them
 
 
 def encode_output(
-    pixels: np.ndarray, alpha: np.ndarray | None, requested: str, source_format: str, quality: int
+    pixels: np.ndarray,
+    alpha: np.ndarray | None,
+    requested: str,
+    source_format: str,
+    quality: int,
+    metadata: images.Metadata | None = None,
 ) -> images.Encoded:
     """H×W×C uint8/uint16 model output (+ the input's alpha plane, resized here to H×W) as the
-    file ``output.format`` asks for (``requested``; `same` follows ``source_format``)."""
+    file ``output.format`` asks for (``requested``; `same` follows ``source_format``), carrying
+    ``metadata`` (the input's EXIF/XMP) if given."""
     t0 = time.perf_counter()
     height, width = pixels.shape[:2]
     alpha = resize_plane(alpha, height, width) if alpha is not None else None
     fmt = images.choose_format(requested, source_format, alpha is not None)
-    data = images.encode(pixels, alpha, fmt, quality)
+    data = images.encode(pixels, alpha, fmt, quality, metadata)
     return images.Encoded(data, fmt, width, height, time.perf_counter() - t0)
 
 
@@ -180,7 +187,12 @@ def _encode_here(result: Result, encoding: Encoding) -> None:
     """Replace ``result``'s pixels by their file, or by an encode error."""
     try:
         result.encoded = encode_output(
-            result.pixels, encoding.alpha, encoding.requested, encoding.source_format, encoding.quality
+            result.pixels,
+            encoding.alpha,
+            encoding.requested,
+            encoding.source_format,
+            encoding.quality,
+            encoding.metadata,
         )
     except Exception as exc:
         result.error, result.error_type, result.stage = str(exc) or repr(exc), type(exc).__name__, "encode"
@@ -239,6 +251,11 @@ class ShardContext:
     weights_sha256: list[str]
     steps_json: str
     needs_mask: bool = False  # a step takes a mask: read each input's mask with it
+    scale: float | None = None  # the chain's output size / input size; None: known only once the models load
+
+    def output_check(self) -> images.OutputCheck:
+        """What each input's header is checked against, so an output no encoder can write fails at decode."""
+        return images.OutputCheck(self.job.output.format, self.scale)
 
 
 @dataclass
@@ -257,7 +274,13 @@ class _Work:
         above = job.resources.encode_in_actor_above
         if above is None:
             return None
-        return Encoding(job.output.format, job.output.quality, above, self.decoded.format, self.decoded.alpha)
+        return Encoding(
+            job.output.format, job.output.quality, above, self.decoded.format, self.decoded.alpha, self.metadata(job)
+        )
+
+    def metadata(self, job: Job) -> images.Metadata | None:
+        """The EXIF/XMP this input's output carries (None when output.metadata is off)."""
+        return self.decoded.metadata if job.output.metadata else None
 
 
 @dataclass
@@ -314,7 +337,10 @@ def _load(ctx: ShardContext, item: dict, shard: int, attempt: int) -> _Work:
         data = storage.read_bytes(item["input_uri"], opts)
         t1 = time.perf_counter()
         stage = "decode"
-        work.decoded = images.decode(data, ctx.job.limits.max_pixels)
+        limits = ctx.job.limits
+        work.decoded = images.decode(
+            data, limits.max_pixels, max_aspect_ratio=limits.max_aspect_ratio, output=ctx.output_check()
+        )
         row.update(t_read=t1 - t0, t_decode=time.perf_counter() - t1)
         d = work.decoded
         row.update(width_in=d.width, height_in=d.height, mode_in=d.mode, format_in=d.format)
@@ -353,13 +379,20 @@ def _load_mask(uri: str | None, image: images.Decoded, storage_options: dict, ma
 
 
 def write_output(
-    ctx: ShardContext, row: dict, rel_path: str, result: Result, source_format: str, alpha: np.ndarray | None = None
+    ctx: ShardContext,
+    row: dict,
+    rel_path: str,
+    result: Result,
+    source_format: str,
+    alpha: np.ndarray | None = None,
+    metadata: images.Metadata | None = None,
 ) -> None:
     """Encode one model output and write it to ``<output>/images/<rel_path>.<ext>``; fill in ``row``.
 
     ``result.pixels``: H×W×C uint8 (or uint16), or ``result.encoded``: the file the actor made.
     ``alpha``: the input's H'×W' uint8/uint16 alpha plane (resized here to the output's H×W), or
-    None. ``source_format``: the input's format, what ``output.format`` `same` resolves to. A
+    None. ``source_format``: the input's format, what ``output.format`` `same` resolves to.
+    ``metadata``: the input's EXIF/XMP to carry, or None. A
     model error, or a failure to encode or write, is recorded on the row (stage model / encode /
     write) instead of raised.
     """
@@ -370,7 +403,9 @@ def write_output(
         return
     stage = "encode"
     try:
-        encoded = result.encoded or encode_output(result.pixels, alpha, out.format, source_format, out.quality)
+        encoded = result.encoded or encode_output(
+            result.pixels, alpha, out.format, source_format, out.quality, metadata
+        )
         t1 = time.perf_counter()
         stage = "write"
         output_uri = storage.join(out.uri, "images", output_rel_path(rel_path, encoded.format))
@@ -393,7 +428,7 @@ def _finish(ctx: ShardContext, works: list[_Work], results: list) -> None:
     for work, result in zip(works, results):
         decoded = work.decoded
         assert decoded is not None
-        write_output(ctx, work.row, work.rel_path, result, decoded.format, decoded.alpha)
+        write_output(ctx, work.row, work.rel_path, result, decoded.format, decoded.alpha, work.metadata(ctx.job))
         work.decoded = None  # free the pixels as soon as they are written (or failed)
 
 
@@ -539,6 +574,7 @@ def commit_shard(ctx: ShardContext, shard: int, rows: list[dict], started: float
 
 def context_for(job: Job, registry: Registry, run_id: str) -> ShardContext:
     weights = [registry.get(s.model).weights_sha256(s.params) for s in job.steps]
+    scales = [s.outscale or registry.get(s.model).output_scale(s.params) for s in job.steps]
     return ShardContext(
         run_id=run_id,
         job=job,
@@ -547,6 +583,7 @@ def context_for(job: Job, registry: Registry, run_id: str) -> ShardContext:
         weights_sha256=[w or "" for w in weights],
         steps_json=json.dumps([s.model_dump() for s in job.steps], sort_keys=True),
         needs_mask=any(registry.get(s.model).needs_mask for s in job.steps),
+        scale=None if None in scales else math.prod(scales),
     )
 
 

@@ -64,7 +64,9 @@ class Chain:
     optionally one mask per image, see the module docstring) to Results.
 
     Pixels stay on the CPU; each model sees one tile of at most (tile + 2·tile_pad)² pixels
-    per image on the device at a time (``tile=0``: whole images). On out-of-memory errors the
+    per image on the device at a time (``tile=0``: whole images). ``tile_pad`` None: each
+    model's own (``ImageModel.tile_context``, what keeps tiled output within one 8-bit level of
+    untiled); a number overrides it for every model. On out-of-memory errors the
     batch, then the tile, is halved (models.tiling.run_with_backoff) and the smaller
     settings are kept for later batches. ``outscale``: per model, None or the output/input
     size ratio its output is resized to.
@@ -76,7 +78,7 @@ class Chain:
         device: torch.device,
         batch_size: int,
         tile: int = 0,
-        tile_pad: int = 16,
+        tile_pad: int | None = None,
         outscale: Sequence[float | None] | None = None,
     ):
         self.models = list(models)
@@ -135,13 +137,15 @@ class Chain:
         into [0, 1] tile by tile (see models.tiling.tiled_forward)."""
         with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.half):
             if tile and float(model.scale).is_integer():
+                pad, align = model.tile_context()
                 return tiled_forward(
                     model.module,
                     x,
                     int(model.scale),
                     tile,
-                    self.tile_pad,
+                    pad if self.tile_pad is None else self.tile_pad,
                     self.device,
+                    align=align,
                     out=out,
                     finish=finish,
                     peak=peak,

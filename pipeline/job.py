@@ -165,6 +165,11 @@ class OutputSpec(Strict):
         "png", description="written format; same = the input's (BMP → png)"
     )
     quality: int = Field(95, ge=1, le=100, description="JPEG/WebP quality")
+    metadata: bool = Field(
+        True,
+        description="copy the input's EXIF and XMP (camera, date, GPS, …) to the output; the orientation tag is "
+        "dropped, as outputs are upright",
+    )
     storage_options: dict[str, Any] = Field(default_factory=dict, description="passed to fsspec")
 
     _check_secrets = field_validator("storage_options")(_no_inline_secrets)
@@ -267,7 +272,12 @@ class Resources(Strict):
     )
     batch_size: int = Field(4, ge=1, description="images per forward pass")
     tile: int = Field(512, ge=0, description="tile size in input pixels for the models; 0 = whole images")
-    tile_pad: int = Field(16, ge=0, description="context pixels around each tile (seams are feathered)")
+    tile_pad: int | None = Field(
+        None,
+        ge=0,
+        description="context pixels around each tile (seams are feathered); null = each model's own, derived from its "
+        "receptive field so that tiled output equals untiled within one 8-bit level",
+    )
     shard_size: int = Field(64, ge=1, description="inputs per shard (the unit of commit)")
     max_inflight_shards: int | None = Field(None, ge=1, description="shards in flight at once; default 2 × max actors")
     encode_in_actor_above: int | None = Field(
@@ -290,6 +300,12 @@ class Resources(Strict):
 
 class Limits(Strict):
     max_pixels: int = Field(50_000_000, ge=1, description="refuse images with more pixels (checked from the header)")
+    max_aspect_ratio: float = Field(
+        1000,
+        ge=1,
+        description="refuse images whose longer side exceeds this many times the shorter (checked from the header): "
+        "degenerate strips such as 1×1,000,000 would spend minutes in the model as thousands of mostly-context tiles",
+    )
     max_bytes: int = Field(200_000_000, ge=1, description="refuse files larger than this (checked from the listing)")
 
 

@@ -8,6 +8,7 @@ an image at all). Limits the corpus assumes: max_pixels 1_000_000, max_bytes 150
 from __future__ import annotations
 
 import io
+import struct
 
 import numpy as np
 from PIL import Image
@@ -72,3 +73,69 @@ def make_corpus() -> dict[str, tuple[bytes, str]]:
     files["notes/readme.txt"] = (b"not an image extension: skipped by the planner\n", "skip")
     assert len(files["broken/too-big.png"][0]) > MAX_BYTES
     return files
+
+
+# ---------------------------------------------------------------------------------------
+# ICC profiles, built here (Pillow's ImageCms only creates sRGB, LAB and XYZ profiles)
+
+D65 = (0.3127, 0.3290)
+DISPLAY_P3 = ((0.680, 0.320), (0.265, 0.690), (0.150, 0.060))  # red, green, blue primaries (x, y)
+SRGB = ((0.640, 0.330), (0.300, 0.600), (0.150, 0.060))
+_BRADFORD = np.array([[0.8951, 0.2664, -0.1614], [-0.7502, 1.7135, 0.0367], [0.0389, -0.0685, 1.0296]])
+_D50_XYZ = np.array([0.9642, 1.0, 0.8249])
+
+
+def rgb_to_xyz(primaries, white=D65) -> np.ndarray:
+    """3×3 matrix from linear RGB to XYZ (Y of white = 1) for these primaries and white point."""
+    xyz = lambda x, y: np.array([x / y, 1.0, (1 - x - y) / y])  # noqa: E731
+    m = np.stack([xyz(*p) for p in primaries], axis=1)
+    return m * np.linalg.solve(m, xyz(*white))
+
+
+def matrix_profile(primaries, gamma: float, description: str) -> bytes:
+    """An ICC v2 display profile (matrix + gamma curve), e.g. Display P3 with gamma 2.2: the
+    colorants Bradford-adapted from D65 to the profile connection space's D50, as ICC asks."""
+    s15 = lambda v: struct.pack(">i", round(v * 65536))  # noqa: E731
+    white = rgb_to_xyz(primaries) @ np.ones(3)
+    cone = _BRADFORD @ _D50_XYZ / (_BRADFORD @ white)
+    colorants = np.linalg.inv(_BRADFORD) @ np.diag(cone) @ _BRADFORD @ rgb_to_xyz(primaries)
+    xyz_tag = lambda v: b"XYZ \0\0\0\0" + b"".join(s15(c) for c in v)  # noqa: E731
+    text = description.encode() + b"\0"
+    tags = {
+        b"desc": b"desc\0\0\0\0" + struct.pack(">I", len(text)) + text + b"\0" * (4 + 4 + 2 + 1 + 67),
+        b"cprt": b"text\0\0\0\0no copyright\0",
+        b"wtpt": xyz_tag(_D50_XYZ),
+        b"rXYZ": xyz_tag(colorants[:, 0]),
+        b"gXYZ": xyz_tag(colorants[:, 1]),
+        b"bXYZ": xyz_tag(colorants[:, 2]),
+        b"rTRC": b"curv\0\0\0\0" + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0",
+    }
+    tags[b"gTRC"] = tags[b"bTRC"] = tags[b"rTRC"]
+    table, body = b"", b""
+    offset = 128 + 4 + 12 * len(tags)
+    for sig, data in tags.items():
+        table += sig + struct.pack(">II", offset + len(body), len(data))
+        body += data + b"\0" * (-len(data) % 4)
+    size = offset + len(body)
+    header = (
+        struct.pack(">I", size)
+        + b"\0\0\0\0"
+        + struct.pack(">I", 0x02100000)
+        + b"mntrRGB XYZ "
+        + b"\0" * 12
+        + b"acsp"
+        + b"\0" * 28  # platform, flags, manufacturer, model, attributes, intent
+        + b"".join(s15(c) for c in _D50_XYZ)
+        + b"\0" * 48
+    )
+    assert len(header) == 128
+    return header + struct.pack(">I", len(tags)) + table + body
+
+
+def p3_to_srgb_levels(rgb, gamma: float = 2.2) -> np.ndarray:
+    """What 8-bit values ``rgb`` in a Display-P3-primaries, gamma-``gamma`` space are in sRGB."""
+    linear = (np.asarray(rgb, float) / 255) ** gamma
+    srgb_linear = np.linalg.solve(rgb_to_xyz(SRGB), rgb_to_xyz(DISPLAY_P3) @ linear)
+    srgb_linear = np.clip(srgb_linear, 0, 1)
+    encoded = np.where(srgb_linear <= 0.0031308, 12.92 * srgb_linear, 1.055 * srgb_linear ** (1 / 2.4) - 0.055)
+    return encoded * 255

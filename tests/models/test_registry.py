@@ -55,3 +55,12 @@ def test_every_model_runs_a_forward_pass(name):
 def test_scale_param_validated():
     with pytest.raises(Exception, match="greater than 0"):
         default_registry().build("bicubic", {"scale": 0})
+
+
+def test_output_scale_known_before_the_model_is_built():
+    reg = default_registry()
+    assert reg.get("realesrgan-x4plus").output_scale({}) == 4
+    assert reg.get("bicubic").output_scale({"scale": 3}) == 3
+    assert reg.get("identity").output_scale({}) == 1
+    assert reg.get("darkroom-denoise").output_scale({}) == 1
+    assert reg.get("checkpoint").output_scale({"uri": "/nowhere.pth"}) is None  # spandrel reads it from the file

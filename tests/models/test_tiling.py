@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models import tiling
+from models import default_registry, tiling
 from models.tiling import BackoffSettings, is_out_of_memory, run_with_backoff, tiled_forward
 
 LEVEL = 1 / 255  # one 8-bit grey level: differences below it vanish when the output is saved
@@ -296,3 +297,87 @@ def test_smaller_tile_counts_pixels_not_the_longer_side():
     assert tiling.runs_whole(100, 2000, 512) and not tiling.runs_whole(100, 2000, 256)
     assert tiling._smaller_tile(0, 100, 2000, start_tile=512, min_tile=32) == 256
     assert tiling._smaller_tile(512, 100, 2000, start_tile=512, min_tile=32) == 256
+
+
+# ---------------------------------------------------------------------------------------
+# Context per model: receptive fields, and every shipped model tiled at its own pad
+
+
+class Unshuffled(nn.Module):
+    """Works on a 2×2 pixel-unshuffled grid, then one stride-2 convolution deeper (as
+    darkroom-denoise and darkroom-inpaint do): 4 input pixels per cell at the coarsest layer."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.head = nn.Conv2d(12, 8, 3, 1, 1)
+        self.down = nn.Conv2d(8, 8, 3, 2, 1)
+        self.tail = nn.Conv2d(8, 12, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        xp = F.pad(x, (0, -w % 4, 0, -h % 4), mode="replicate")  # any size, as darkroom-denoise
+        y = self.head(F.pixel_unshuffle(xp, 2))
+        y = F.interpolate(self.down(y), scale_factor=2, mode="nearest")
+        return x + F.pixel_shuffle(self.tail(y), 2)[..., :h, :w]
+
+
+def test_receptive_field_from_the_network():
+    assert tiling.receptive_field(TinySR(2), 3) == tiling.ReceptiveField(RADIUS, 1)
+    assert tiling.ReceptiveField(RADIUS, 1).feather_pad == 2 * RADIUS
+    # head: 1 cell of 2 px; down: 1 cell of 2 px; tail (after the upsample): 1 cell of 2 px.
+    field = tiling.receptive_field(Unshuffled(), 3)
+    assert field == tiling.ReceptiveField(6, 4) and field.feather_pad == 12
+
+
+def test_tiles_start_on_the_networks_grid():
+    net = Unshuffled()
+    x = image(1, 53, 61)  # odd sizes: the last tile, shifted back, would start off the grid
+    ref = untiled(net, x)
+    field = tiling.receptive_field(net, 3)
+    assert max_diff(tiled_forward(net, x, 1, 16, field.feather_pad, "cpu", align=field.align), ref) <= 1e-6
+    assert max_diff(tiled_forward(net, x, 1, 16, field.feather_pad, "cpu"), ref) > 5 * LEVEL
+
+
+def _photo_crop(h: int, w: int) -> torch.Tensor:
+    """1×3×h×w in [0, 1]: a crop of scikit-image's astronaut photo (512×512)."""
+    from skimage import data
+
+    pixels = data.astronaut()[40 : 40 + h, 60 : 60 + w]
+    assert pixels.shape == (h, w, 3)
+    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float() / 255
+
+
+# RRDBNet is slow on CPU (realesrgan-x4plus: ~2 s per 1,000 input pixels on one thread): slow suite.
+_SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("tile", [96, 128])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "realesr-animevideov3",
+        "darkroom-sr-x4",
+        "darkroom-denoise",
+        "darkroom-colorize",
+        pytest.param("realesrgan-x4plus-anime", marks=_SLOW),
+        pytest.param("realesrgan-x4plus", marks=_SLOW),
+    ],
+)
+def test_shipped_models_tile_invisibly_at_their_own_pad(name, tile):
+    torch.set_num_threads(2)
+    model = default_registry().build(name)
+    pad, align = model.tile_context()
+    # A strip (one row of tiles; rows are cut by the same code as columns, tested on TinySR above)
+    # of odd size, wide enough that a seam lies a full pad away from both image borders, and with
+    # just more pixels than tile² so that it is tiled at all.
+    w = tile + 2 * pad + 37
+    h = tile * tile // w + 9
+    assert not tiling.runs_whole(h, w, tile)
+    x = _photo_crop(h, w)
+    with torch.no_grad():
+        ref = model.module(x).clamp(0, 1)
+        got = tiled_forward(model.module, x, int(model.scale), tile, pad, "cpu", align=align).clamp(0, 1)
+    diff = max_diff(got, ref)
+    print(f"{name}: tile {tile}, tile_pad {pad}, align {align}, {w}×{h}: max diff {diff * 255:.3f} levels")
+    assert diff <= LEVEL

@@ -16,7 +16,7 @@ from PIL import Image
 from models import default_registry
 from pipeline import api, errors, execute, manifest, runs, storage
 from pipeline.job import Resources, ResourcesError, parse_job
-from tests.corpus import MAX_BYTES, MAX_PIXELS
+from tests.corpus import DISPLAY_P3, MAX_BYTES, MAX_PIXELS, matrix_profile, p3_to_srgb_levels
 from tests.faults import dead_writer_debris
 
 
@@ -163,7 +163,62 @@ def test_outputs_encoded_by_the_actor_are_the_same_files(ray_local, corpus_dir, 
     assert seen[0] == seen[None]
     assert sum(1 for row in seen[0] if row[1] == "ok") == sum(1 for _, status in corpus.values() if status == "ok")
     [wide] = [row for row in seen[0] if row[0].endswith("/wide.webp")]
-    assert wide[1:4] == ("error", "encode", "ValueError")
+    # 1×8200 is refused from its header now (a 8200:1 strip; ×2 it would also be over WebP's width
+    # limit), before any model ran; the actor's encode errors are tested in test_execute.py.
+    assert wide[1:4] == ("error", "decode", "extreme_aspect_ratio")
+
+
+def test_outputs_no_encoder_can_write_fail_at_decode_before_the_model(ray_local, tmp_path):
+    """Checked from the header against the encoder's limit and limits.max_aspect_ratio: one error
+    row each at stage decode, no model time, and the rest of the run goes on."""
+    root = tmp_path / "in"
+    root.mkdir()
+    Image.new("L", (1, 600_000), 128).save(root / "tall.png")  # 600,000:1, under max_pixels
+    Image.new("RGB", (9000, 10), (1, 2, 3)).save(root / "wide.webp", lossless=True)  # ×2: 18,000 > WebP's 16,383
+    Image.new("RGB", (32, 24), (4, 5, 6)).save(root / "ok.png")
+    out = tmp_path / "out"
+    summary = api.run(make_job(str(root), str(out), output={"uri": str(out), "format": "same"}))
+    assert summary.counts == {"ok": 1, "error": 2}
+    rows = {
+        Path(uri).name: rest
+        for uri, *rest in rows_of(str(out))
+        .execute("SELECT input_uri, status, stage, error_type, error_message, t_model FROM m")
+        .fetchall()
+    }
+    assert rows["ok.png"][:1] == ["ok"]
+    status, stage, error_type, message, t_model = rows["tall.png"]
+    assert (status, stage, error_type, t_model) == ("error", "decode", "extreme_aspect_ratio", None)
+    assert "1×600000 is 600000:1" in message
+    status, stage, error_type, message, t_model = rows["wide.webp"]
+    assert (status, stage, error_type, t_model) == ("error", "decode", "output_too_large", None)
+    assert "18000×20" in message and "webp holds at most 16383" in message
+
+
+def test_colour_profiles_metadata_and_gif_through_a_run(ray_local, tmp_path):
+    """A Display-P3 PNG comes out in sRGB, a camera JPEG keeps its EXIF (upright, no orientation
+    tag), a GIF is read (first frame) instead of skipped; output.metadata: false drops the EXIF."""
+    root = tmp_path / "in"
+    root.mkdir()
+    colour = (180, 120, 90)
+    Image.new("RGB", (8, 6), colour).save(root / "p3.png", icc_profile=matrix_profile(DISPLAY_P3, 2.2, "P3"))
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0112] = "Darkroom Camera Co.", 6
+    Image.new("RGB", (8, 6), (9, 9, 9)).save(root / "camera.jpg", exif=exif, quality=95)
+    Image.new("P", (8, 6), 5).save(root / "anim.gif", save_all=True, append_images=[Image.new("P", (8, 6), 9)])
+    for keep in (True, False):
+        out = tmp_path / f"out-{keep}"
+        output = {"uri": str(out), "format": "same", "quality": 95, "metadata": keep}
+        summary = api.run(make_job(str(root), str(out), output=output, steps=[{"model": "identity"}]))
+        assert summary.counts == {"ok": 3}
+        written = {Path(u).name: u for (u,) in rows_of(str(out)).execute("SELECT output_uri FROM m").fetchall()}
+        with Image.open(written["camera.jpg"]) as im:
+            assert im.size == (6, 8)  # upright
+            assert im.getexif().get(0x010F) == ("Darkroom Camera Co." if keep else None)
+            assert 0x0112 not in im.getexif()
+    with Image.open(written["p3.png"]) as im:
+        assert np.abs(np.asarray(im)[0, 0] - p3_to_srgb_levels(colour)).max() <= 1
+    with Image.open(written["anim.gif.png"]) as im:
+        assert im.size == (8, 6)
 
 
 def test_learned_model_on_s3(ray_local, s3_bucket, corpus):
