@@ -191,9 +191,9 @@ def run(
 
         if todo:
             # Ray and torch: imported here, where shards run, so plan/history (and the CLI) start without them
-            from pipeline import execute, generate
+            from pipeline import cluster, execute, generate
 
-            execute.connect(address)
+            cluster.connect(address)
             engine = generate if job.generate is not None else execute
             ctx = engine.context_for(job, registry, record.run_id)
             engine.execute(ctx, registry, todo, lambda r: emit({"event": "shard", **r.as_event()}), check=lease.check)

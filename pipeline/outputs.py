@@ -1,0 +1,74 @@
+"""Writing one model output: encode it, write it under ``<output>/images/``, record on its manifest row how that went.
+
+The output is encoded as ``output.format`` asks.
+Shared by every kind of job (restoration: pipeline.execute; generation: pipeline.generate).
+A failure of one image is recorded on its row (``fail``), never raised.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pipeline import images, storage
+from pipeline.inference import Result, resize_plane
+from pipeline.names import output_rel_path
+
+if TYPE_CHECKING:
+    from pipeline.driver import ShardContext
+
+
+def fail(row: dict, stage: str, error_type: str, message: str) -> None:
+    """Mark ``row`` as an error at ``stage`` (the message redacted and cut to 2,000 characters)."""
+    row.update(status="error", stage=stage, error_type=error_type, error_message=storage.redact_text(message)[:2000])
+
+
+def encode_output(
+    pixels: np.ndarray, alpha: np.ndarray | None, requested: str, source_format: str, quality: int
+) -> images.Encoded:
+    """H×W×C uint8/uint16 model output (+ the input's alpha plane, resized here to H×W) as the
+    file ``output.format`` asks for (``requested``; `same` follows ``source_format``)."""
+    t0 = time.perf_counter()
+    height, width = pixels.shape[:2]
+    alpha = resize_plane(alpha, height, width) if alpha is not None else None
+    fmt = images.choose_format(requested, source_format, alpha is not None)
+    data = images.encode(pixels, alpha, fmt, quality)
+    return images.Encoded(data, fmt, width, height, time.perf_counter() - t0)
+
+
+def write_output(
+    ctx: ShardContext, row: dict, rel_path: str, result: Result, source_format: str, alpha: np.ndarray | None = None
+) -> None:
+    """Encode one model output and write it to ``<output>/images/<rel_path>.<ext>``; fill in ``row``.
+
+    ``result.pixels``: H×W×C uint8 (or uint16), or ``result.encoded``: the file the actor made.
+    ``alpha``: the input's H'×W' uint8/uint16 alpha plane (resized here to the output's H×W), or
+    None. ``source_format``: the input's format, what ``output.format`` `same` resolves to. A
+    model error, or a failure to encode or write, is recorded on the row (stage model / encode /
+    write) instead of raised.
+    """
+    out = ctx.job.output
+    row["t_model"] = result.seconds
+    if result.error:
+        fail(row, result.stage, result.error_type, result.error)
+        return
+    stage = "encode"
+    try:
+        encoded = result.encoded or encode_output(result.pixels, alpha, out.format, source_format, out.quality)
+        t1 = time.perf_counter()
+        stage = "write"
+        output_uri = storage.join(out.uri, "images", output_rel_path(rel_path, encoded.format))
+        storage.write_atomic(output_uri, encoded.data, out.storage_options)
+        row.update(
+            status="ok",
+            output_uri=output_uri,
+            width_out=encoded.width,
+            height_out=encoded.height,
+            format_out=encoded.format,
+            t_encode=encoded.seconds,
+            t_write=time.perf_counter() - t1,
+        )
+    except Exception as exc:
+        fail(row, stage, type(exc).__name__, str(exc) or repr(exc))
