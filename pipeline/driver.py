@@ -32,6 +32,7 @@ from pipeline import manifest
 from pipeline.cluster import autoscaling, gpus_to_request
 from pipeline.inference import Result
 from pipeline.job import Job, Resources
+from pipeline.manifest import Status
 
 log = logging.getLogger(__name__)
 SHARD_ATTEMPTS = 3
@@ -76,7 +77,7 @@ def commit_shard(ctx: ShardContext, shard: int, rows: list[dict], started: float
     result = ShardResult(shard, seconds=time.perf_counter() - started)
     for row in rows:
         result.counts[row["status"]] += 1
-        if row["status"] == "error":
+        if row["status"] == Status.ERROR:
             result.errors_by_stage[row["stage"]] += 1
     return result
 

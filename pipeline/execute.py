@@ -30,7 +30,8 @@ from pipeline.cluster import check_resources, gpus_to_request, with_threads
 from pipeline.driver import Pool, ShardContext, ShardResult, commit_shard, run_shards
 from pipeline.inference import Chain, Masked, Result, pick_device
 from pipeline.job import Job, Resources
-from pipeline.outputs import encode_output, fail, write_output
+from pipeline.manifest import Stage, fail, failed, failing_as
+from pipeline.outputs import encode_output, write_output
 from pipeline.threads import actor_threads
 
 
@@ -59,7 +60,7 @@ def _encode_here(result: Result, encoding: Encoding) -> None:
             result.pixels, encoding.alpha, encoding.requested, encoding.source_format, encoding.quality
         )
     except Exception as exc:
-        result.error, result.error_type, result.stage = str(exc) or repr(exc), type(exc).__name__, "encode"
+        result.error, result.error_type, result.stage = str(exc) or repr(exc), type(exc).__name__, Stage.ENCODE
     result.pixels = None  # freed before Ray copies the result into the object store
 
 
@@ -152,8 +153,8 @@ def _load(ctx: RestorationContext, item: dict, shard: int, attempt: int) -> _Wor
     opts = ctx.job.input.storage_options
     row = _base_row(ctx, item, shard, attempt)
     work = _Work(row=row, rel_path=item["rel_path"])
-    stage = "read"
-    try:
+    explain = _explainer("not_found", lambda: "input disappeared after planning")
+    with failing_as(row, Stage.READ, explain):
         if row["input_size"] is None:  # list files may not carry sizes
             entry = storage.stat(item["input_uri"], opts)
             row.update(input_size=entry.size, input_etag=entry.etag, input_mtime=entry.mtime)
@@ -163,26 +164,33 @@ def _load(ctx: RestorationContext, item: dict, shard: int, attempt: int) -> _Wor
         t0 = time.perf_counter()
         data = storage.read_bytes(item["input_uri"], opts)
         t1 = time.perf_counter()
-        stage = "decode"
-        work.decoded = images.decode(data, ctx.job.limits.max_pixels)
-        row.update(t_read=t1 - t0, t_decode=time.perf_counter() - t1)
-        d = work.decoded
-        row.update(width_in=d.width, height_in=d.height, mode_in=d.mode, format_in=d.format)
-        if ctx.needs_mask:
-            stage = "mask"
-            work.known = _load_mask(item.get("mask_uri"), d, opts, ctx.job.limits.max_pixels)
-    except images.ImageError as exc:
-        fail(row, stage, exc.error_type, str(exc))
-    except FileNotFoundError:
-        if stage == "mask":
-            fail(row, stage, "mask_not_found", f"no mask at {storage.redact(item['mask_uri'])}")
-        else:
-            fail(row, stage, "not_found", "input disappeared after planning")
-    except Exception as exc:
-        fail(row, stage, type(exc).__name__, str(exc) or repr(exc))
-    if row.get("status") == "error":
+    if not failed(row):
+        with failing_as(row, Stage.DECODE, explain):
+            work.decoded = d = images.decode(data, ctx.job.limits.max_pixels)
+            row.update(t_read=t1 - t0, t_decode=time.perf_counter() - t1)
+            row.update(width_in=d.width, height_in=d.height, mode_in=d.mode, format_in=d.format)
+    if ctx.needs_mask and not failed(row):
+        with failing_as(
+            row, Stage.MASK, _explainer("mask_not_found", lambda: f"no mask at {storage.redact(item['mask_uri'])}")
+        ):
+            work.known = _load_mask(item.get("mask_uri"), work.decoded, opts, ctx.job.limits.max_pixels)
+    if failed(row):
         work.decoded = work.known = None  # nothing goes to the models
     return work
+
+
+def _explainer(not_found: str, message: Callable[[], str]):
+    """How ``_load`` names an exception: an ImageError by its own type, a missing file as
+    ``not_found`` with ``message()``, anything else by its class (None)."""
+
+    def explain(exc: Exception) -> tuple[str, str] | None:
+        if isinstance(exc, images.ImageError):
+            return exc.error_type, str(exc)
+        if isinstance(exc, FileNotFoundError):
+            return not_found, message()
+        return None
+
+    return explain
 
 
 def _load_mask(uri: str | None, image: images.Decoded, storage_options: dict, max_pixels: int) -> np.ndarray:
@@ -230,7 +238,7 @@ def _load_all(ctx: RestorationContext, items: list[dict], shard: int, attempt: i
             work = _Work(row=_base_row(ctx, item, shard, attempt), rel_path=item["rel_path"])
             fail(
                 work.row,
-                "decode",
+                Stage.DECODE,
                 "worker_crashed",
                 f"reading or decoding this input killed its worker: {type(exc).__name__}",
             )

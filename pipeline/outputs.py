@@ -2,7 +2,7 @@
 
 The output is encoded as ``output.format`` asks.
 Shared by every kind of job (restoration: pipeline.execute; generation: pipeline.generate).
-A failure of one image is recorded on its row (``fail``), never raised.
+A failure of one image is recorded on its row (pipeline.manifest.failing_as), never raised.
 """
 
 from __future__ import annotations
@@ -12,17 +12,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline import images, storage
+from pipeline import images, layout, storage
 from pipeline.inference import Result, resize_plane
+from pipeline.manifest import Stage, Status, fail, failed, failing_as
 from pipeline.names import output_rel_path
 
 if TYPE_CHECKING:
     from pipeline.driver import ShardContext
-
-
-def fail(row: dict, stage: str, error_type: str, message: str) -> None:
-    """Mark ``row`` as an error at ``stage`` (the message redacted and cut to 2,000 characters)."""
-    row.update(status="error", stage=stage, error_type=error_type, error_message=storage.redact_text(message)[:2000])
 
 
 def encode_output(
@@ -54,15 +50,16 @@ def write_output(
     if result.error:
         fail(row, result.stage, result.error_type, result.error)
         return
-    stage = "encode"
-    try:
+    with failing_as(row, Stage.ENCODE):
         encoded = result.encoded or encode_output(result.pixels, alpha, out.format, source_format, out.quality)
+    if failed(row):
+        return
+    with failing_as(row, Stage.WRITE):
         t1 = time.perf_counter()
-        stage = "write"
-        output_uri = storage.join(out.uri, "images", output_rel_path(rel_path, encoded.format))
+        output_uri = layout.images_uri(out.uri, output_rel_path(rel_path, encoded.format))
         storage.write_atomic(output_uri, encoded.data, out.storage_options)
         row.update(
-            status="ok",
+            status=Status.OK,
             output_uri=output_uri,
             width_out=encoded.width,
             height_out=encoded.height,
@@ -70,5 +67,3 @@ def write_output(
             t_encode=encoded.seconds,
             t_write=time.perf_counter() - t1,
         )
-    except Exception as exc:
-        fail(row, stage, type(exc).__name__, str(exc) or repr(exc))
