@@ -414,7 +414,7 @@ def render(
         pairs = list(pool.map(previews, shown))
 
     def card(row: dict, before: Preview, after: Preview) -> str:
-        href = link(row["output_uri"], report_dir) if row["status"] == "ok" else None
+        href = link(row["output_uri"], report_dir) if row["status"] == Status.OK else None
         if row["sample_index"] is not None:
             return _sample_html(row, after, href)
         return _item_html(row, before, after, root, href)
