@@ -135,8 +135,10 @@ def measure_darkroom_run(throughput, photo: Path, work: Path, model: str, tile: 
         raise SystemExit(stderr[-3000:])
     import pyarrow.dataset as pads
 
+    from pipeline import layout
+
     [row] = (
-        pads.dataset(str(out / "manifest"), format="parquet")
+        pads.dataset(layout.manifest_dir(str(out)), format="parquet")
         .to_table(columns=["status", "width_out", "height_out"])
         .to_pylist()
     )

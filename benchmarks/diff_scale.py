@@ -34,7 +34,7 @@ BUILD = r"""
 import os, sys
 import pyarrow as pa, pyarrow.compute as pc, pyarrow.parquet as pq
 from models import default_registry
-from pipeline import manifest
+from pipeline import layout, manifest
 from pipeline.job import parse_job
 n, tmp = int(sys.argv[1]), sys.argv[2]
 job = parse_job({"name": "diff", "input": {"uri": f"{tmp}/list.parquet"}, "output": {"uri": f"{tmp}/out"},
@@ -44,7 +44,7 @@ uris = pc.binary_join_element_wise("s3://archive/photos/", ids, ".jpg", "")
 etags = pc.binary_join_element_wise("etag-", ids, "")
 sizes = pa.array([100_000] * n, pa.int64())
 pq.write_table(pa.table({"uri": uris, "size": sizes, "etag": etags}), f"{tmp}/list.parquet")
-os.makedirs(f"{tmp}/out/manifest/r1")
+os.makedirs(layout.manifest_dir(f"{tmp}/out", "r1"))
 part = 1_000_000
 for k, start in enumerate(range(0, n, part)):
     m = min(part, n - start)
@@ -53,9 +53,10 @@ for k, start in enumerate(range(0, n, part)):
                 input_size=sizes.slice(start, m), input_etag=etags.slice(start, m), steps=pa.array(["[]"] * m),
                 models=pa.array([["identity"]] * m, pa.list_(pa.string())),
                 weights_sha256=pa.array([[""]] * m, pa.list_(pa.string())),
-                fingerprint=pa.array([job.fingerprint(default_registry())] * m), status=pa.array(["ok"] * m),
+                fingerprint=pa.array([job.fingerprint(default_registry())] * m),
+                status=pa.array([manifest.Status.OK] * m, pa.string()),
                 attempt=pa.array([1] * m, pa.int32()), committed_at=pa.array([0] * m, pa.timestamp("ms", tz="UTC")))
-    pq.write_table(pa.table(cols, schema=manifest.MANIFEST_SCHEMA), f"{tmp}/out/manifest/r1/part-{k:05d}.parquet")
+    pq.write_table(pa.table(cols, schema=manifest.MANIFEST_SCHEMA), layout.manifest_part_uri(f"{tmp}/out", "r1", k))
 """
 
 PLAN = r"""

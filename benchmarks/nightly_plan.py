@@ -2,7 +2,7 @@
 
 A user's archive of N inputs (default 1M) is processed once in full, then every night 1 % of the
 inputs change (a new ETag) and a nightly run redoes them. The history is written through the
-engine's own commit functions — ``execute.commit_shard`` for every 64-input shard (the
+engine's own commit functions — ``driver.commit_shard`` for every 64-input shard (the
 ``shard_size: 64`` parts real runs leave: 15,625 per full run of 1M), then ``runs.save`` of the
 committed record and ``snapshot.update``, exactly what ``api.run`` calls when a run commits — never
 as hand-made big parts. After 1, 10 and 30 nights, a fresh process times ``api.plan`` over the
@@ -97,7 +97,7 @@ class History:
 
     def run(self, inputs: list[int]) -> float:
         """Commit one run over ``inputs``; returns the seconds its snapshot update took."""
-        from pipeline import execute, runs, snapshot
+        from pipeline import driver, execute, runs, snapshot
 
         run_id = runs.new_run_id()
         ctx = execute.context_for(self.job, self.registry, run_id)
@@ -121,7 +121,7 @@ class History:
                 }
                 for i in inputs[start : start + 64]
             ]
-            execute.commit_shard(ctx, shard, rows, time.perf_counter())
+            driver.commit_shard(ctx, shard, rows, time.perf_counter())
         record = runs.RunRecord(
             run_id, self.job.name, ctx.fingerprint, self.list_uri, out.uri, "committed", runs.now(), {}
         )

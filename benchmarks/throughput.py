@@ -560,7 +560,9 @@ def _manifest_stages(output_dir: Path) -> dict:
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
-    files = [str(p) for p in (output_dir / "manifest").rglob("*.parquet")]
+    from pipeline import layout
+
+    files = [str(p) for p in Path(layout.manifest_dir(str(output_dir))).rglob("*.parquet")]
     if not files:
         return {}
     cols = ["t_read", "t_decode", "t_model", "t_encode", "t_write"]
@@ -675,7 +677,9 @@ def measure_startup(input_dir: Path, work: Path, timeout: float) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     job = work / "job-startup.yaml"
     write_job(job, "compute", input_dir, out)
-    images = out / "images"
+    from pipeline import layout
+
+    images = Path(layout.images_dir(str(out)))
     cmd = [_darkroom_exe(), "run", str(job), "--log-format", "json"]
     load_before = os.getloadavg()[0]
     procs_before = _proc_cpu()

@@ -12,10 +12,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from models import Registry, default_registry
-from pipeline import __version__, incremental, manifest, preflight, runs, snapshot, storage
+from pipeline import __version__, incremental, layout, manifest, preflight, runs, snapshot, storage
 from pipeline.job import Job
 from pipeline.lease import Lease
+from pipeline.manifest import Status
 from pipeline.planning import PlanSummary, iter_shards
+from pipeline.runs import RunStatus
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ class RunSummary:
 
     @property
     def error_rows(self) -> int:
-        return self.counts.get("error", 0)
+        return self.counts.get(Status.ERROR, 0)
 
 
 def _check_credentials(job: Job) -> None:
@@ -75,13 +77,15 @@ def _unfinished_run(job: Job, fingerprint: str, run_id: str | None = None) -> ru
         if not found:
             raise ResumeError(f"no run {run_id} under {job.output.uri} (see `darkroom runs {job.output.uri}`)")
         record = found[0]
-        if record.status != "running":
+        if record.status != RunStatus.RUNNING:
             raise ResumeError(f"run {run_id} is {record.status}: only a planned, unfinished run can be resumed")
         if record.fingerprint != fingerprint:
             raise ResumeError(f"run {run_id} was planned with other steps, params or weights than this job")
         return record
     candidates = [
-        r for r in records if r.status == "running" and r.fingerprint == fingerprint and r.input_uri == job.source_uri
+        r
+        for r in records
+        if r.status == RunStatus.RUNNING and r.fingerprint == fingerprint and r.input_uri == job.source_uri
     ]
     return candidates[-1] if candidates else None
 
@@ -102,7 +106,7 @@ def _new_run(job: Job, fingerprint: str, run_id: str) -> runs.RunRecord:
         fingerprint=fingerprint,
         input_uri=job.source_uri,
         output_uri=out.uri,
-        status="planning",
+        status=RunStatus.PLANNING,
         started_at=runs.now(),
         job=job.model_dump(mode="json"),
         darkroom_version=__version__,
@@ -111,7 +115,12 @@ def _new_run(job: Job, fingerprint: str, run_id: str) -> runs.RunRecord:
     summary = PlanSummary()
     for shard in iter_shards(job, summary, _selector(job, fingerprint, summary)):
         runs.save_plan_shard(out.uri, record.run_id, shard.index, shard.table, out.storage_options)
-    record.status, record.shards, record.inputs, record.bytes = "running", summary.shards, summary.inputs, summary.bytes
+    record.status, record.shards, record.inputs, record.bytes = (
+        RunStatus.RUNNING,
+        summary.shards,
+        summary.inputs,
+        summary.bytes,
+    )
     record.listed, record.categories = summary.listed, summary.categories
     runs.save(record, out.storage_options)
     return record
@@ -125,7 +134,7 @@ def _outcome(parts: Iterable[pa.Table]) -> tuple[dict[str, int], list[dict]]:
     errors: dict[tuple, dict] = {}
     for part in parts:
         counts.update({d["values"]: d["counts"] for d in pc.value_counts(part["status"]).to_pylist()})
-        failed = part.filter(pc.equal(part["status"], "error"))
+        failed = part.filter(pc.equal(part["status"], Status.ERROR))
         if not failed.num_rows:
             continue
         grouped = failed.group_by(["error_type", "stage"]).aggregate([("input_uri", "count"), ("input_uri", "min")])
@@ -191,9 +200,9 @@ def run(
 
         if todo:
             # Ray and torch: imported here, where shards run, so plan/history (and the CLI) start without them
-            from pipeline import execute, generate
+            from pipeline import cluster, execute, generate
 
-            execute.connect(address)
+            cluster.connect(address)
             engine = generate if job.generate is not None else execute
             ctx = engine.context_for(job, registry, record.run_id)
             engine.execute(ctx, registry, todo, lambda r: emit({"event": "shard", **r.as_event()}), check=lease.check)
@@ -202,14 +211,14 @@ def run(
             out.uri, out.storage_options, record.run_id, columns=["status", "error_type", "stage", "input_uri"]
         )
         counts, errors = _outcome(parts)
-        record.status, record.finished_at, record.counts = "committed", runs.now(), counts
+        record.status, record.finished_at, record.counts = RunStatus.COMMITTED, runs.now(), counts
         runs.save(record, out.storage_options)
         snapshot.update(out.uri, out.storage_options)  # the next plan reads it instead of every part
     summary = RunSummary(
         run_id=record.run_id,
         resumed=resumed,
         output_uri=out.uri,
-        manifest_uri=f"{out.uri.rstrip('/')}/manifest/",
+        manifest_uri=layout.manifest_prefix(out.uri),
         inputs=record.inputs,
         shards=record.shards,
         shards_run=len(todo),

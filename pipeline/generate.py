@@ -4,8 +4,9 @@ A generation job's plan holds sample indices (pipeline.planning.GENERATION_PLAN_
 task sends batches of indices to a ``GeneratorActor``, which draws sample ``i`` from
 ``models.diffusion.sample_generator(seed, i)`` alone, so an image is the same bytes whatever the
 shard size, the batch size or the actor that made it (on one device type). The task encodes and
-writes ``<output>/images/<index:08d>.<ext>`` and commits the shard's manifest part. Actor pools,
-the driver loop with backpressure, shard retries and actor-crash handling are pipeline.execute's.
+writes ``<output>/images/<index:08d>.<ext>`` (pipeline.outputs) and commits the shard's manifest part.
+Actor pools, the driver loop with backpressure, shard retries and actor-crash handling are
+pipeline.driver's, shared with restoration jobs (pipeline.execute).
 """
 
 from __future__ import annotations
@@ -22,22 +23,12 @@ from models import Registry
 from models.base import GenerativeModel
 from models.diffusion import sample_generator
 from models.weights import WeightsError
-from pipeline import runs
-from pipeline.execute import (
-    ShardContext,
-    ShardResult,
-    _infer,
-    _Pool,
-    _submit,
-    check_resources,
-    commit_shard,
-    gpus_to_request,
-    run_shards,
-    with_threads,
-    write_output,
-)
+from pipeline import driver, runs
+from pipeline.cluster import check_resources, gpus_to_request, with_threads
+from pipeline.driver import Pool, ShardContext, ShardResult, commit_shard, run_shards
 from pipeline.inference import Result, pick_device
 from pipeline.job import Job, Resources
+from pipeline.outputs import write_output
 from pipeline.threads import actor_threads
 
 
@@ -50,7 +41,7 @@ class GenerationContext(ShardContext):
 
 
 # Restarted without limit, like ModelActor: the shard task retries the samples of a batch whose
-# actor died one by one (pipeline.execute._infer).
+# actor died one by one (pipeline.driver.infer).
 @ray.remote(max_restarts=-1, max_task_retries=0)
 class GeneratorActor:
     """Holds one GenerativeModel; ``infer(indices)`` returns one Result per sample index."""
@@ -145,7 +136,7 @@ def generate_shard(ctx: GenerationContext, shard: int, attempt: int, chain: list
     rows: list[dict] = []
 
     def finish(items: list[dict], indices: list[int], ref) -> None:
-        for item, result in zip(items, _infer(chain, indices, ref)):
+        for item, result in zip(items, driver.infer(chain, indices, ref)):
             row = _row(ctx, item, shard, attempt)
             write_output(ctx, row, item["rel_path"], result, "PNG")  # `same`: there is no input, so png
             rows.append(row)
@@ -154,7 +145,7 @@ def generate_shard(ctx: GenerationContext, shard: int, attempt: int, chain: list
     for start in range(0, len(plan), batch_size):
         items = plan[start : start + batch_size]
         indices = [item["sample_index"] for item in items]
-        ref = _submit(chain, indices)
+        ref = driver.submit(chain, indices)
         if pending is not None:
             finish(*pending)
         pending = (items, indices, ref)
@@ -182,7 +173,7 @@ def execute(ctx: GenerationContext, registry: Registry, shards, on_shard=None, c
     actors = res.model_copy(update={"gpus_per_actor": gpus_to_request(res.gpus_per_actor)})
     check_resources(ctx.job, [actors])
     [actors] = with_threads([actors])
-    pool = _Pool(registry, ctx.job.generate, ctx.weights_sha256[0], actors, actor_class=GeneratorActor)
+    pool = Pool(registry, ctx.job.generate, ctx.weights_sha256[0], actors, GeneratorActor)
     try:  # a model that cannot load fails the run here, once
         sampler, steps = ray.get(pool.actors[0].describe.remote())
     except BaseException:

@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import snapshot, storage
+from pipeline.manifest import Status
 
 CATEGORIES = ("new", "changed", "unchanged", "failed")
 RUN_CATEGORIES = {"incremental": {"new", "changed", "failed"}, "retry-errors": {"failed"}, "overwrite": set(CATEGORIES)}
@@ -171,7 +172,7 @@ class History:
         uris, kept, ok, error = [], [], [], []
         for table in tables:
             same = pc.fill_null(pc.equal(table["fingerprint"], fingerprint), False)
-            is_ok = pc.equal(table["status"], "ok")
+            is_ok = pc.equal(table["status"], Status.OK)
             version = versions(table["input_etag"], table["input_size"], table["input_mtime"])
             # large_string: one contiguous array (a chunked take is far slower) of any size
             uris.append(table["input_uri"].combine_chunks().cast(pa.large_string()))

@@ -28,6 +28,7 @@ from models import ImageModel
 from models.resample import resize
 from models.tiling import run_with_backoff, tiled_forward
 from pipeline.images import Encoded
+from pipeline.manifest import Stage
 
 
 @dataclass
@@ -42,7 +43,7 @@ class Result:
     error: str | None = None
     error_type: str = "model_error"
     known: np.ndarray | None = None
-    stage: str = "model"
+    stage: str = Stage.MODEL
     encoded: Encoded | None = None
 
 

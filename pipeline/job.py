@@ -115,6 +115,12 @@ def _no_credentials_in_uri(uri: str) -> str:
 
 
 MASK_PLACEHOLDERS = ("stem", "name")
+LIST_FILE_EXTENSIONS = (".parquet", ".csv", ".jsonl", ".ndjson")
+
+
+def is_list_file(uri: str) -> bool:
+    """Whether ``input.uri`` names a list file (a table of inputs) rather than a prefix to list."""
+    return uri.lower().endswith(LIST_FILE_EXTENSIONS)
 
 
 def _mask_pattern(pattern: str | None) -> str | None:
@@ -475,8 +481,6 @@ def _mask_problems(data: dict, registry: Registry, source: str, root: yaml.Node 
     spec = data.get("input")
     if not isinstance(spec, dict) or spec.get("mask") or not isinstance(spec.get("uri"), str):
         return []
-    from pipeline.planning import is_list_file  # planning imports this module
-
     if is_list_file(spec["uri"]):
         return []
     problems = []

@@ -19,7 +19,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 
-from pipeline import storage
+from pipeline import layout, storage
 
 DEFAULT_TTL = 120.0
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class LeaseRecord:
 
 
 def lease_uri(output_uri: str) -> str:
-    return storage.join(output_uri, "_darkroom", "lease.json")
+    return layout.lease_uri(output_uri)
 
 
 def _holder_is_dead(record: LeaseRecord) -> bool:

@@ -1,25 +1,41 @@
-"""The Parquet manifest: its schema (declared once, here), writing parts, reading them back.
+"""The Parquet manifest: its schema and its rows' vocabulary (declared once, here), writing parts, reading them.
 
-Layout under the output prefix::
-
-    manifest/<run_id>/part-<shard:05d>.parquet    one part per committed shard
-    _darkroom/runs/<run_id>/run.json              the run record (see pipeline.runs)
-    _darkroom/runs/<run_id>/plan/shard-<n>.parquet  the recorded plan
-    _darkroom/snapshot/history.parquet            what planning reads instead of every part (pipeline.snapshot)
-
-A part is written atomically, so ``read_parquet('<output>/manifest/**/*.parquet')`` sees
-exactly the committed rows of every run: a shard either has its whole part or none.
+One part per committed shard, at ``manifest/<run_id>/part-<shard:05d>.parquet`` under the
+output prefix (pipeline.layout). A part is written atomically, so
+``read_parquet('<output>/manifest/**/*.parquet')`` sees exactly the committed rows of every
+run: a shard either has its whole part or none.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import StrEnum
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import storage
+from pipeline import layout, storage
+
+
+class Status(StrEnum):
+    """A row's ``status``: its image was written, or failed at a stage."""
+
+    OK = "ok"
+    ERROR = "error"
+
+
+class Stage(StrEnum):
+    """Where a row's error happened (its ``stage``); READ … WRITE also name its ``t_<stage>`` timings."""
+
+    READ = "read"
+    DECODE = "decode"
+    MASK = "mask"  # reading the input's inpainting mask
+    MODEL = "model"
+    ENCODE = "encode"
+    WRITE = "write"
+
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -50,10 +66,10 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("sampler", pa.string()),  # ddpm | ddim | gan | vae
         pa.field("sampler_steps", pa.int32()),  # network evaluations per sample
         pa.field("class_label", pa.int32()),  # null for unconditional samples
-        pa.field("status", pa.string(), nullable=False),  # ok | error
+        pa.field("status", pa.string(), nullable=False),  # Status: ok | error
         pa.field("error_type", pa.string()),
         pa.field("error_message", pa.string()),
-        pa.field("stage", pa.string()),  # where an error happened: read | decode | mask | model | encode | write
+        pa.field("stage", pa.string()),  # Stage, where an error happened: read | decode | mask | model | encode | write
         pa.field("t_read", pa.float64()),  # seconds per stage, per image
         pa.field("t_decode", pa.float64()),
         pa.field("t_model", pa.float64()),  # the image's share of its batch's forward time
@@ -65,8 +81,33 @@ MANIFEST_SCHEMA = pa.schema(
 )
 
 
+def fail(row: dict, stage: Stage, error_type: str, message: str) -> None:
+    """Mark ``row`` as an error at ``stage`` (the message redacted and cut to 2,000 characters)."""
+    row.update(
+        status=Status.ERROR, stage=stage, error_type=error_type, error_message=storage.redact_text(message)[:2000]
+    )
+
+
+def failed(row: dict) -> bool:
+    return row.get("status") == Status.ERROR
+
+
+@contextmanager
+def failing_as(
+    row: dict, stage: Stage, explain: Callable[[Exception], tuple[str, str] | None] | None = None
+) -> Iterator[None]:
+    """Run the block as ``stage`` of ``row``'s image: an exception it raises is recorded on the
+    row (``fail``) and not raised on. ``explain(exc)`` may name it: (error_type, message), or
+    None for the default: the exception's class name and text."""
+    try:
+        yield
+    except Exception as exc:
+        error_type, message = (explain and explain(exc)) or (type(exc).__name__, str(exc) or repr(exc))
+        fail(row, stage, error_type, message)
+
+
 def part_uri(output_uri: str, run_id: str, shard: int) -> str:
-    return storage.join(output_uri, "manifest", run_id, f"part-{shard:05d}.parquet")
+    return layout.manifest_part_uri(output_uri, run_id, shard)
 
 
 def to_table(rows: list[dict]) -> pa.Table:
@@ -80,37 +121,28 @@ def write_part(uri: str, table: pa.Table, storage_options: dict | None = None) -
     storage.write_atomic(uri, buf.getvalue(), storage_options)
 
 
-def _is_part(name: str) -> bool:
-    return name.startswith("part-") and name.endswith(".parquet")
-
-
-def shard_of(name: str) -> int:
-    """``part-00042.parquet`` → 42."""
-    return int(name[len("part-") : -len(".parquet")])
-
-
 def committed_shards(output_uri: str, run_id: str, storage_options: dict | None = None) -> set[int]:
-    names = storage.list_names(storage.join(output_uri, "manifest", run_id), storage_options)
-    return {shard_of(n) for n in names if _is_part(n)}
+    names = storage.list_names(layout.manifest_dir(output_uri, run_id), storage_options)
+    return {layout.shard_of_part(n) for n in names if layout.is_manifest_part(n)}
 
 
 def run_ids(output_uri: str, storage_options: dict | None = None) -> list[str]:
     """The runs with a folder under ``manifest/`` (at least one committed part), sorted."""
     return sorted(
         e["name"].rstrip("/").rsplit("/", 1)[-1]
-        for e in storage.list_dir(storage.join(output_uri, "manifest"), storage_options)
+        for e in storage.list_dir(layout.manifest_dir(output_uri), storage_options)
         if e["type"] == "directory"
     )
 
 
 def part_uris(output_uri: str, storage_options: dict | None = None, run_id: str | None = None) -> list[str]:
     """Every committed part (of one run, if given), in run then shard order."""
-    base = storage.join(output_uri, "manifest")
+    base = layout.manifest_dir(output_uri)
     return [
         storage.join(base, rid, name)
         for rid in (run_ids(output_uri, storage_options) if run_id is None else [run_id])
         for name in storage.list_names(storage.join(base, rid), storage_options)
-        if _is_part(name)
+        if layout.is_manifest_part(name)
     ]
 
 

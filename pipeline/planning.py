@@ -25,11 +25,10 @@ import pyarrow.parquet as pq
 
 from pipeline import names, storage
 from pipeline.images import IMAGE_EXTENSIONS
-from pipeline.job import GenerateSpec, InputSpec, Job
+from pipeline.job import GenerateSpec, InputSpec, Job, is_list_file
 
 DIFF_ROWS = 262_144  # listed inputs per incremental-diff call
 LIST_FILE_BATCH_ROWS = 65_536  # list-file rows per Arrow pass (the per-pass overhead dwarfs 1,000 rows' work)
-LIST_FILE_EXTENSIONS = (".parquet", ".csv", ".jsonl", ".ndjson")
 PLAN_SCHEMA = pa.schema(
     [
         pa.field("input_uri", pa.string(), nullable=False),
@@ -87,10 +86,6 @@ def mask_uri_for(uri: str, pattern: str) -> str:
 
 
 _IMAGE_SUFFIX = "(" + "|".join(_regex_literal(e) for e in sorted(IMAGE_EXTENSIONS)) + ")$"
-
-
-def is_list_file(uri: str) -> bool:
-    return uri.lower().endswith(LIST_FILE_EXTENSIONS)
 
 
 def _is_image(uri: str) -> bool:

@@ -24,6 +24,8 @@ from typing import TextIO
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from pipeline.manifest import Status
+
 
 class Tally:
     """Running totals shared by the human-readable reporters."""
@@ -63,7 +65,8 @@ class Tally:
         eta = (self.total - self.done) / self.rate if self.rate > 0 else float("nan")
         return (
             f"shards {self.shards_done}/{self.shards_to_run} · images {self.done}/{self.total} "
-            f"({self.counts.get('ok', 0)} ok, {self.counts.get('error', 0)} error; failed by stage: {failed}) · "
+            f"({self.counts.get(Status.OK, 0)} ok, {self.counts.get(Status.ERROR, 0)} error; "
+            f"failed by stage: {failed}) · "
             f"{speed(self.rate)} · ETA {eta:.0f} s"
         )
 
@@ -136,7 +139,7 @@ class RichReporter:
         elif kind == "shard" and self.task is not None:
             self.tally.add(event)
             t = self.tally
-            detail = f"{t.counts.get('ok', 0)} ok · {t.counts.get('error', 0)} error · {speed(t.rate)}"
+            detail = f"{t.counts.get(Status.OK, 0)} ok · {t.counts.get(Status.ERROR, 0)} error · {speed(t.rate)}"
             self.progress.update(self.task, completed=t.done, detail=detail)
         elif kind == "finished" and self.task is not None:
             self.progress.stop()

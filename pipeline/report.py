@@ -28,12 +28,13 @@ import pyarrow.compute as pc
 from PIL import Image, ImageOps
 
 from pipeline import __version__, manifest, runs, storage
+from pipeline.manifest import Stage, Status
 
 THUMB_PX = 256  # long side of embedded thumbnails; also the display frame of each image
 MAX_ERRORS = 1000  # rows of the error list; beyond that, a count
 PREVIEW_MAX_BYTES = 64_000_000  # inputs larger than this are not downloaded for a thumbnail
 NO_PREVIEW_ERRORS = {"too_large", "too_many_pixels"}  # refused inputs are not decoded here either
-STAGES = ("read", "decode", "model", "encode", "write")
+STAGES = (Stage.READ, Stage.DECODE, Stage.MODEL, Stage.ENCODE, Stage.WRITE)  # those with a t_<stage> column
 READ_THREADS = 8
 
 
@@ -188,11 +189,11 @@ def _item_html(row: dict, before: Preview, after: Preview, root: str, href: str 
     )
     after_cap = (
         _dims(row["width_out"], row["height_out"]) + (f" · {row['format_out']}" if row["format_out"] else "")
-        if status == "ok"
+        if status == Status.OK
         else "—"
     )
     error = ""
-    if status != "ok":
+    if status != Status.OK:
         error = f'<p class="err">{_e(row["error_type"])} at {_e(row["stage"])}: {_e(row["error_message"])}</p>'
     compare = ""
     if before.src and after.src:
@@ -228,9 +229,9 @@ def _sample_html(row: dict, image: Preview, href: str | None = None) -> str:
     if row["class_label"] is not None:
         made.append(f"class {row['class_label']}")
     error = ""
-    if status != "ok":
+    if status != Status.OK:
         error = f'<p class="err">{_e(row["error_type"])} at {_e(row["stage"])}: {_e(row["error_message"])}</p>'
-    dims = _dims(row["width_out"], row["height_out"]) if status == "ok" else "—"
+    dims = _dims(row["width_out"], row["height_out"]) if status == Status.OK else "—"
     return f"""
 <article class="item sample" data-status="{_e(status)}" data-models="{_e("|".join(models))}">
   <header><span class="badge {_e(status)}">{_e(status)}</span>
@@ -386,7 +387,7 @@ def render(
     )  # samples in index order
     totals = _counts(current, "status")
 
-    errors_table = current.filter(pc.not_equal(current["status"], "ok"))
+    errors_table = current.filter(pc.not_equal(current["status"], Status.OK))
     error_rows = (
         errors_table.slice(0, MAX_ERRORS).select(["input_uri", "error_type", "stage", "error_message"]).to_pylist()
     )
@@ -398,7 +399,7 @@ def render(
     def previews(row: dict) -> tuple[Preview, Preview]:
         if row["sample_index"] is not None:  # generated: no input to show
             return Preview(None, "generated"), _preview(
-                row["output_uri"], storage_options, None if row["status"] == "ok" else "no output"
+                row["output_uri"], storage_options, None if row["status"] == Status.OK else "no output"
             )
         skip = None
         if row["error_type"] in NO_PREVIEW_ERRORS:
@@ -406,14 +407,14 @@ def render(
         elif (row["input_size"] or 0) > PREVIEW_MAX_BYTES:
             skip = "not previewed (large)"
         before = _preview(row["input_uri"], storage_options, skip)
-        after = _preview(row["output_uri"], storage_options, None if row["status"] == "ok" else "no output")
+        after = _preview(row["output_uri"], storage_options, None if row["status"] == Status.OK else "no output")
         return before, after
 
     with ThreadPoolExecutor(READ_THREADS) as pool:
         pairs = list(pool.map(previews, shown))
 
     def card(row: dict, before: Preview, after: Preview) -> str:
-        href = link(row["output_uri"], report_dir) if row["status"] == "ok" else None
+        href = link(row["output_uri"], report_dir) if row["status"] == Status.OK else None
         if row["sample_index"] is not None:
             return _sample_html(row, after, href)
         return _item_html(row, before, after, root, href)

@@ -1,4 +1,4 @@
-"""Run records: one JSON file per run under ``<output>/_darkroom/runs/<run_id>/``.
+"""Run records: one JSON file per run under ``<output>/_darkroom/runs/<run_id>/`` (pipeline.layout).
 
 A record is written when planning starts (``planning``), rewritten when the plan is
 complete (``running``) and once more when every shard is committed (``committed``).
@@ -12,11 +12,20 @@ import json
 import secrets
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import storage
+from pipeline import layout, storage
+
+
+class RunStatus(StrEnum):
+    """A run record's ``status``, in the order a run goes through them."""
+
+    PLANNING = "planning"
+    RUNNING = "running"  # the plan is complete: the run can be resumed until committed
+    COMMITTED = "committed"
 
 
 @dataclass
@@ -26,7 +35,7 @@ class RunRecord:
     fingerprint: str
     input_uri: str  # input.uri; for a generation job generate://<model>/<seed>/<start>-<last index>
     output_uri: str
-    status: str  # planning | running | committed
+    status: str  # RunStatus: planning | running | committed
     started_at: str
     job: dict
     finished_at: str | None = None
@@ -48,25 +57,20 @@ def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
-def _run_dir(output_uri: str, run_id: str) -> str:
-    return storage.join(output_uri, "_darkroom", "runs", run_id)
-
-
 def save(record: RunRecord, storage_options: dict | None = None) -> None:
-    uri = storage.join(_run_dir(record.output_uri, record.run_id), "run.json")
+    uri = layout.run_record_uri(record.output_uri, record.run_id)
     storage.write_atomic(uri, json.dumps(asdict(record), indent=2).encode(), storage_options)
 
 
 def load_all(output_uri: str, storage_options: dict | None = None) -> list[RunRecord]:
     """Every run record under ``output_uri``, oldest first."""
-    runs_dir = storage.join(output_uri, "_darkroom", "runs")
     records = []
-    for entry in storage.list_dir(runs_dir, storage_options):
+    for entry in storage.list_dir(layout.runs_dir(output_uri), storage_options):
         if entry["type"] != "directory":
             continue
         run_id = entry["name"].rstrip("/").rsplit("/", 1)[-1]
         try:
-            data = storage.read_bytes(storage.join(runs_dir, run_id, "run.json"), storage_options)
+            data = storage.read_bytes(layout.run_record_uri(output_uri, run_id), storage_options)
         except FileNotFoundError:
             continue  # a run that crashed before its first record
         records.append(RunRecord(**json.loads(data)))
@@ -74,7 +78,7 @@ def load_all(output_uri: str, storage_options: dict | None = None) -> list[RunRe
 
 
 def plan_uri(output_uri: str, run_id: str, shard: int) -> str:
-    return storage.join(_run_dir(output_uri, run_id), "plan", f"shard-{shard:05d}.parquet")
+    return layout.plan_shard_uri(output_uri, run_id, shard)
 
 
 def save_plan_shard(

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import manifest, runs, storage
+from pipeline import layout, manifest, runs, storage
+from pipeline.runs import RunStatus
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ BATCH_ROWS = 1 << 16
 
 
 def snapshot_uri(output_uri: str) -> str:
-    return storage.join(output_uri, "_darkroom", "snapshot", "history.parquet")
+    return layout.snapshot_uri(output_uri)
 
 
 @dataclass
@@ -193,12 +194,12 @@ def update(output_uri: str, storage_options: dict | None = None) -> None:
     the next plan reads the parts this one would have covered.
     """
     try:
-        committed = {r.run_id for r in runs.load_all(output_uri, storage_options) if r.status == "committed"}
+        committed = {r.run_id for r in runs.load_all(output_uri, storage_options) if r.status == RunStatus.COMMITTED}
         loaded = load(output_uri, storage_options)  # listed after the records: a committed run's parts are all there
         parts = {run_id: set(shards) for run_id, shards in (loaded.snapshot.parts if loaded.snapshot else {}).items()}
         for uri in loaded.parts_read:
             run_id, name = uri.rsplit("/", 2)[-2:]
-            parts.setdefault(run_id, set()).add(manifest.shard_of(name))
+            parts.setdefault(run_id, set()).add(layout.shard_of_part(name))
         complete = (loaded.snapshot.complete if loaded.snapshot else set()) | (committed & set(parts))
         write(output_uri, Snapshot(compact(loaded.tables()), parts, complete), storage_options)
     except Exception as exc:

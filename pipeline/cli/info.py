@@ -12,6 +12,7 @@ from models.registry import UnknownModelError
 from pipeline import api
 from pipeline.cli import EXIT_BAD_JOB
 from pipeline.job import GENERATION_TASK, Job
+from pipeline.manifest import Status
 from pipeline.reference import field_rows
 from pipeline.report import write_report
 
@@ -124,7 +125,7 @@ def runs(output_uri: str, as_json: bool) -> None:
         c = r["counts"]
         click.echo(
             f"{r['run_id']:<24} {r['job_name']:<16} {r['status']:<10} {r['inputs']:>7} "
-            f"{c.get('ok', 0):>7} {c.get('error', 0):>7}  {r['started_at']}"
+            f"{c.get(Status.OK, 0):>7} {c.get(Status.ERROR, 0):>7}  {r['started_at']}"
         )
 
 

@@ -7,7 +7,7 @@ import sys
 import click
 
 from models import default_registry
-from pipeline import api, progress
+from pipeline import api, layout, progress
 from pipeline.cli import EXIT_BAD_JOB, EXIT_ERROR_ROWS, EXIT_RUN_FAILED, load_job_file
 from pipeline.job import Job, JobError, load_job
 from pipeline.lease import LeaseHeld
@@ -73,7 +73,7 @@ def _print_summary(summary: api.RunSummary, job: Job) -> None:
     if len(summary.errors) > 5:
         click.echo(f"  … and {len(summary.errors) - 5} more error types (see the manifest)")
     out = summary.output_uri.rstrip("/")
-    click.echo(f"images:   {out}/images/")
+    click.echo(f"images:   {layout.images_prefix(out)}")
     click.echo(f"manifest: {summary.manifest_uri}")
     click.echo(f"next:     darkroom report {out}   (or: darkroom runs {out})")
 

@@ -7,7 +7,7 @@ import pytest
 import ray
 
 from models import default_registry
-from pipeline import execute, images
+from pipeline import execute, images, outputs
 from pipeline.job import Resources
 
 
@@ -42,10 +42,10 @@ def test_outputs_above_the_threshold_come_back_encoded_like_the_shard_task_would
     assert kept.encoded is None and kept.pixels.shape == (16, 16, 3)
     assert plain.encoded is None and plain.pixels.shape == (60, 40, 3)
     assert jpeg.pixels is None and (jpeg.encoded.format, jpeg.encoded.width, jpeg.encoded.height) == ("jpeg", 40, 60)
-    assert jpeg.encoded.data == execute.encode_output(plain.pixels, None, "same", "JPEG", 90).data
+    assert jpeg.encoded.data == outputs.encode_output(plain.pixels, None, "same", "JPEG", 90).data
     # The alpha plane is resized and re-attached in the actor; JPEG cannot hold it, so PNG.
     assert as_png.encoded.format == "png"
-    assert as_png.encoded.data == execute.encode_output(plain.pixels, alpha, "jpeg", "JPEG", 90).data
+    assert as_png.encoded.data == outputs.encode_output(plain.pixels, alpha, "jpeg", "JPEG", 90).data
     decoded = images.decode(as_png.encoded.data, 10**6)
     assert decoded.mode == "RGBA" and np.array_equal(decoded.pixels, plain.pixels)
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from models import default_registry
-from pipeline import api, errors, execute, manifest, runs, storage
+from pipeline import api, cluster, errors, execute, manifest, runs, storage
 from pipeline.job import Resources, ResourcesError, parse_job
 from tests.corpus import DISPLAY_P3, MAX_BYTES, MAX_PIXELS, matrix_profile, p3_to_srgb_levels
 from tests.faults import dead_writer_debris
@@ -336,14 +336,14 @@ def test_cpu_actors_share_the_node_threads(ray_local):
     import torch
 
     one = Resources()  # cpus_per_actor 1 on this one-node, 2-CPU cluster
-    [alone] = execute.with_threads([one])
+    [alone] = cluster.with_threads([one])
     assert alone.threads_per_actor == 2  # its model gets both cores, not just the CPU it reserves
-    assert [r.threads_per_actor for r in execute.with_threads([one, one])] == [1, 1]
+    assert [r.threads_per_actor for r in cluster.with_threads([one, one])] == [1, 1]
     growing = Resources(actors={"min": 1, "max": 2})
-    assert [r.threads_per_actor for r in execute.with_threads([growing])] == [1]
-    assert [r.threads_per_actor for r in execute.with_threads([Resources(threads_per_actor=3)])] == [3]
+    assert [r.threads_per_actor for r in cluster.with_threads([growing])] == [1]
+    assert [r.threads_per_actor for r in cluster.with_threads([Resources(threads_per_actor=3)])] == [3]
     gpu = Resources(gpus_per_actor=1, cpus_per_actor=1.5)  # feeds a GPU: threads follow its reservation
-    assert [r.threads_per_actor for r in execute.with_threads([gpu, one])] == [2, 2]
+    assert [r.threads_per_actor for r in cluster.with_threads([gpu, one])] == [2, 2]
     # The actor really runs with them.
     actor = execute.ModelActor.options(num_cpus=1).remote(
         default_registry(), [{"model": "identity", "params": {}}], alone, False

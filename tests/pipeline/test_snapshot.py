@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from models import default_registry
-from pipeline import api, execute, manifest, runs, snapshot, storage
+from pipeline import api, driver, execute, manifest, runs, snapshot, storage
 from pipeline.job import parse_job
 
 
@@ -34,7 +34,7 @@ def write_list(list_uri: str, etags: list[str]) -> None:
 
 def commit_run(job, inputs: list[int], etags: list[str], status: str = "ok", commit: bool = True) -> str:
     """What a run leaves behind, through the engine's own functions: one part per 64 inputs
-    (execute.commit_shard) and, if ``commit``, the committed run record and the snapshot."""
+    (driver.commit_shard) and, if ``commit``, the committed run record and the snapshot."""
     run_id = runs.new_run_id()
     ctx = execute.context_for(job, default_registry(), run_id)
     for shard, start in enumerate(range(0, len(inputs), 64)):
@@ -55,7 +55,7 @@ def commit_run(job, inputs: list[int], etags: list[str], status: str = "ok", com
             }
             for i in inputs[start : start + 64]
         ]
-        execute.commit_shard(ctx, shard, rows, time.perf_counter())
+        driver.commit_shard(ctx, shard, rows, time.perf_counter())
     if commit:
         out = job.output
         record = runs.RunRecord(run_id, job.name, ctx.fingerprint, job.source_uri, out.uri, "committed", runs.now(), {})
