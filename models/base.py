@@ -16,8 +16,10 @@ class ImageModel:
 
     ``module`` maps a float tensor N×C×H×W with values in [0, 1] to
     N×C×round(H·scale)×round(W·scale), values in [0, 1] (clamping is the caller's job).
-    ``channels`` is C (1 or 3); ``supports_half`` says whether fp16/bf16 is safe;
-    ``weights_sha256`` is None for models without learned weights.
+    ``channels`` is C (1 or 3); ``supports_half`` says whether the module may run in fp16
+    (weights and activations cast, ``module.half()``), ``supports_bfloat16`` the same for bf16
+    (None: as ``supports_half``; bf16 has fp32's range, so a model whose activations overflow
+    fp16 may still run in it); ``weights_sha256`` is None for models without learned weights.
 
     ``needs_mask`` (inpainting): the module then takes N×(C+1)×H×W, the last channel being the
     mask in {0, 1} (1 = known pixel to keep, 0 = hole to fill), and still returns N×C×H'×W'.
@@ -48,6 +50,15 @@ class ImageModel:
     tiling: bool = True
     tile_pad: int | None = None
     tile_align: int | None = None
+    supports_bfloat16: bool | None = None
+
+    def supports(self, dtype: torch.dtype) -> bool:
+        """Whether the module may run with its weights and inputs cast to ``dtype``."""
+        if dtype == torch.float16:
+            return self.supports_half
+        if dtype == torch.bfloat16:
+            return self.supports_half if self.supports_bfloat16 is None else self.supports_bfloat16
+        return dtype == torch.float32
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         return round(height * self.scale), round(width * self.scale)

@@ -139,6 +139,7 @@ def build(p: CheckpointParams) -> ImageModel:
         scale=desc.scale,
         channels=desc.input_channels,
         supports_half=desc.supports_half,
+        supports_bfloat16=desc.supports_bfloat16,
         weights_sha256=digest,
     )
 

@@ -123,7 +123,9 @@ def _build_identity(_: NoParams) -> ImageModel:
     from models.base import ImageModel  # torch: imported when the model is built (see lazy)
     from models.resample import Identity
 
-    return ImageModel("identity", Identity(), scale=1, channels=3, supports_half=True, tiling=False)
+    # fp32 only: nothing to gain from half precision without weights, and a 16-bit image (or bf16's 8-bit
+    # mantissa) would lose levels on the way through.
+    return ImageModel("identity", Identity(), scale=1, channels=3, supports_half=False, tiling=False)
 
 
 def _resample_entry(kernel: str, description: str) -> ModelEntry:
@@ -131,8 +133,9 @@ def _resample_entry(kernel: str, description: str) -> ModelEntry:
         from models.base import ImageModel  # torch: imported when the model is built (see lazy)
         from models.resample import Resample
 
+        # fp32 only, as identity: exact levels for 16-bit images, and no weights to halve.
         return ImageModel(
-            name=kernel, module=Resample(p.scale, kernel), scale=p.scale, channels=3, supports_half=True, tiling=False
+            name=kernel, module=Resample(p.scale, kernel), scale=p.scale, channels=3, supports_half=False, tiling=False
         )
 
     return ModelEntry(name=kernel, task="resample", description=description, params=ScaleParams, build=build)

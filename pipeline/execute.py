@@ -86,7 +86,9 @@ class ModelActor:
                 )
         device = pick_device(want_gpu)
         outscale = [s.get("outscale") for s in steps]
-        self.chain = Chain(models, device, resources.batch_size, resources.tile, resources.tile_pad, outscale)
+        self.chain = Chain(
+            models, device, resources.batch_size, resources.tile, resources.tile_pad, outscale, resources.precision
+        )
 
     def ready(self) -> str:
         return str(self.chain.device)

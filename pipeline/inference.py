@@ -12,12 +12,30 @@ tiles with the image. Known pixels are pasted back from the model's own input af
 
 Outscale. A model may be followed by a Lanczos-3 resize of its output to its input size ×
 ``outscale`` (Real-ESRGAN's ``--outscale``: e.g. a ×4 network used for ×2).
+
+Precision (``resources.precision``). Each model computes in the dtype :func:`model_dtype` picks:
+its weights are cast once (``module.to(dtype)``, as the model's ``supports_half`` /
+``supports_bfloat16`` promise) and each batch on its way in, so no conversion happens per layer.
+fp16 and bf16 outputs differ from fp32 by a few 8-bit levels (tests/pipeline/test_inference.py
+states the measured bounds).
+
+The GPU path. On CUDA a batch is stacked straight into pinned (page-locked) host memory and
+copied to the device with ``non_blocking=True``; results come back into pinned buffers, also
+asynchronously, and the batch's stream is synchronised before numpy sees them. Modules and
+inputs are channels-last there (cuDNN's fast layout for fp16/bf16 convolutions); on the CPU,
+where it measured slower, they stay contiguous. Each batch runs on a CUDA stream of its own
+(:func:`batch_stream`): with two batches in flight per actor (two calls of the actor at once),
+one batch's host→device copy and the other's device→host copy run on the copy engines while the
+other batch's kernels run, instead of queueing behind them on one stream. The waits are per
+stream, so a thread waiting for its results does not wait for the other batch's kernels. On the
+CPU all of this is a no-op.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +44,7 @@ from torch.nn import functional as F
 
 from models import ImageModel
 from models.resample import resize
-from models.tiling import run_with_backoff, tiled_forward
+from models.tiling import run_with_backoff, runs_whole, tiled_forward
 from pipeline.images import Encoded
 from pipeline.manifest import Stage
 
@@ -60,6 +78,87 @@ def pick_device(want_gpu: bool) -> torch.device:
     return torch.device("cuda") if want_gpu and torch.cuda.is_available() else torch.device("cpu")
 
 
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def model_dtype(model: ImageModel, precision: str, device: torch.device) -> torch.dtype:
+    """The dtype ``model`` computes in on ``device`` under ``resources.precision``.
+
+    precision: ``auto`` (fp16 on CUDA, fp32 elsewhere: CPU fp16/bf16 convolutions are no
+    faster than fp32 there), ``fp32``, ``fp16`` or ``bf16``. A model that does not declare the
+    requested half format safe (:meth:`ImageModel.supports`) runs in fp32.
+    """
+    if precision == "auto":
+        want = torch.float16 if device.type == "cuda" else torch.float32
+    elif precision in PRECISIONS:
+        want = PRECISIONS[precision]
+    else:
+        raise ValueError(f"precision must be auto, fp32, fp16 or bf16, got {precision!r}")
+    return want if model.supports(want) else torch.float32
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor (any dtype, strides kept) on ``device``.
+
+    On CUDA the copy is asynchronous (``non_blocking``) from pinned memory: ``x`` itself if it is
+    pinned, else a pinned staging copy (torch's caching host allocator keeps that block until the
+    copy has run, so dropping it at once is safe). Kernels queued later on the same stream see the
+    data; the calling thread goes on at once. Elsewhere ``x.to(device)`` (``x`` itself on the CPU).
+    """
+    if device.type != "cuda":
+        return x.to(device)
+    if not x.is_pinned():
+        x = torch.empty_like(x, pin_memory=True).copy_(x)
+    return x.to(device, non_blocking=True)
+
+
+def to_host(y: torch.Tensor) -> torch.Tensor:
+    """``y`` on the CPU, ready to read (strides kept).
+
+    From CUDA: an asynchronous copy into a pinned buffer, then a wait for the current stream only
+    (the batch's own, see :func:`batch_stream`): the copy and the kernels before it are done when
+    this returns, other streams' work is not waited for. A CPU tensor is returned as it is."""
+    if y.device.type != "cuda":
+        return y
+    host = torch.empty_like(y, device="cpu", pin_memory=True)
+    host.copy_(y, non_blocking=True)
+    torch.cuda.current_stream(y.device).synchronize()  # before anyone reads ``host``
+    return host
+
+
+def pinned_empty(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An uninitialised CPU tensor, in pinned memory when ``device`` is CUDA (so that
+    :func:`to_device` copies it asynchronously without a staging copy)."""
+    return torch.empty(tuple(shape), dtype=dtype, pin_memory=device.type == "cuda")
+
+
+def batch_stream(device: torch.device) -> contextlib.AbstractContextManager:
+    """The context one batch runs in: on CUDA a stream from torch's pool (see the module
+    docstring), made to wait for the work already queued on the current stream (the weights'
+    upload); elsewhere nothing."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    return torch.cuda.stream(stream)
+
+
+def memory_format_for(device: torch.device) -> torch.memory_format:
+    """channels-last on CUDA (cuDNN's layout for fp16/bf16 convolutions: no transposes around each
+    one); contiguous on the CPU, where channels-last made realesr-animevideov3 slower."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
+def cast_call(module: torch.nn.Module, dtype: torch.dtype, memory_format: torch.memory_format) -> Callable:
+    """``module`` as a function of a float batch N×C×H×W in [0, 1] on its device: the batch is cast
+    to ``dtype`` and ``memory_format`` on the way in; the output keeps the module's dtype."""
+
+    def call(x: torch.Tensor) -> torch.Tensor:
+        return module(x.to(dtype=dtype, memory_format=memory_format))
+
+    return call
+
+
 class Chain:
     """Models applied in order. ``__call__`` maps a list of H×W×C uint8/uint16 arrays (and
     optionally one mask per image, see the module docstring) to Results.
@@ -70,7 +169,11 @@ class Chain:
     untiled); a number overrides it for every model. On out-of-memory errors the
     batch, then the tile, is halved (models.tiling.run_with_backoff) and the smaller
     settings are kept for later batches. ``outscale``: per model, None or the output/input
-    size ratio its output is resized to.
+    size ratio its output is resized to. ``precision``: ``resources.precision`` (see
+    :func:`model_dtype`); ``dtypes`` holds what each model runs in.
+
+    On CUDA two threads may call it at once (one per batch in flight): each batch has its own
+    stream, and the shared settings (batch and tile size) only ever shrink.
     """
 
     def __init__(
@@ -81,6 +184,7 @@ class Chain:
         tile: int = 0,
         tile_pad: int | None = None,
         outscale: Sequence[float | None] | None = None,
+        precision: str = "auto",
     ):
         self.models = list(models)
         self.outscale = list(outscale) if outscale is not None else [None] * len(self.models)
@@ -90,12 +194,15 @@ class Chain:
         self.batch_size = batch_size
         self.tile = tile
         self.tile_pad = tile_pad
-        # fp16 only where every model says it is safe, and only on a GPU (CPU fp16 is slow).
-        self.half = device.type == "cuda" and all(m.supports_half for m in self.models)
-        for m in self.models:
-            m.module.to(device).eval()
-            if device.type == "cuda":
-                m.module.to(memory_format=torch.channels_last)
+        self.precision = precision
+        self.dtypes = [model_dtype(m, precision, device) for m in self.models]
+        self.memory_format = memory_format_for(device)
+        self._calls = {}  # id(model) → the module as a function of a float32 batch on the device
+        for m, dtype in zip(self.models, self.dtypes):
+            m.tile_context()  # probed in float32, before the cast (the probe's input is float32)
+            m.module.to(device, dtype).eval()
+            m.module.to(memory_format=self.memory_format)
+            self._calls[id(m)] = cast_call(m.module, dtype, self.memory_format)
 
     def __call__(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray | None] | None = None) -> list[Result]:
         """masks: None, or one H×W bool array (True = known) or None per image."""
@@ -135,36 +242,45 @@ class Chain:
     ) -> torch.Tensor:
         """One model over a CPU batch; returns a CPU float32 batch, or fills ``out`` with
         ``finish`` of it and returns ``out``. ``peak``: ``x`` holds integer levels 0…peak, turned
-        into [0, 1] tile by tile (see models.tiling.tiled_forward)."""
-        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.half):
-            if tile and float(model.scale).is_integer():
-                pad, align = model.tile_context()
-                return tiled_forward(
-                    model.module,
-                    x,
-                    int(model.scale),
-                    tile,
-                    pad if self.tile_pad is None else self.tile_pad,
-                    self.device,
-                    align=align,
-                    out=out,
-                    finish=finish,
-                    peak=peak,
-                )
-            x = x.to(self.device)
-            y = model.module(x.float().div_(peak) if peak else x).float().cpu()
+        into [0, 1] on the device (tile by tile when tiled, see models.tiling.tiled_forward)."""
+        call = self._calls[id(model)]
+        height, width = x.shape[-2:]
+        if not runs_whole(height, width, tile) and float(model.scale).is_integer():
+            pad, align = model.tile_context()
+            return tiled_forward(
+                call,
+                x,
+                int(model.scale),
+                tile,
+                pad if self.tile_pad is None else self.tile_pad,
+                self.device,
+                align=align,
+                out=out,
+                finish=finish,
+                peak=peak,
+            )
+        # Whole images: one pinned, asynchronous copy each way (see the module docstring).
+        x = to_device(x, self.device)
+        y = call(x.float().div_(peak) if peak else x).float()
         if out is None:
-            return y
-        out[...] = finish(y)
+            return to_host(y)
+        # Finished on the device: only ``out``'s dtype (8-bit levels: a quarter of float32) comes back.
+        out[...] = to_host(finish(y).to(out.dtype))
         return out
 
     @torch.inference_mode()
     def forward(self, batch: list[np.ndarray], masks: Sequence[np.ndarray | None] | None = None) -> list[np.ndarray]:
         """Same-shape arrays (+ optional same-size H×W bool masks, True = known) → processed
         arrays (same dtype; same channel count unless a model makes colour)."""
+        with batch_stream(self.device):
+            return self._forward(batch, masks)
+
+    def _forward(self, batch: list[np.ndarray], masks: Sequence[np.ndarray | None] | None) -> list[np.ndarray]:
         dtype = batch[0].dtype
         peak = float(np.iinfo(dtype).max)
-        pixels = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)  # integer levels, channels-first view
+        stacked = pinned_empty((len(batch), *batch[0].shape), torch.from_numpy(batch[0][:0]).dtype, self.device)
+        np.stack(batch, out=stacked.numpy())
+        pixels = stacked.permute(0, 3, 1, 2)  # integer levels, channels-first view
         channels = pixels.shape[1]
         x = None  # the batch as floats in [0, 1], made only when a model needs it so
         for i, (model, outscale) in enumerate(zip(self.models, self.outscale)):

@@ -277,6 +277,12 @@ class Resources(Strict):
         "decoding and encoding, so two per core keep an actor fed (docs/benchmarks.md)",
     )
     batch_size: int = Field(4, ge=1, description="images per forward pass")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto",
+        description="number format the models compute in: auto = fp16 on a CUDA GPU, fp32 on CPU; fp16 / bf16 run "
+        "only the models that declare them safe (the others in fp32), on a GPU or the CPU; their outputs differ from "
+        "fp32 by a few 8-bit levels (docs/architecture.md#the-gpu-path)",
+    )
     tile: int = Field(512, ge=0, description="tile size in input pixels for the models; 0 = whole images")
     tile_pad: int | None = Field(
         None,
