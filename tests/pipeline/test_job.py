@@ -137,6 +137,14 @@ def test_actor_ranges_and_step_resources(tmp_path):
     assert "resources.actors" in line and "max must be ≥ min" in line
 
 
+def test_precision_defaults_to_auto_and_refuses_unknown_formats(tmp_path):
+    assert load_job(write(tmp_path, GOOD), default_registry()).resources.precision == "auto"
+    job = load_job(write(tmp_path, GOOD + "resources: {precision: bf16}\n"), default_registry())
+    assert job.resources.precision == "bf16"
+    [line] = problems(tmp_path, GOOD + "resources: {precision: fp8}\n")
+    assert "resources.precision" in line and "'fp16'" in line and "'bf16'" in line
+
+
 def test_committed_job_reference_matches_the_models():
     from pathlib import Path
 
