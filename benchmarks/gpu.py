@@ -20,10 +20,19 @@ busy %** is the mean ``utilization.gpu`` (the share of time a kernel was running
 samples between the 2N run's first and last output file (its steady phase, start-up and
 tear-down excluded).
 
+Quality (issue 18.4): darkroom's own inference path (``pipeline.inference.Chain``) over
+``--quality-images`` photos of ``--quality-size``² pixels with ``resources.precision`` fp16 and
+bf16 against fp32 on the same device: max abs diff in 8-bit levels, mean abs diff and PSNR (dB),
+plus the img/s of each precision on whole batches (compute only, no decode or encode). A
+precision the model does not declare safe runs in fp32 and is reported so.
+
 Targets (issue 8): darkroom steady ≥ 0.95 × raw loop, GPU busy ≥ 90 % during darkroom's run.
 
     benchmarks/gpu.sh                                   # install + run, ≤ 8 minutes
     python3 benchmarks/gpu.py --n 64 --size 512         # after installing darkroom
+    python3 benchmarks/gpu.py --cpu-smoke --model realesr-animevideov3 --n 2 --size 32 --quality-size 32
+                                                        # the whole script on a CPU (figures meaningless,
+                                                        # except the quality: the CPU runs fp16 and bf16 too)
 
 Prints a table; writes gpu-<date>.json to ``$OUT`` if set, else benchmarks/results/.
 """
@@ -165,6 +174,59 @@ def child_raw(args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------
+# Quality of the half formats (in the parent process)
+
+
+def quality(model_name: str, device_name: str, size: int, images: int, batch: int) -> dict:
+    """fp16 and bf16 against fp32 through darkroom's inference path, on ``images`` generated
+    size×size photos: per precision the dtype the model ran in, max / mean abs diff (8-bit
+    levels), PSNR (dB) and compute-only img/s (after one warm-up batch)."""
+    import numpy as np
+    import torch
+
+    from models import default_registry
+    from pipeline.inference import Chain
+
+    device = torch.device(device_name)
+    photos = [np.asarray(throughput.smooth_noise(size, size, seed=5000 + i)) for i in range(images)]
+    registry = default_registry()
+    outputs, rows = {}, {}
+    for precision in ("fp32", "fp16", "bf16"):
+        chain = Chain([registry.build(model_name)], device, batch, tile=0, precision=precision)
+        chain(photos[:batch])  # warm-up: cuDNN's algorithm search, lazy initialisation
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        results = chain(photos)
+        seconds = time.perf_counter() - t0
+        errors = [r.error for r in results if r.error]
+        if errors:
+            raise RuntimeError(f"{precision}: {errors[0]}")
+        outputs[precision] = np.stack([r.pixels for r in results]).astype(np.float64)
+        rows[precision] = {"dtype": str(chain.dtypes[0]).removeprefix("torch."), "img_s": images / seconds}
+    for precision in ("fp16", "bf16"):
+        diff = np.abs(outputs[precision] - outputs["fp32"])
+        mse = float((diff**2).mean())
+        rows[precision] |= {
+            "max_abs_diff": float(diff.max()),
+            "mean_abs_diff": float(diff.mean()),
+            "psnr_db": float("inf") if mse == 0 else 10 * float(np.log10(255**2 / mse)),
+        }
+    return {"model": model_name, "device": device_name, "size": size, "images": images, "precisions": rows}
+
+
+def print_quality(q: dict) -> None:
+    print(f"\nquality against fp32, {q['model']} on {q['device']}, {q['images']} × {q['size']}² photos")
+    print(f"{'precision':<9} {'ran in':>8} {'max |Δ|':>8} {'mean |Δ|':>9} {'PSNR dB':>8} {'img/s':>8}")
+    for name, r in q["precisions"].items():
+        print(
+            f"{name:<9} {r['dtype']:>8} {throughput._fmt(r.get('max_abs_diff'), '.0f'):>8} "
+            f"{throughput._fmt(r.get('mean_abs_diff'), '.3f'):>9} {throughput._fmt(r.get('psnr_db'), '.1f'):>8} "
+            f"{r['img_s']:>8.2f}"
+        )
+
+
+# ---------------------------------------------------------------------------------------
 # Parent
 
 
@@ -247,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--variants", default="raw,darkroom")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per child process")
+    ap.add_argument("--quality-size", type=int, default=256, help="side of the photos of the fp16/bf16 check")
+    ap.add_argument("--quality-images", type=int, default=8, help="photos in the fp16/bf16 check; 0 skips it")
     ap.add_argument(
         "--cpu-smoke", action="store_true", help="check the script without a GPU (CPU, fp32; figures meaningless)"
     )
@@ -282,6 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     default_registry().build(args.model)  # converts and caches the weights once, so no variant pays for it
     print(f"model {args.model} ready in {time.perf_counter() - t0:.1f} s", flush=True)
+
+    q = None
+    if args.quality_images:
+        q = quality(args.model, "cpu" if args.cpu_smoke else "cuda", args.quality_size, args.quality_images, args.batch)
+        print_quality(q)
 
     work = Path(tempfile.mkdtemp(prefix="darkroom-gpu-"))
     rows = []
@@ -346,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         "size": args.size,
         "batch": args.batch,
         "rows": rows,
+        "quality": q,
     }
     dest = Path(os.environ["OUT"]) if os.environ.get("OUT") else HERE / "results"
     dest.mkdir(parents=True, exist_ok=True)

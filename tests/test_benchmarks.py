@@ -279,3 +279,14 @@ def test_default_resources_variant_and_equal_threads(tmp_path, bench):
     # Ray Data's model runs darkroom's default threads; every darkroom variant encodes alike.
     assert bench.model_threads("ray-data", 1, 2) == bench.model_threads("darkroom-defaults", 1, 2) == 2
     assert bench.encoder("darkroom-defaults:tile=0") == bench.encoder("raw") != bench.encoder("ray-data")
+
+
+def test_gpu_benchmark_quality_check_runs_fp16_and_bf16_against_fp32_on_cpu():
+    gpu = load_benchmark("gpu")
+    q = gpu.quality("realesr-animevideov3", "cpu", size=16, images=1, batch=1)
+    rows = q["precisions"]
+    assert [rows[p]["dtype"] for p in ("fp32", "fp16", "bf16")] == ["float32", "float16", "bfloat16"]
+    # The bounds tests/pipeline/test_inference.py holds the chain to; bf16 always moves some level.
+    assert rows["fp16"]["max_abs_diff"] <= 2 and rows["fp16"]["psnr_db"] >= 58
+    assert 0 < rows["bf16"]["max_abs_diff"] <= 6 and rows["bf16"]["psnr_db"] >= 50
+    assert rows["fp32"]["img_s"] > 0 and "psnr_db" not in rows["fp32"]
