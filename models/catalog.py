@@ -238,18 +238,6 @@ class TextToImageParams(FolderParams):
     )
 
 
-class CaptionParams(FolderParams):
-    """A transformers image-to-text folder (VisionEncoderDecoder, BLIP, …) and how to decode."""
-
-    max_new_tokens: int = Field(30, ge=1, le=512, description="caption length limit, in tokens")
-    num_beams: int = Field(1, ge=1, le=16, description="beam search width (1 = greedy)")
-    sidecar: Literal["none", "txt", "json"] = Field(
-        "none",
-        description="also write the caption beside the output (restore + caption) or under images/ (caption alone): "
-        "<name>.txt (the text) or <name>.json (caption, model, params)",
-    )
-
-
 class LatentParams(BaseModel):
     """Job params of a latent-code generator (darkroom-gan-digits, darkroom-vae-digits)."""
 
