@@ -232,11 +232,11 @@ class StepSpec(Strict):
 class PromptRow(Strict):
     """One inline prompt of a text-to-image job; unset fields take the model's params (seed: the job's)."""
 
-    prompt: str = Field(min_length=1)
-    negative_prompt: str | None = None
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
-    guidance_scale: float | None = Field(None, ge=0, le=50)
-    steps: int | None = Field(None, ge=1, le=1000)
+    prompt: str = Field(min_length=1, description="the text of the images")
+    negative_prompt: str | None = Field(None, description="what the images should not show (with guidance > 1)")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="this prompt's seed; null = generate.seed")
+    guidance_scale: float | None = Field(None, ge=0, le=50, description="null = the model's params")
+    steps: int | None = Field(None, ge=1, le=1000, description="null = the model's params")
 
 
 class GenerateSpec(Strict):
@@ -256,7 +256,8 @@ class GenerateSpec(Strict):
     prompts: str | list[str | PromptRow] | None = Field(
         None,
         description="text-to-image: a list file (Parquet/CSV/JSONL, any fsspec URI) with a `prompt` column and "
-        "optional negative_prompt, seed, guidance_scale, steps; or the prompts inline (strings or such rows)",
+        "optional negative_prompt, seed, guidance_scale, steps (read with output.storage_options); or the prompts "
+        "inline (strings or such rows)",
     )
     samples_per_prompt: int = Field(1, ge=1, description="text-to-image: images per prompt, each with its own seed")
     seed: int = Field(

@@ -128,3 +128,12 @@ def test_text_to_image_needs_prompts_and_others_refuse_them(tmp_path):
     data["generate"] = {"model": "text-to-image", "params": {"uri": "s3://b/sd"}, "prompts": [], "seed": 0}
     with pytest.raises(JobError, match="empty"):
         parse_job(data, registry)
+    # A prompts list file's URI is recorded in the run like input.uri: credentials in it are refused.
+    data["generate"] = {
+        "model": "text-to-image",
+        "params": {"uri": "s3://b/sd"},
+        "prompts": "https://example.com/prompts.csv?X-Amz-Signature=abc",
+        "seed": 0,
+    }
+    with pytest.raises(JobError, match="generate.prompts.*credentials do not belong in a URI"):
+        parse_job(data, registry)
