@@ -63,6 +63,7 @@ def rows(output: Path) -> list[tuple]:
     ).fetchall()
 
 
+@pytest.mark.timeout(1200)  # four runs and two plans on real Ray: minutes on a shared 2-core machine
 def test_prompts_job_rows_bytes_and_resume(ray_local, sd_uris, tmp_path):
     uri, prompts = sd_uris
     registry = default_registry()
