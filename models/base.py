@@ -1,4 +1,4 @@
-"""The contract every image model fulfils (ImageModel) and every generator (GenerativeModel)."""
+"""The contracts of models: ImageModel (restoration), GenerativeModel and TextToImageModel (generation)."""
 
 from __future__ import annotations
 
@@ -105,3 +105,38 @@ class GenerativeModel:
     steps: int
     weights_sha256: str | None = None
     num_classes: int = 0
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One text-to-image sample's conditioning: ``guidance_scale`` / ``steps`` None = the model's defaults."""
+
+    text: str
+    negative: str | None = None
+    guidance_scale: float | None = None
+    steps: int | None = None
+
+
+PromptSampleFn = Callable[[Sequence[torch.Generator], Sequence[Prompt], torch.device], torch.Tensor]
+
+
+@dataclass
+class TextToImageModel:
+    """A ready-to-run text-to-image generator: one prompt and one generator per sample, images out.
+
+    ``generate(generators, prompts, device)`` returns float32 N×C×H×W in [0, 1] on ``device``, with
+    N = len(generators) = len(prompts) and (C, H, W) = ``shape``. Sample i draws all its randomness
+    from ``generators[i]`` (CPU generators from ``models.diffusion.prompt_generator``), so an image
+    depends only on its prompt, its generator, the weights, the params and the device type, never
+    on the batch it shares. ``sampler`` names the scheduler (e.g. ``ddim``), ``steps`` and
+    ``guidance_scale`` are the defaults a prompt without its own gets; all go into the manifest.
+    """
+
+    name: str
+    module: torch.nn.Module
+    generate: PromptSampleFn
+    shape: tuple[int, int, int]
+    sampler: str
+    steps: int
+    guidance_scale: float
+    weights_sha256: str | None = None

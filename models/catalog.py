@@ -189,6 +189,55 @@ class DDPMFolderParams(SamplerParams):
         return sha256.lower() if sha256 else None
 
 
+class FolderParams(BaseModel):
+    """A model folder a user brings (diffusers pipeline or transformers model), pinned by its digest."""
+
+    model_config = ConfigDict(extra="forbid")
+    uri: str = Field(
+        description="the folder saved with save_pretrained(safe_serialization=True): fsspec URI or local path"
+    )
+    sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-fA-F]{64}$",
+        description="pin: digest over the folder's files (models/folders.py; `darkroom models` users get it from a "
+        "first run's manifest); a mismatch is refused",
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec options for uri (e.g. client_kwargs.endpoint_url); credentials belong in the environment",
+    )
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="weights dtype on GPU (auto = float16); CPU always runs float32"
+    )
+
+    @field_validator("sha256")
+    @classmethod
+    def _lower(cls, sha256: str | None) -> str | None:
+        return sha256.lower() if sha256 else None
+
+
+class TextToImageParams(FolderParams):
+    """A diffusers Stable Diffusion pipeline folder (unet, vae, text_encoder, tokenizer, scheduler) and how to run it.
+
+    A prompt row's own ``steps`` / ``guidance_scale`` override these defaults for that prompt."""
+
+    steps: int = Field(30, ge=1, le=1000, description="denoising steps per sample (the folder's scheduler)")
+    guidance_scale: float = Field(7.5, ge=0, le=50, description="classifier-free guidance; ≤ 1 turns it off")
+    height: int | None = Field(
+        None, ge=8, le=4096, multiple_of=8, description="pixels; null = the UNet's sample_size × the VAE's factor"
+    )
+    width: int | None = Field(None, ge=8, le=4096, multiple_of=8, description="pixels; null = as height")
+    attention_slicing: bool = Field(False, description="compute attention in slices (less memory, slower)")
+    vae_tiling: bool = Field(False, description="decode the latents in tiles (large images in less memory)")
+    micro_batch: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="UNet rows per call (2 per sample with guidance), fixed so that a sample's pixels do not depend "
+        "on the batch it shares",
+    )
+
+
 class LatentParams(BaseModel):
     """Job params of a latent-code generator (darkroom-gan-digits, darkroom-vae-digits)."""
 

@@ -3,20 +3,20 @@
 A folder holds ``config.json`` + ``diffusion_pytorch_model.safetensors`` (+ ``scheduler_config.json``);
 a full diffusers pipeline folder (``unet/``, ``scheduler/``) is accepted too. Weights are only ever
 read as safetensors (never unpickled). Local folders are read in place; files of remote ones are
-copied into the cache (``$DARKROOM_CACHE/diffusers/…``) by :func:`models.fetch.fetch` first.
+copied into the cache (``$DARKROOM_CACHE/diffusers/…``, models/folders.py) by :func:`models.fetch.fetch` first.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from models import fetch as remote
+from models.folders import cache_folder
 from models.schedule import NoiseSchedule
-from models.weights import PACKAGE_SCHEME, WeightsError, cache_dir, file_sha256, package_file
+from models.weights import PACKAGE_SCHEME, WeightsError, file_sha256, package_file
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -64,7 +64,7 @@ def load_pipeline_folder(uri: str, *, sha256: str | None = None, storage_options
         if not fs.exists(f"{root}/{name}"):
             raise WeightsError(f"{uri}: no {name} (a diffusers folder saved with safe_serialization=True is needed)")
     local = remote.is_local(fs)
-    folder = Path(root) if local else download_folder(fs, root)
+    folder = Path(root) if local else cache_folder(fs, root)
     if not local:
         remote.fetch(fs, f"{root}/{CONFIG_NAME}", folder / CONFIG_NAME)
     config = json.loads((folder / CONFIG_NAME).read_text())
@@ -98,15 +98,6 @@ def resolve_folder(uri: str, storage_options: dict | None = None) -> tuple[Any, 
     return fs, root
 
 
-def download_folder(fs, root: str) -> Path:
-    """The cache folder (``$DARKROOM_CACHE/diffusers/<key>``) that holds local copies of the files
-    of the remote folder ``root`` of ``fs``; the caller copies the files it needs there."""
-    key = hashlib.sha256(f"{fs.protocol}:{root}".encode()).hexdigest()[:24]
-    folder = cache_dir() / "diffusers" / key
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
 def load_schedule(uri: str, storage_options: dict | None = None) -> NoiseSchedule:
     """The noise schedule of the diffusers folder at ``uri``.
 
@@ -127,7 +118,7 @@ def load_schedule(uri: str, storage_options: dict | None = None) -> NoiseSchedul
     if remote.is_local(fs):
         config = json.loads(Path(found).read_text())
     else:
-        local = download_folder(fs, root) / SCHEDULER_CONFIG_NAME
+        local = cache_folder(fs, root) / SCHEDULER_CONFIG_NAME
         remote.fetch(fs, found, local)
         config = json.loads(local.read_text())
     unsupported = [

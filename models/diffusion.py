@@ -131,6 +131,16 @@ def sample_generator(job_seed: int, index: int, device: str | torch.device = "cp
     return gen
 
 
+def prompt_generator(seed: int, prompt_index: int, sample: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """The generator of sample ``sample`` of prompt ``prompt_index`` of a text-to-image job seeded
+    ``seed`` (the prompt's own seed, or the job's): a 63-bit digest of the triple, as
+    :func:`sample_generator` does for unconditional samples."""
+    digest = hashlib.sha256(f"darkroom-t2i:{int(seed)}:{int(prompt_index)}:{int(sample)}".encode()).digest()
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    return gen
+
+
 def noise(shape: Sequence[int], generators: Sequence[torch.Generator], device: torch.device) -> torch.Tensor:
     """One N(0, I) float32 draw of shape C×H×W per generator, stacked to N×C×H×W on ``device``."""
     rows = [torch.randn(tuple(shape[1:]), generator=g, device=g.device, dtype=torch.float32) for g in generators]

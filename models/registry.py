@@ -45,6 +45,7 @@ class ModelEntry:
     needs_mask: bool = False  # the built model takes a mask (ImageModel.needs_mask); jobs are checked for a mask source
     num_classes: int | None = None
     scale: float | None = None  # output/input size where neither the weights nor a `scale` param says
+    prompted: bool = False  # a generation model that takes one text prompt per sample (TextToImageModel)
 
     def output_scale(self, params: dict) -> float | None:
         """Output size / input size of a step with these params, known without building the model
@@ -267,6 +268,20 @@ def default_registry() -> Registry:
             licence="that of the weights (user-supplied)",
             weights_digest=lazy("models.ddpm", "weights_digest"),
             num_classes=0,
+        )
+    )
+    reg.register(
+        ModelEntry(
+            name="text-to-image",
+            task="generation",
+            description="any diffusers Stable Diffusion pipeline folder (unet, vae, text_encoder, tokenizer, "
+            "scheduler; safetensors) from an fsspec URI; one image per prompt and seed; docs/generation.md",
+            params=catalog.TextToImageParams,
+            build=lazy("models.text_to_image", "build"),
+            licence="that of the weights (user-supplied)",
+            weights_digest=lazy("models.folders", "params_digest"),  # torch-free: `darkroom plan` stays light
+            num_classes=0,
+            prompted=True,
         )
     )
     for name, module, weights, description in (

@@ -5,6 +5,8 @@ task sends batches of indices to a ``GeneratorActor``, which draws sample ``i`` 
 ``models.diffusion.sample_generator(seed, i)`` alone, so an image is the same bytes whatever the
 shard size, the batch size or the actor that made it (on one device type). The task encodes and
 writes ``<output>/images/<index:08d>.<ext>`` (pipeline.outputs) and commits the shard's manifest part.
+A text-to-image job's plan rows are (prompt, sample) pairs: the actor gets the rows themselves and
+draws sample ``s`` of prompt ``p`` from ``models.diffusion.prompt_generator(seed, p, s)``.
 Actor pools, the driver loop with backpressure, shard retries and actor-crash handling are
 pipeline.driver's, shared with restoration jobs (pipeline.execute).
 """
@@ -20,8 +22,8 @@ import numpy as np
 import ray
 
 from models import Registry
-from models.base import GenerativeModel
-from models.diffusion import sample_generator
+from models.base import GenerativeModel, Prompt, TextToImageModel
+from models.diffusion import prompt_generator, sample_generator
 from models.weights import WeightsError
 from pipeline import driver, runs
 from pipeline.cluster import check_resources, gpus_to_request, with_threads
@@ -38,6 +40,7 @@ class GenerationContext(ShardContext):
 
     sampler: str | None = None
     sampler_steps: int | None = None
+    guidance_scale: float | None = None  # the model's default (text-to-image)
 
 
 # Restarted without limit, like ModelActor: the shard task retries the samples of a batch whose
@@ -50,7 +53,7 @@ class GeneratorActor:
         self.threads = actor_threads(resources.threads_per_actor, resources.cpus_per_actor, want_gpu)
         [spec] = steps
         model = registry.build(spec["model"], spec["params"])
-        if not isinstance(model, GenerativeModel):
+        if not isinstance(model, GenerativeModel | TextToImageModel):
             raise TypeError(f"{spec['model']} builds a {type(model).__name__}, not a GenerativeModel")
         planned = spec.get("weights_sha256")
         if planned and model.weights_sha256 and model.weights_sha256 != planned:
@@ -59,7 +62,7 @@ class GeneratorActor:
                 f"{model.weights_sha256})"
             )
         label = spec.get("class_label")
-        if label is not None and not model.num_classes:
+        if label is not None and not getattr(model, "num_classes", 0):
             raise ValueError(f"{spec['model']} is unconditional: generate.class_label must not be set")
         if label is not None and label >= model.num_classes:
             raise ValueError(
@@ -72,11 +75,11 @@ class GeneratorActor:
     def ready(self) -> str:
         return str(self.device)
 
-    def describe(self) -> tuple[str, int]:
-        """(sampler, network evaluations per sample), as the manifest records them."""
-        return self.model.sampler, self.model.steps
+    def describe(self) -> tuple[str, int, float | None]:
+        """(sampler, network evaluations per sample, default guidance scale or None), as the manifest records them."""
+        return self.model.sampler, self.model.steps, getattr(self.model, "guidance_scale", None)
 
-    def infer(self, indices: list[int]) -> list[Result]:
+    def infer(self, indices: list) -> list[Result]:
         """Sample indices → Results whose pixels are H×W×C uint8 (C = 1 or 3). A batch that fails
         is retried sample by sample, so one failing sample cannot fail its neighbours."""
         try:
@@ -92,13 +95,22 @@ class GeneratorActor:
                 return [Result(None, 0.0, f"{type(exc).__name__}: {exc}")]
             return [r for i in indices for r in self.infer([i])]
 
-    def _sample(self, indices: list[int]) -> list[np.ndarray]:
+    def _sample(self, indices: list) -> list[np.ndarray]:
+        """``indices``: sample indices, or for a TextToImageModel plan rows (dicts with the
+        PROMPT_FIELDS of pipeline.planning and ``sample_index``)."""
         import torch
 
-        generators = [sample_generator(self.seed, i) for i in indices]
-        labels = [self.label] * len(indices) if self.label is not None else None
         with torch.inference_mode():
-            x = self.model.sample(generators, labels, self.device)
+            if isinstance(self.model, TextToImageModel):
+                generators = [prompt_generator(r["prompt_seed"], r["prompt_index"], r["sample_index"]) for r in indices]
+                prompts = [
+                    Prompt(r["prompt"], r["negative_prompt"], r["guidance_scale"], r["prompt_steps"]) for r in indices
+                ]
+                x = self.model.generate(generators, prompts, self.device)
+            else:
+                generators = [sample_generator(self.seed, i) for i in indices]
+                labels = [self.label] * len(indices) if self.label is not None else None
+                x = self.model.sample(generators, labels, self.device)
         if tuple(x.shape) != (len(indices), *self.model.shape):
             raise ValueError(
                 f"{self.model.name} returned {tuple(x.shape)}, expected {(len(indices), *self.model.shape)}"
@@ -123,6 +135,20 @@ def _row(ctx: GenerationContext, item: dict, shard: int, attempt: int) -> dict:
         "sampler_steps": ctx.sampler_steps,
         "class_label": spec.class_label,
         "attempt": attempt,
+    } | (_prompt_columns(ctx, item) if spec.prompts is not None else {})
+
+
+def _prompt_columns(ctx: GenerationContext, item: dict) -> dict:
+    """A text-to-image sample's manifest columns: its prompt, and the seed, steps and guidance it ran with."""
+    steps, guidance = item["prompt_steps"], item["guidance_scale"]
+    return {
+        "input_etag": item["etag"],  # the prompt row's digest: a changed prompt is run again (pipeline.incremental)
+        "seed": item["prompt_seed"],
+        "prompt_index": item["prompt_index"],
+        "prompt": item["prompt"],
+        "negative_prompt": item["negative_prompt"],
+        "sampler_steps": ctx.sampler_steps if steps is None else steps,
+        "guidance_scale": ctx.guidance_scale if guidance is None else guidance,
     }
 
 
@@ -144,7 +170,7 @@ def generate_shard(ctx: GenerationContext, shard: int, attempt: int, chain: list
     pending = None
     for start in range(0, len(plan), batch_size):
         items = plan[start : start + batch_size]
-        indices = [item["sample_index"] for item in items]
+        indices = items if ctx.job.generate.prompts is not None else [item["sample_index"] for item in items]
         ref = driver.submit(chain, indices)
         if pending is not None:
             finish(*pending)
@@ -175,10 +201,10 @@ def execute(ctx: GenerationContext, registry: Registry, shards, on_shard=None, c
     [actors] = with_threads([actors])
     pool = Pool(registry, ctx.job.generate, ctx.weights_sha256[0], actors, GeneratorActor)
     try:  # a model that cannot load fails the run here, once
-        sampler, steps = ray.get(pool.actors[0].describe.remote())
+        sampler, steps, guidance = ray.get(pool.actors[0].describe.remote())
     except BaseException:
         for actor in pool.actors:
             ray.kill(actor)
         raise
-    ctx = dataclasses.replace(ctx, sampler=sampler, sampler_steps=steps)
+    ctx = dataclasses.replace(ctx, sampler=sampler, sampler_steps=steps, guidance_scale=guidance)
     run_shards(ctx, [pool], generate_shard.options(num_cpus=res.cpus_per_task), shards, on_shard, check)

@@ -229,6 +229,16 @@ class StepSpec(Strict):
     )
 
 
+class PromptRow(Strict):
+    """One inline prompt of a text-to-image job; unset fields take the model's params (seed: the job's)."""
+
+    prompt: str = Field(min_length=1, description="the text of the images")
+    negative_prompt: str | None = Field(None, description="what the images should not show (with guidance > 1)")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="this prompt's seed; null = generate.seed")
+    guidance_scale: float | None = Field(None, ge=0, le=50, description="null = the model's params")
+    steps: int | None = Field(None, ge=1, le=1000, description="null = the model's params")
+
+
 class GenerateSpec(Strict):
     """A generation job: ``samples`` images from one generative model, sample ``i`` seeded by (seed, i)."""
 
@@ -237,7 +247,19 @@ class GenerateSpec(Strict):
         default_factory=dict,
         description="the model's params (`darkroom models NAME` lists them), e.g. {sampler: ddim, steps: 50}",
     )
-    samples: int = Field(ge=1, description="how many images: sample indices start … start + samples - 1")
+    samples: int | None = Field(
+        None,
+        ge=1,
+        description="how many images: sample indices start … start + samples - 1 (unset with `prompts`: every "
+        "prompt × samples_per_prompt)",
+    )
+    prompts: str | list[str | PromptRow] | None = Field(
+        None,
+        description="text-to-image: a list file (Parquet/CSV/JSONL, any fsspec URI) with a `prompt` column and "
+        "optional negative_prompt, seed, guidance_scale, steps (read with output.storage_options); or the prompts "
+        "inline (strings or such rows)",
+    )
+    samples_per_prompt: int = Field(1, ge=1, description="text-to-image: images per prompt, each with its own seed")
     seed: int = Field(
         ge=0,
         le=2**63 - 1,
@@ -247,6 +269,30 @@ class GenerateSpec(Strict):
     class_label: int | None = Field(
         None, ge=0, description="class of every sample, for class-conditional models (refused for unconditional ones)"
     )
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts_uri(cls, prompts: str | list | None) -> str | list | None:
+        """A prompts list file's URI is recorded in run records like input.uri: no credentials in it."""
+        return _no_credentials_in_uri(prompts) if isinstance(prompts, str) else prompts
+
+    @model_validator(mode="after")
+    def _prompts_or_samples(self) -> GenerateSpec:
+        if self.prompts is None:
+            if self.samples is None:
+                raise ValueError("`samples` is required (or `prompts`, for a text-to-image model)")
+            if self.samples_per_prompt != 1:
+                raise ValueError("`samples_per_prompt` goes with `prompts`")
+        else:
+            if self.samples is not None or self.start:
+                raise ValueError(
+                    "with `prompts`, the samples are prompts × samples_per_prompt: leave samples/start out"
+                )
+            if isinstance(self.prompts, list) and not self.prompts:
+                raise ValueError("`prompts` is empty")
+            if isinstance(self.prompts, str) and not is_list_file(self.prompts):
+                raise ValueError(f"`prompts` must be a list or a list file ({', '.join(LIST_FILE_EXTENSIONS)})")
+        return self
 
     @property
     def uri_prefix(self) -> str:
@@ -360,6 +406,8 @@ class Job(Strict):
         ``generate://<model>/<seed>/<start>-<last index>``."""
         if self.generate is not None:
             g = self.generate
+            if g.prompts is not None:
+                return f"{g.uri_prefix}prompts"
             return f"{g.uri_prefix}{g.start}-{g.start + g.samples - 1}"
         return self.input.uri
 
@@ -536,6 +584,10 @@ def _generate_problems(data: dict, registry: Registry, source: str, root: yaml.N
             f"{known})"
         ]
     problems = _param_problems(entry, spec.get("params"), ("generate", "params"), source, root)
+    if entry.prompted and spec.get("prompts") is None:
+        problems.append(f"{where('model')}: {entry.name} is a text-to-image model: it needs `prompts`")
+    elif not entry.prompted and spec.get("prompts") is not None:
+        problems.append(f"{where('prompts')}: {entry.name} takes no prompts (text-to-image models do)")
     label = spec.get("class_label")
     if isinstance(label, int) and entry.num_classes == 0:
         problems.append(f"{where('class_label')}: {entry.name} is unconditional: it takes no class_label")

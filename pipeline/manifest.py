@@ -66,6 +66,12 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("sampler", pa.string()),  # ddpm | ddim | gan | vae
         pa.field("sampler_steps", pa.int32()),  # network evaluations per sample
         pa.field("class_label", pa.int32()),  # null for unconditional samples
+        # Text-to-image rows: input_uri is generate://<model>/<job seed>/<prompt_index>-<sample_index>; seed is the
+        # prompt's own seed or the job's, the generator comes from (seed, prompt_index, sample_index) alone.
+        pa.field("prompt_index", pa.int64()),  # the prompt's row in the job's prompts (from 0)
+        pa.field("prompt", pa.string()),
+        pa.field("negative_prompt", pa.string()),
+        pa.field("guidance_scale", pa.float64()),  # classifier-free guidance the sample ran with
         pa.field("status", pa.string(), nullable=False),  # Status: ok | error
         pa.field("error_type", pa.string()),
         pa.field("error_message", pa.string()),

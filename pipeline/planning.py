@@ -5,13 +5,16 @@ sorted walk elsewhere) and the unit of commit. The listing is streamed: the driv
 at most one shard's worth of entries as Python objects at a time, and each finished shard
 becomes an Arrow table (PLAN_SCHEMA) that is handed on and then dropped.
 
-A generation job's "inputs" are its sample indices ``start … start + samples - 1``, planned the
+A generation job's "inputs" are its sample indices ``start … start + samples - 1`` (text-to-image:
+its (prompt, sample) pairs, the prompts read from the job or a list file), planned the
 same way (GENERATION_PLAN_SCHEMA: PLAN_SCHEMA plus ``sample_index``), so the incremental diff,
 the recorded plan and resume work unchanged.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import posixpath
 import re
 from collections.abc import Callable, Iterator
@@ -26,6 +29,7 @@ import pyarrow.parquet as pq
 from pipeline import names, storage
 from pipeline.images import IMAGE_EXTENSIONS
 from pipeline.job import GenerateSpec, InputSpec, Job, is_list_file
+from pipeline.manifest import MANIFEST_SCHEMA
 
 DIFF_ROWS = 262_144  # listed inputs per incremental-diff call
 LIST_FILE_BATCH_ROWS = 65_536  # list-file rows per Arrow pass (the per-pass overhead dwarfs 1,000 rows' work)
@@ -40,7 +44,24 @@ PLAN_SCHEMA = pa.schema(
     ]
 )
 # Generation: input_uri = generate://<model>/<seed>/<index>, rel_path = <index:08d>; no size, etag or mtime.
-GENERATION_PLAN_SCHEMA = PLAN_SCHEMA.append(pa.field("sample_index", pa.int64(), nullable=False))
+# Text-to-image: input_uri = generate://<model>/<seed>/<prompt_index>-<sample_index>, rel_path =
+# <prompt_index:08d>-<sample_index:04d>, etag = a digest of the prompt row (a changed prompt runs again), and
+# the prompt's fields (PROMPT_FIELDS); a prompt's unset guidance_scale / steps stay null (the model's defaults).
+# The columns the manifest also records are its fields (declared once, in pipeline.manifest).
+PROMPT_FIELDS = [
+    *(MANIFEST_SCHEMA.field(name) for name in ("prompt_index", "prompt", "negative_prompt")),
+    pa.field("prompt_seed", pa.int64()),  # the seed of this sample's generator: the prompt's own, or the job's
+    MANIFEST_SCHEMA.field("guidance_scale"),
+    pa.field("prompt_steps", pa.int32()),  # the manifest's sampler_steps once the model's default fills a null
+]
+GENERATION_PLAN_SCHEMA = pa.schema([*PLAN_SCHEMA, pa.field("sample_index", pa.int64(), nullable=False), *PROMPT_FIELDS])
+PROMPT_COLUMNS = {
+    "prompt": pa.string(),
+    "negative_prompt": pa.string(),
+    "seed": pa.int64(),
+    "guidance_scale": pa.float64(),
+    "steps": pa.int32(),
+}
 _EXT_CHARS = max(len(e) for e in IMAGE_EXTENSIONS)  # code points; lowercasing maps one to one
 _REGEX_SPECIAL = set(".^$*+?()[]{}|-")
 
@@ -113,60 +134,49 @@ def _list_file_tables(spec: InputSpec, rows: int, summary: PlanSummary) -> Itera
     leading ``/`` dropped), so entries from different buckets or hosts cannot collide; its output
     name is ``names.output_name`` of that key.
     """
-    fs, path = storage.filesystem(spec.uri, spec.storage_options)
-    with fs.open(path, "rb") as fh:
-        lower = spec.uri.lower()
-        if lower.endswith(".parquet"):
-            batches = pq.ParquetFile(fh).iter_batches(batch_size=max(rows, LIST_FILE_BATCH_ROWS))
-        elif lower.endswith(".csv"):
-            batches = pacsv.open_csv(fh)
-        else:
-            batches = pajson.read_json(fh).to_batches(max_chunksize=max(rows, LIST_FILE_BATCH_ROWS))
-        first_row = 1
-        for batch in batches:
-            if "uri" not in batch.schema.names:
-                raise ValueError(
-                    f"{spec.uri}: list file has no `uri` column (columns: {', '.join(batch.schema.names)})"
-                )
-            _refuse_credentials(spec.uri, batch, first_row)
-            first_row += batch.num_rows
-            table = pa.Table.from_batches([batch])
-            table = table.filter(pc.is_valid(table["uri"]))
-            uris = table["uri"].combine_chunks().cast(pa.string())
-            visible = storage.redact_array(uris)  # a signed URL's extension is before its query string
-            # An image's extension (from the last dot, if no slash follows) ends the URI: an image
-            # extension has no other dot or slash, so "ends with one" is the same test. Only the
-            # last few characters are lowercased and matched.
-            tail = pc.utf8_lower(pc.utf8_slice_codeunits(visible, -_EXT_CHARS))
-            image = pc.match_substring_regex(tail, _IMAGE_SUFFIX)
-            _count_skipped(summary, uris.filter(pc.invert(image)))
-            if spec.mask:
-                is_mask = pc.and_(image, pc.match_substring_regex(visible, mask_regex(spec.mask)))
-                summary.skipped_masks += pc.sum(is_mask.cast(pa.int64())).as_py() or 0
-                image = pc.and_(image, pc.invert(is_mask))
-            n = pc.sum(image.cast(pa.int64())).as_py() or 0
-            summary.listed += n
-            if not n:
-                continue
+    first_row = 1
+    for batch in read_table_file(spec.uri, spec.storage_options, rows):
+        if "uri" not in batch.schema.names:
+            raise ValueError(f"{spec.uri}: list file has no `uri` column (columns: {', '.join(batch.schema.names)})")
+        _refuse_credentials(spec.uri, batch, first_row)
+        first_row += batch.num_rows
+        table = pa.Table.from_batches([batch])
+        table = table.filter(pc.is_valid(table["uri"]))
+        uris = table["uri"].combine_chunks().cast(pa.string())
+        visible = storage.redact_array(uris)  # a signed URL's extension is before its query string
+        # An image's extension (from the last dot, if no slash follows) ends the URI: an image
+        # extension has no other dot or slash, so "ends with one" is the same test. Only the
+        # last few characters are lowercased and matched.
+        tail = pc.utf8_lower(pc.utf8_slice_codeunits(visible, -_EXT_CHARS))
+        image = pc.match_substring_regex(tail, _IMAGE_SUFFIX)
+        _count_skipped(summary, uris.filter(pc.invert(image)))
+        if spec.mask:
+            is_mask = pc.and_(image, pc.match_substring_regex(visible, mask_regex(spec.mask)))
+            summary.skipped_masks += pc.sum(is_mask.cast(pa.int64())).as_py() or 0
+            image = pc.and_(image, pc.invert(is_mask))
+        n = pc.sum(image.cast(pa.int64())).as_py() or 0
+        summary.listed += n
+        if not n:
+            continue
 
-            def column(name: str, type_: pa.DataType, table: pa.Table = table) -> pa.Array:
-                if name not in table.column_names:
-                    return pa.nulls(len(table), type_)
-                return table[name].combine_chunks().cast(type_)
+        def column(name: str, type_: pa.DataType, table: pa.Table = table) -> pa.Array:
+            if name not in table.column_names:
+                return pa.nulls(len(table), type_)
+            return table[name].combine_chunks().cast(type_)
 
-            plan = pa.Table.from_arrays(
-                [
-                    uris,
-                    names.output_names(pc.replace_substring_regex(visible, _SCHEME_OR_ROOT, "", max_replacements=1)),
-                    column("size", pa.int64()),
-                    column("etag", pa.string()),
-                    pa.nulls(len(table), pa.float64()),
-                    _mask_uris(column("mask_uri", pa.string()), uris, spec.mask),
-                ],
-                schema=PLAN_SCHEMA,
-            ).filter(image)
-            for start in range(0, len(plan), rows):
-                yield plan.slice(start, rows)
+        plan = pa.Table.from_arrays(
+            [
+                uris,
+                names.output_names(pc.replace_substring_regex(visible, _SCHEME_OR_ROOT, "", max_replacements=1)),
+                column("size", pa.int64()),
+                column("etag", pa.string()),
+                pa.nulls(len(table), pa.float64()),
+                _mask_uris(column("mask_uri", pa.string()), uris, spec.mask),
+            ],
+            schema=PLAN_SCHEMA,
+        ).filter(image)
+        for start in range(0, len(plan), rows):
+            yield plan.slice(start, rows)
 
 
 class ListFileError(ValueError):
@@ -253,6 +263,79 @@ def _sample_tables(spec: GenerateSpec, rows: int, summary: PlanSummary) -> Itera
         yield pa.Table.from_arrays(columns, schema=GENERATION_PLAN_SCHEMA)
 
 
+def read_table_file(uri: str, storage_options: dict | None, rows: int) -> Iterator[pa.RecordBatch]:
+    """Record batches of a Parquet / CSV / JSONL file at an fsspec URI (a list file)."""
+    fs, path = storage.filesystem(uri, storage_options)
+    with fs.open(path, "rb") as fh:
+        lower = uri.lower()
+        if lower.endswith(".parquet"):
+            yield from pq.ParquetFile(fh).iter_batches(batch_size=max(rows, LIST_FILE_BATCH_ROWS))
+        elif lower.endswith(".csv"):
+            yield from pacsv.open_csv(fh)
+        else:
+            yield from pajson.read_json(fh).to_batches(max_chunksize=max(rows, LIST_FILE_BATCH_ROWS))
+
+
+def prompt_table(spec: GenerateSpec, storage_options: dict | None = None) -> pa.Table:
+    """A text-to-image job's prompts, one row per prompt in order: PROMPT_COLUMNS (absent ones null).
+    A list file is read with ``storage_options``; a row without a prompt is refused (its number in the message)."""
+    if isinstance(spec.prompts, str):
+        batches = list(read_table_file(spec.prompts, storage_options, LIST_FILE_BATCH_ROWS))
+        table = pa.Table.from_batches(batches) if batches else pa.table({"prompt": pa.array([], pa.string())})
+        where = spec.prompts
+    else:
+        table = pa.Table.from_pylist([{"prompt": p} if isinstance(p, str) else p.model_dump() for p in spec.prompts])
+        where = "generate.prompts"
+    if "prompt" not in table.column_names:
+        raise ValueError(f"{where}: no `prompt` column (columns: {', '.join(table.column_names)})")
+    if not len(table):
+        raise ValueError(f"{where}: no prompts")
+    columns = {
+        name: table[name].combine_chunks().cast(type_) if name in table.column_names else pa.nulls(len(table), type_)
+        for name, type_ in PROMPT_COLUMNS.items()
+    }
+    negative = columns["negative_prompt"]  # a CSV's empty cell is no negative prompt
+    columns["negative_prompt"] = pc.if_else(
+        pc.equal(pc.utf8_length(negative), 0), pa.scalar(None, pa.string()), negative
+    )
+    empty = pc.fill_null(pc.equal(pc.utf8_length(columns["prompt"]), 0), True)
+    if pc.any(empty).as_py():
+        raise ValueError(f"{where}: row {pc.index(empty, True).as_py()} has no prompt")
+    return pa.table(columns)
+
+
+def _prompt_tables(
+    spec: GenerateSpec, rows: int, summary: PlanSummary, storage_options: dict | None
+) -> Iterator[pa.Table]:
+    """A text-to-image job's (prompt, sample) pairs as GENERATION_PLAN_SCHEMA tables of at most ``rows`` rows."""
+    buffer: list[dict] = []
+    for p_index, p in enumerate(prompt_table(spec, storage_options).to_pylist()):
+        seed = p["seed"] if p["seed"] is not None else spec.seed
+        etag = hashlib.sha256(json.dumps([p, seed], sort_keys=True).encode()).hexdigest()[:16]
+        for sample in range(spec.samples_per_prompt):
+            buffer.append(
+                {
+                    "input_uri": f"{spec.uri_prefix}{p_index}-{sample}",
+                    "rel_path": f"{p_index:08d}-{sample:04d}",
+                    "etag": etag,
+                    "sample_index": sample,
+                    "prompt_index": p_index,
+                    "prompt": p["prompt"],
+                    "negative_prompt": p["negative_prompt"],
+                    "prompt_seed": seed,
+                    "guidance_scale": p["guidance_scale"],
+                    "prompt_steps": p["steps"],
+                }
+            )
+            if len(buffer) == rows:
+                summary.listed += len(buffer)
+                yield pa.Table.from_pylist(buffer, schema=GENERATION_PLAN_SCHEMA)
+                buffer = []
+    if buffer:
+        summary.listed += len(buffer)
+        yield pa.Table.from_pylist(buffer, schema=GENERATION_PLAN_SCHEMA)
+
+
 def iter_shards(
     job: Job, summary: PlanSummary | None = None, select: Callable[[pa.Table], pa.Table] | None = None
 ) -> Iterator[Shard]:
@@ -263,7 +346,10 @@ def iter_shards(
     """
     summary = summary if summary is not None else PlanSummary()
     size = job.resources.shard_size
-    if job.generate is not None:
+    if job.generate is not None and job.generate.prompts is not None:
+        tables = _prompt_tables(job.generate, size, summary, job.output.storage_options)
+        pending = GENERATION_PLAN_SCHEMA.empty_table()
+    elif job.generate is not None:
         pending, tables = GENERATION_PLAN_SCHEMA.empty_table(), _sample_tables(job.generate, size, summary)
     else:
         pending, tables = PLAN_SCHEMA.empty_table(), _listing_tables(job.input, size, summary)

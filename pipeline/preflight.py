@@ -36,12 +36,13 @@ def check_bucket(field: str, uri: str, storage_options: dict | None = None) -> N
 
 
 def check_weights(field: str, uri: str) -> None:
-    """The weights file a step's ``params.uri`` names must exist (``package://`` files are models.weights')."""
+    """The weights file (or model folder: diffusers, transformers) a step's ``params.uri`` names must exist
+    (``package://`` files are models.weights')."""
     if uri.startswith("package://"):
         return
     fs, path = storage.filesystem(uri)
     try:
-        found = fs.isfile(path)
+        found = fs.isfile(path) or fs.isdir(path)
     except FileNotFoundError:
         found = False
     if not found:
@@ -73,6 +74,8 @@ def check(job: Job, writing: bool) -> None:
     if job.input is not None:
         check_bucket("input.uri", job.input.uri, job.input.storage_options)
     check_bucket("output.uri", job.output.uri, job.output.storage_options)
+    if job.generate is not None and isinstance(job.generate.prompts, str):  # a list file, read with output's options
+        check_bucket("generate.prompts", job.generate.prompts, job.output.storage_options)
     specs = [("generate", job.generate)] if job.generate is not None else list(enumerate(job.steps or []))
     for index, spec in specs:
         uri = spec.params.get("uri")

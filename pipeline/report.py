@@ -216,7 +216,8 @@ def _item_html(row: dict, before: Preview, after: Preview, root: str, href: str 
 
 
 def _sample_html(row: dict, image: Preview, href: str | None = None) -> str:
-    """A generated sample's card: the image alone (there is no "before"), its index and how it was made."""
+    """A generated sample's card: the image alone (there is no "before"), its index, its prompt (text-to-image)
+    and how it was made."""
     status = row["status"]
     models = row["models"] or []
     made = [
@@ -228,6 +229,16 @@ def _sample_html(row: dict, image: Preview, href: str | None = None) -> str:
     ]
     if row["class_label"] is not None:
         made.append(f"class {row['class_label']}")
+    number = f"{row['sample_index']}"
+    prompt = ""
+    if row.get("prompt") is not None:  # text-to-image: the prompt beside the image
+        number = f"{row['prompt_index']}-{row['sample_index']}"
+        if row.get("guidance_scale") is not None:
+            made.append(f"guidance {row['guidance_scale']:g}")
+        negative = row.get("negative_prompt")
+        prompt = f'\n  <p class="prompt">{_e(row["prompt"])}</p>' + (
+            f'\n  <p class="prompt negative">not: {_e(negative)}</p>' if negative else ""
+        )
     error = ""
     if status != Status.OK:
         error = f'<p class="err">{_e(row["error_type"])} at {_e(row["stage"])}: {_e(row["error_message"])}</p>'
@@ -235,9 +246,9 @@ def _sample_html(row: dict, image: Preview, href: str | None = None) -> str:
     return f"""
 <article class="item sample" data-status="{_e(status)}" data-models="{_e("|".join(models))}">
   <header><span class="badge {_e(status)}">{_e(status)}</span>
-    <span class="name" title="{_e(row["input_uri"])}">#{_e(row["sample_index"])}</span></header>
+    <span class="name" title="{_e(row["input_uri"])}">#{_e(number)}</span></header>
   <figure class="pane"><div class="frame">{_frame(image, "sample", href)}</div>
-    <figcaption>{_e(dims)}</figcaption></figure>
+    <figcaption>{_e(dims)}</figcaption></figure>{prompt}
   <p class="models">{_e(" · ".join(x for x in made if x))}</p>{error}
 </article>"""
 
@@ -322,6 +333,8 @@ table.runs td { white-space: nowrap; }
   border: 1px dashed #bbb; }
 figcaption { font-size: 12px; color: #555; margin-top: 2px; }
 .models { font-size: 12px; margin: 4px 0 0; color: #333; }
+.prompt { font-size: 13px; margin: 4px 0 0; font-style: italic; overflow-wrap: anywhere; }
+.prompt.negative { color: #666; }
 .err { font-size: 12px; margin: 4px 0 0; color: #c62828; word-break: break-all; }
 .cmp { font-size: 12px; margin-right: 8px; }
 .cmp-range { display: none; width: var(--frame); vertical-align: middle; }
@@ -383,8 +396,13 @@ def render(
     means = _stage_means(rows)
     current = _latest_per_input(rows)
     current = current.sort_by(
-        [("seed", "ascending"), ("sample_index", "ascending"), ("input_uri", "ascending")]
-    )  # samples in index order
+        [
+            ("prompt_index", "ascending"),
+            ("seed", "ascending"),
+            ("sample_index", "ascending"),
+            ("input_uri", "ascending"),
+        ]
+    )  # samples in index order (text-to-image: in prompt order)
     totals = _counts(current, "status")
 
     errors_table = current.filter(pc.not_equal(current["status"], Status.OK))

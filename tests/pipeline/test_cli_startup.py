@@ -65,6 +65,7 @@ def job(tmp_path, corpus_dir) -> str:
     [
         (["--help"], 0, "validate"),
         (["validate", "jobs/demo.yaml", "jobs/generate-digits.yaml", "jobs/nightly-restore.yaml"], 0, ": ok"),
+        (["validate", "jobs/text-to-image.yaml"], 0, ": ok"),  # transformers/diffusers stay unimported too
         (["models"], 0, "realesr-animevideov3"),
         (["models", "ddnm-sr"], 0, "prior_sha256"),
         (["schema"], 0, '"properties"'),

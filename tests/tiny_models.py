@@ -1,0 +1,88 @@
+"""Tiny randomly initialised Hugging Face model folders for tests (the hubs are unreachable): a Stable
+Diffusion pipeline and a VisionEncoderDecoder captioner, each with a tokenizer written here."""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+CHARS = list(string.ascii_lowercase) + list(string.digits) + list(".,!?'-")
+
+
+def _vocab(path: Path, specials: list[str]) -> dict[str, int]:
+    """A character-level BPE vocab (every character alone and as a word end) and an empty merges file."""
+    vocab = {s: i for i, s in enumerate(specials)}
+    for c in CHARS:
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    return vocab
+
+
+def save_tiny_sd(folder: Path, seed: int = 0) -> Path:
+    """A 32×32 Stable Diffusion pipeline (UNet 8→16 channels, 2-level VAE, 2-layer CLIP text encoder,
+    DDIM) saved with safetensors to ``folder``."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16,
+        attention_head_dim=4,
+        norm_num_groups=4,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=32,
+    )
+    tok_dir = folder.parent / f"{folder.name}-vocab"
+    vocab = _vocab(tok_dir, ["<|startoftext|>", "<|endoftext|>"])
+    tokenizer = CLIPTokenizer(
+        str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=16, pad_token="<|endoftext|>"
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+            hidden_size=16,
+            intermediate_size=32,
+            num_attention_heads=2,
+            num_hidden_layers=2,
+            max_position_embeddings=16,
+            vocab_size=len(vocab),
+            projection_dim=16,
+        )
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False
+    )
+    pipe = StableDiffusionPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
