@@ -416,7 +416,5 @@ def test_an_actor_that_fails_to_start_fails_the_run_with_its_own_message(ray_loc
     assert resumed.resumed and resumed.run_id == record.run_id
     assert runs.load_all(out)[0].status == runs.RunStatus.COMMITTED
     con = rows_of(out)
-    assert con.execute("SELECT count(*) = count(DISTINCT input_uri), count(*) FROM m").fetchone() == (
-        True,
-        record.inputs,
-    )
+    counts = con.execute("SELECT count(*) = count(DISTINCT input_uri), count(*) FROM m").fetchone()
+    assert counts == (True, record.inputs)
