@@ -418,3 +418,24 @@ def test_an_actor_that_fails_to_start_fails_the_run_with_its_own_message(ray_loc
     con = rows_of(out)
     counts = con.execute("SELECT count(*) = count(DISTINCT input_uri), count(*) FROM m").fetchone()
     assert counts == (True, record.inputs)
+
+
+def test_resuming_a_run_planned_with_another_fingerprint_is_refused(corpus_dir, tmp_path):
+    """A stopped run whose job has changed since (another fingerprint: steps, params, weights or a
+    model's configs) is not resumed under the new job: outputs of both would mix. No Ray needed."""
+    out = str(tmp_path / "out")
+    job = make_job(str(corpus_dir / "png"), out)
+    record = runs.RunRecord(
+        run_id=runs.new_run_id(),
+        job_name="t",
+        fingerprint="0" * 16,
+        input_uri=job.source_uri,
+        output_uri=out,
+        status=runs.RunStatus.STOPPED,
+        started_at=runs.now(),
+        job={},
+    )
+    runs.save(record)
+    with pytest.raises(api.ResumeError, match="other steps, params, weights or model configs"):
+        api.run(job, resume_run_id=record.run_id)
+    assert runs.load_all(out)[0].status == runs.RunStatus.STOPPED
