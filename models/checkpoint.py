@@ -113,6 +113,22 @@ def describe(state_dict: dict[str, torch.Tensor], uri: str = "<state_dict>"):
         raise WeightsError(f"{uri}: detected as {arch}, but the checkpoint does not fit it: {_mismatch(exc)}") from None
 
 
+def check_descriptor(desc, uri: str) -> None:
+    """Refuse what darkroom cannot run: a model that needs a mask, or other than RGB→RGB / gray→gray."""
+    import spandrel
+
+    arch = desc.architecture.name
+    if not isinstance(desc, spandrel.ImageModelDescriptor):
+        raise WeightsError(
+            f"{uri}: {arch} is a {desc.purpose} model (it needs a mask as well as an image); not supported"
+        )
+    if desc.input_channels != desc.output_channels or desc.input_channels not in (1, 3):
+        raise WeightsError(
+            f"{uri}: {arch} maps {desc.input_channels} channels to {desc.output_channels}; "
+            "darkroom runs models whose input and output are both RGB (3) or both grayscale (1)"
+        )
+
+
 def build(p: CheckpointParams) -> ImageModel:
     state_dict, digest = read_state_dict(p.uri, p.sha256)
     desc = describe(state_dict, p.uri)
@@ -120,15 +136,7 @@ def build(p: CheckpointParams) -> ImageModel:
     import spandrel
 
     arch = desc.architecture.name
-    if not isinstance(desc, spandrel.ImageModelDescriptor):
-        raise WeightsError(
-            f"{p.uri}: {arch} is a {desc.purpose} model (it needs a mask as well as an image); not supported"
-        )
-    if desc.input_channels != desc.output_channels or desc.input_channels not in (1, 3):
-        raise WeightsError(
-            f"{p.uri}: {arch} maps {desc.input_channels} channels to {desc.output_channels}; "
-            "darkroom runs models whose input and output are both RGB (3) or both grayscale (1)"
-        )
+    check_descriptor(desc, p.uri)
     if desc.tiling != spandrel.ModelTiling.SUPPORTED:
         log.warning(
             "%s: spandrel advises against tiling %s (%s); consider resources.tile: 0", p.uri, arch, desc.tiling.name
@@ -142,6 +150,23 @@ def build(p: CheckpointParams) -> ImageModel:
         supports_bfloat16=desc.supports_bfloat16,
         weights_sha256=digest,
     )
+
+
+_inspected: dict[tuple, str] = {}  # (uri, sha256) → details, for the driver's repeated asks
+
+
+def inspect(p: CheckpointParams) -> str:
+    """Check on the driver, before any actor starts, that ``build`` would load these weights (the
+    pin, a file that holds only tensors, a detected architecture darkroom can run: the state_dict
+    is read on the CPU and spandrel builds the network once); returns what was detected, e.g.
+    ``ESRGAN×4``, as the manifest's ``model_details`` records it. ``WeightsError`` says what is wrong."""
+    key = (p.uri, weights_digest(p))
+    if key not in _inspected:
+        state_dict, _ = read_state_dict(p.uri, p.sha256)
+        desc = describe(state_dict, p.uri)
+        check_descriptor(desc, p.uri)
+        _inspected[key] = f"{desc.architecture.name}×{desc.scale}"
+    return _inspected[key]
 
 
 def weights_digest(p: CheckpointParams) -> str:

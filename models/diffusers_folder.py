@@ -65,11 +65,7 @@ def load_pipeline_folder(uri: str, *, sha256: str | None = None, storage_options
             raise WeightsError(f"{uri}: no {name} (a diffusers folder saved with safe_serialization=True is needed)")
     local = remote.is_local(fs)
     folder = Path(root) if local else cache_folder(fs, root)
-    if not local:
-        remote.fetch(fs, f"{root}/{CONFIG_NAME}", folder / CONFIG_NAME)
-    config = json.loads((folder / CONFIG_NAME).read_text())
-    if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
-        raise WeightsError(f"{uri}: config.json describes a {config.get('_class_name')}, not a UNet2DModel")
+    unet_config(fs, root, uri)  # remote: copies config.json into ``folder``, where from_pretrained reads it
     if local:
         actual = file_sha256(folder / WEIGHTS_NAME) if sha256 is not None else None
     else:  # atomic: concurrent loaders never see half a file
@@ -98,6 +94,39 @@ def resolve_folder(uri: str, storage_options: dict | None = None) -> tuple[Any, 
     return fs, root
 
 
+def read_json(fs, root: str, path: str, uri: str) -> dict:
+    """The JSON file ``path`` of the folder ``root`` of ``fs`` (read in place when local, else copied
+    into :func:`models.folders.cache_folder` first); ``WeightsError`` naming ``uri`` if it is not JSON."""
+    if remote.is_local(fs):
+        text = Path(path).read_text()
+    else:
+        local = cache_folder(fs, root) / path.rsplit("/", 1)[-1]
+        remote.fetch(fs, path, local)
+        text = local.read_text()
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise WeightsError(f"{uri}: {path.rsplit('/', 1)[-1]} is not JSON ({exc})") from None
+
+
+def unet_config(fs, root: str, uri: str) -> dict:
+    """The ``config.json`` of the UNet folder ``root`` of ``fs``; ``WeightsError`` unless it
+    describes a ``UNet2DModel``."""
+    config = read_json(fs, root, f"{root}/{CONFIG_NAME}", uri)
+    if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
+        raise WeightsError(f"{uri}: config.json describes a {config.get('_class_name')}, not a UNet2DModel")
+    return config
+
+
+def scheduler_config_path(fs, root: str) -> str | None:
+    """Path of the scheduler config of the UNet folder ``root`` (see :func:`resolve_folder`) on ``fs``, or None:
+    its own ``scheduler_config.json``, or the ``scheduler/`` one beside it in a full pipeline folder."""
+    candidates = [f"{root}/{SCHEDULER_CONFIG_NAME}"]
+    if root.endswith("/unet"):  # a full pipeline folder: its scheduler/ sits next to unet/
+        candidates.append(f"{root.rsplit('/', 1)[0]}/scheduler/{SCHEDULER_CONFIG_NAME}")
+    return next((c for c in candidates if fs.exists(c)), None)
+
+
 def load_schedule(uri: str, storage_options: dict | None = None) -> NoiseSchedule:
     """The noise schedule of the diffusers folder at ``uri``.
 
@@ -109,18 +138,10 @@ def load_schedule(uri: str, storage_options: dict | None = None) -> NoiseSchedul
     Timesteps are leading-spaced whatever the file's ``timestep_spacing`` says.
     """
     fs, root = resolve_folder(uri, storage_options)
-    candidates = [f"{root}/{SCHEDULER_CONFIG_NAME}"]
-    if root.endswith("/unet"):  # a full pipeline folder: its scheduler/ sits next to unet/
-        candidates.append(f"{root.rsplit('/', 1)[0]}/scheduler/{SCHEDULER_CONFIG_NAME}")
-    found = next((c for c in candidates if fs.exists(c)), None)
+    found = scheduler_config_path(fs, root)
     if found is None:
         return NoiseSchedule()
-    if remote.is_local(fs):
-        config = json.loads(Path(found).read_text())
-    else:
-        local = cache_folder(fs, root) / SCHEDULER_CONFIG_NAME
-        remote.fetch(fs, found, local)
-        config = json.loads(local.read_text())
+    config = read_json(fs, root, found, uri)
     unsupported = [
         (
             config.get("prediction_type", "epsilon") != "epsilon",

@@ -1,4 +1,5 @@
-"""All remote reads of models/ go through :func:`fetch`: one object streamed, retried, hashed, optionally saved.
+"""All remote reads of models/ go through :func:`fetch`: one object streamed, retried, hashed, optionally saved
+(or, for a header, :func:`read_range`).
 
 The storage policy it applies is shared with ``pipeline/storage.py`` (which imports it from here):
 
@@ -143,6 +144,12 @@ def fetch(fs: fsspec.AbstractFileSystem, path: str, dest: Path | None = None) ->
         return digest.hexdigest()
 
     return retrying(attempt, f"read {fs.unstrip_protocol(path)}")
+
+
+def read_range(fs: fsspec.AbstractFileSystem, path: str, start: int, end: int) -> bytes:
+    """Bytes ``[start, end)`` of the file ``path`` of ``fs`` (fewer at its end), retried like
+    :func:`fetch`: for a small part of a large file, such as a safetensors header."""
+    return retrying(lambda: fs.cat_file(path, start=start, end=end), f"read {fs.unstrip_protocol(path)}")
 
 
 _digests: dict[tuple, str] = {}  # (protocol, path, size, version marks…) → sha256

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from models import catalog
 from models.catalog import NoParams, ScaleParams
-from models.weights import WeightsSpec
+from models.weights import WeightsSpec, fetch, is_remote
 
 if TYPE_CHECKING:
     from models.base import ImageModel
@@ -28,6 +28,11 @@ class ModelEntry:
 
     ``weights_digest(params)``, for entries whose weights file depends on the params
     (``checkpoint``), returns the sha256 those params select; see :meth:`weights_sha256`.
+
+    ``inspect(params)``, run on the driver before anything starts, checks that ``build`` would load
+    the weights these params select (``WeightsError`` if not) and returns what it found (e.g. the
+    detected architecture), or None; see :meth:`check`. ``config_digest(params)`` digests files
+    besides the weights that change the outputs (a diffusers folder's configs); see :meth:`configs_sha256`.
 
     Entries of task ``generation`` build a :class:`GenerativeModel`; their ``num_classes`` lets a
     job's ``class_label`` be checked before anything runs (0 = unconditional; None = only known
@@ -46,6 +51,8 @@ class ModelEntry:
     num_classes: int | None = None
     scale: float | None = None  # output/input size where neither the weights nor a `scale` param says
     prompted: bool = False  # a generation model that takes one text prompt per sample (TextToImageModel)
+    inspect: Callable[[BaseModel], str | None] | None = None
+    config_digest: Callable[[BaseModel], str | None] | None = None
 
     def output_scale(self, params: dict) -> float | None:
         """Output size / input size of a step with these params, known without building the model
@@ -68,6 +75,20 @@ class ModelEntry:
         if self.weights_digest is not None:
             return self.weights_digest(self.validate_params(params))
         return self.weights.sha256 if self.weights else None
+
+    def check(self, params: dict) -> str | None:
+        """Whether the weights will load, checked before any model actor starts (``WeightsError``
+        saying why not); returns a description of what runs (e.g. ``ESRGAN×4``) or None.
+        Shipped weights are checked against their pin where they are files on this machine."""
+        if self.inspect is not None:
+            return self.inspect(self.validate_params(params))
+        if self.weights is not None and not is_remote(self.weights.uri):
+            fetch(self.weights.uri, self.weights.sha256)
+        return None
+
+    def configs_sha256(self, params: dict) -> str | None:
+        """Digest of the config files besides the weights that change the outputs, or None."""
+        return self.config_digest(self.validate_params(params)) if self.config_digest is not None else None
 
 
 class UnknownModelError(KeyError):
@@ -242,6 +263,7 @@ def default_registry() -> Registry:
             build=lazy("models.checkpoint", "build"),
             licence=catalog.CHECKPOINT_LICENCE,
             weights_digest=lazy("models.checkpoint", "weights_digest"),
+            inspect=lazy("models.checkpoint", "inspect"),
         )
     )
     reg.register(
@@ -268,6 +290,8 @@ def default_registry() -> Registry:
             licence="that of the weights (user-supplied)",
             weights_digest=lazy("models.ddpm", "weights_digest"),
             num_classes=0,
+            inspect=lazy("models.folder_check", "inspect"),
+            config_digest=lazy("models.folder_check", "config_digest"),
         )
     )
     reg.register(

@@ -25,7 +25,8 @@ class NoiseSchedule:
 
     num_train_timesteps: T, the length of the forward (noising) chain.
     beta_schedule: ``linear`` (betas evenly spaced from ``beta_start`` to ``beta_end``, as in
-        Ho et al. 2020) or ``scaled_linear`` (evenly spaced in sqrt).
+        Ho et al. 2020), ``scaled_linear`` (evenly spaced in sqrt) or ``squaredcos_cap_v2`` (the
+        cosine schedule of Nichol & Dhariwal 2021; ``beta_start``/``beta_end`` unused).
     clip_sample: clamp the predicted x_0 to [-1, 1] at every sampling step (diffusers' default).
     """
 
@@ -52,7 +53,11 @@ def make_betas(
         return torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
     if schedule == "scaled_linear":
         return torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float32) ** 2
-    raise ValueError(f"unknown beta_schedule {schedule!r} (linear | scaled_linear)")
+    if schedule == "squaredcos_cap_v2":  # Nichol & Dhariwal 2021's cosine ᾱ, β capped at 0.999 (beta_start/end unused)
+        t = torch.arange(num_train_timesteps + 1, dtype=torch.float64) / num_train_timesteps
+        alpha_bar = torch.cos((t + 0.008) / 1.008 * torch.pi / 2) ** 2
+        return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999).to(torch.float32)
+    raise ValueError(f"unknown beta_schedule {schedule!r} (linear | scaled_linear | squaredcos_cap_v2)")
 
 
 def alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:

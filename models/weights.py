@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import re
 import tempfile
@@ -16,6 +17,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import fsspec
 
 from models import fetch as remote
 
@@ -76,6 +79,14 @@ def package_file(uri: str) -> Path:
     if not path.is_file():
         raise WeightsError(f"{uri}: no such file in the installed package")
     return path
+
+
+def is_remote(uri: str) -> bool:
+    """Whether ``uri`` names a file on another machine (an object store, HTTP), not a local or package file."""
+    if uri.startswith(PACKAGE_SCHEME):
+        return False
+    protocol = fsspec.core.split_protocol(uri)[0]
+    return protocol not in (None, "file", "local")
 
 
 def fetch(uri: str, sha256: str | None = None, storage_options: dict | None = None) -> Path:
@@ -146,6 +157,27 @@ def _unpickling_cause(exc: Exception) -> str:
         return f"the file holds more than tensors ({detail}); {advice}"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[0] if lines else type(exc).__name__
+
+
+def check_safetensors(fs, path: str, name: str) -> None:
+    """Refuse a ``.safetensors`` file whose header is unreadable or whose tensors run past its end
+    (a truncated upload), reading only its header (:func:`models.fetch.read_range`).
+    ``fs``/``path``: the file on an fsspec filesystem; ``name``: how errors name it."""
+    size = remote.retrying(lambda: fs.size(path), f"stat {fs.unstrip_protocol(path)}")
+    head = remote.read_range(fs, path, 0, 8)
+    if len(head) < 8:
+        raise WeightsError(f"{name}: not a safetensors file ({size} bytes)")
+    length = int.from_bytes(head, "little")
+    if length > min(size - 8, 100 << 20):
+        raise WeightsError(f"{name}: not a safetensors file, or truncated (header of {length} bytes in {size})")
+    try:
+        header = json.loads(remote.read_range(fs, path, 8, 8 + length))
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        raise WeightsError(f"{name}: unreadable safetensors header") from None
+    need = 8 + length + max(ends, default=0)
+    if need > size:
+        raise WeightsError(f"{name}: truncated: its tensors need {need} bytes, the file has {size}")
 
 
 def save_atomic(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:

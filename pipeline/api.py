@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -55,10 +57,12 @@ def _selector(job: Job, fingerprint: str, summary: PlanSummary):
 
 def plan(job: Job, registry: Registry | None = None) -> PlanSummary:
     """List, diff and shard the inputs without running or writing anything."""
+    registry = registry or default_registry()
     _check_credentials(job)
     preflight.check(job, writing=False)
+    preflight.check_models(job, registry)
     summary = PlanSummary()
-    select = _selector(job, job.fingerprint(registry or default_registry()), summary)
+    select = _selector(job, job.fingerprint(registry), summary)
     for _ in iter_shards(job, summary, select):
         pass
     return summary
@@ -66,6 +70,21 @@ def plan(job: Job, registry: Registry | None = None) -> PlanSummary:
 
 class ResumeError(ValueError):
     pass
+
+
+class Stopped(BaseException):
+    """Raised in the driver by SIGTERM (``darkroom stop``; see :func:`run`'s ``stop_on_sigterm``).
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way swallows it."""
+
+
+def _raise_stopped(signum, frame) -> None:
+    raise Stopped()
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM raises Stopped in the main thread (installed again after ray.init, which sets its own)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_stopped)
 
 
 def _unfinished_run(job: Job, fingerprint: str, run_id: str | None = None) -> runs.RunRecord | None:
@@ -77,15 +96,18 @@ def _unfinished_run(job: Job, fingerprint: str, run_id: str | None = None) -> ru
         if not found:
             raise ResumeError(f"no run {run_id} under {job.output.uri} (see `darkroom runs {job.output.uri}`)")
         record = found[0]
-        if record.status != RunStatus.RUNNING:
+        if record.status not in runs.RESUMABLE:
             raise ResumeError(f"run {run_id} is {record.status}: only a planned, unfinished run can be resumed")
         if record.fingerprint != fingerprint:
-            raise ResumeError(f"run {run_id} was planned with other steps, params or weights than this job")
+            raise ResumeError(
+                f"run {run_id} was planned with other steps, params, weights or model configs than this job has "
+                "now: resuming it would mix outputs of both (`darkroom run --no-resume` starts a new run)"
+            )
         return record
     candidates = [
         r
         for r in records
-        if r.status == RunStatus.RUNNING and r.fingerprint == fingerprint and r.input_uri == job.source_uri
+        if r.status in runs.RESUMABLE and r.fingerprint == fingerprint and r.input_uri == job.source_uri
     ]
     return candidates[-1] if candidates else None
 
@@ -155,6 +177,7 @@ def run(
     resume: bool = True,
     on_event: Callable[[dict], None] | None = None,
     resume_run_id: str | None = None,
+    stop_on_sigterm: bool = False,
 ) -> RunSummary:
     """Plan (or resume) and execute ``job`` on Ray; returns when every shard is committed.
 
@@ -162,10 +185,17 @@ def run(
     first removes the temporary files dead writers left under the output (storage.sweep_temp_files).
     ``on_event`` receives progress events (plain dicts, see pipeline.progress).
     ``resume_run_id`` resumes that run (ResumeError if it cannot be); ``resume=False`` plans anew.
+    Weights are checked before the lease is taken (preflight.check_models). A run that ends in an
+    error after planning is recorded ``failed``, one ended by Ctrl-C or (with ``stop_on_sigterm``,
+    as ``darkroom run`` does) SIGTERM raising :class:`Stopped` is recorded ``stopped``: both resume
+    like a ``running`` one.
     """
     registry = registry or default_registry()
+    if stop_on_sigterm:
+        _stop_on_sigterm()
     _check_credentials(job)
     preflight.check(job, writing=True)
+    details = preflight.check_models(job, registry)
     emit = on_event or (lambda event: None)
     started = time.perf_counter()
     out = job.output
@@ -198,14 +228,25 @@ def run(
             }
         )
 
-        if todo:
-            # Ray and torch: imported here, where shards run, so plan/history (and the CLI) start without them
-            from pipeline import cluster, execute, generate
+        try:
+            if todo:
+                # Ray and torch: imported here, where shards run, so plan/history (and the CLI) start without them
+                from pipeline import cluster, execute, generate
 
-            cluster.connect(address)
-            engine = generate if job.generate is not None else execute
-            ctx = engine.context_for(job, registry, record.run_id)
-            engine.execute(ctx, registry, todo, lambda r: emit({"event": "shard", **r.as_event()}), check=lease.check)
+                cluster.connect(address)
+                if stop_on_sigterm:
+                    _stop_on_sigterm()
+                engine = generate if job.generate is not None else execute
+                ctx = engine.context_for(job, registry, record.run_id, details)
+                engine.execute(
+                    ctx, registry, todo, lambda r: emit({"event": "shard", **r.as_event()}), check=lease.check
+                )
+        except (Stopped, KeyboardInterrupt):
+            _record_end(record, RunStatus.STOPPED, lease)
+            raise
+        except Exception:
+            _record_end(record, RunStatus.FAILED, lease)
+            raise
 
         parts = manifest.iter_tables(
             out.uri, out.storage_options, record.run_id, columns=["status", "error_type", "stage", "input_uri"]
@@ -229,6 +270,18 @@ def run(
     )
     emit({"event": "finished", **asdict(summary)})
     return summary
+
+
+def _record_end(record: runs.RunRecord, status: RunStatus, lease: Lease) -> None:
+    """Record a planned run that ended early as ``status``, unless another run took the output
+    over (that driver may be resuming this very run and owns its record now)."""
+    if lease.lost:
+        return
+    record.status, record.finished_at = status, runs.now()
+    try:
+        runs.save(record, lease.storage_options)
+    except Exception:  # the error being raised says more than a failure to record it
+        pass
 
 
 def history(output_uri: str, storage_options: dict | None = None) -> list[dict]:

@@ -30,6 +30,7 @@ from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 from models import Registry
 from pipeline import manifest
 from pipeline.cluster import autoscaling, gpus_to_request
+from pipeline.errors import ModelLoadError
 from pipeline.inference import Result
 from pipeline.job import Job, Resources
 from pipeline.manifest import Status
@@ -49,6 +50,7 @@ class ShardContext:
     models: list[str]
     weights_sha256: list[str]
     steps_json: str
+    model_details: list[str] = field(default_factory=list)  # per step, what ran (e.g. ESRGAN×4); "" if nothing to add
 
 
 @dataclass
@@ -137,6 +139,33 @@ def infer(chain: list, items: list, ref, extra: list | None = None) -> list[Resu
     return results
 
 
+def model_load_error(exc: RayActorError) -> ModelLoadError | None:
+    """The error an actor's ``__init__`` raised (a model that cannot load), out of Ray's
+    ActorDiedError, whose text is Ray's wrapper around the actor's traceback; None when the actor
+    died otherwise. Its message is the exception's own line: ``WeightsError``'s alone (it names
+    the weights), other types' prefixed with the type's name."""
+    if not getattr(exc, "actor_init_failed", False):
+        return None
+    lines = str(getattr(exc, "error_msg", "") or exc).splitlines()
+    last_frame = max((i for i, line in enumerate(lines) if line.lstrip().startswith('File "')), default=-1)
+    found = next((line for line in lines[last_frame + 1 :] if line and not line[0].isspace()), None)
+    if found is None:
+        return None
+    name, sep, message = found.partition(": ")
+    name = name.rsplit(".", 1)[-1]
+    if not sep or not name.isidentifier():
+        return ModelLoadError(found)
+    return ModelLoadError(message if name == "WeightsError" else f"{name}: {message}")
+
+
+def raise_model_load_error(exc: BaseException) -> None:
+    """Raise ``exc``'s actor ``__init__`` error as a ModelLoadError (from None) if it is one."""
+    if isinstance(exc, RayActorError):
+        error = model_load_error(exc)
+        if error is not None:
+            raise error from None
+
+
 class Pool:
     """One step's actors: starts with ``actors.min`` and adds one (up to ``actors.max``) whenever
     two shards per actor are in flight. On an autoscaling cluster a new actor that does not
@@ -217,6 +246,9 @@ def run_shards(
             ray.get(starting)
         except ActorUnavailableError:
             when_ready([a for pool in pools for a in pool.actors])
+        except RayActorError as exc:
+            raise_model_load_error(exc)
+            raise
 
     def collect_one() -> None:
         nonlocal starting

@@ -21,6 +21,10 @@ EXIT_CONFIGURATION = 2  # as a bad job file
 EXIT_FAILED = 1
 
 
+class ModelLoadError(RuntimeError):
+    """A model actor failed to start; ``str()`` is the actor's own error (pipeline.driver.model_load_error)."""
+
+
 def _chain(exc: BaseException):
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -70,7 +74,7 @@ def explain(exc: BaseException, uris: dict[str, str] | None = None) -> str:
             or isinstance(e, PermissionError)
         ):
             return f"access denied by the storage: the credentials in use may not read or write {where}"
-        if isinstance(e, (UnknownModelError, WeightsError, ResourcesError, ListFileError)):
+        if isinstance(e, (UnknownModelError, WeightsError, ResourcesError, ListFileError, ModelLoadError)):
             return str(e)
         if isinstance(e, FileNotFoundError):
             return f"not found: {redact_text(str(e.filename or e))}"

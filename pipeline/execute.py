@@ -163,6 +163,7 @@ def _base_row(ctx: RestorationContext, item: dict, shard: int, attempt: int) -> 
         "steps": ctx.steps_json,
         "models": ctx.models,
         "weights_sha256": ctx.weights_sha256,
+        "model_details": ctx.model_details,
         "fingerprint": ctx.fingerprint,
         "attempt": attempt,
     }
@@ -314,7 +315,10 @@ def process_shard(ctx: RestorationContext, shard: int, attempt: int, chain: list
     return commit_shard(ctx, shard, sorted((w.row for w in done), key=lambda r: r["input_uri"]), started)
 
 
-def context_for(job: Job, registry: Registry, run_id: str) -> RestorationContext:
+def context_for(
+    job: Job, registry: Registry, run_id: str, model_details: list[str | None] | None = None
+) -> RestorationContext:
+    """``model_details``: per step, what pipeline.preflight.check_models found (None: nothing)."""
     weights = [registry.get(s.model).weights_sha256(s.params) for s in job.steps]
     scales = [s.outscale or registry.get(s.model).output_scale(s.params) for s in job.steps]
     return RestorationContext(
@@ -323,6 +327,7 @@ def context_for(job: Job, registry: Registry, run_id: str) -> RestorationContext
         fingerprint=job.fingerprint(registry),
         models=[s.model for s in job.steps],
         weights_sha256=[w or "" for w in weights],
+        model_details=[d or "" for d in model_details or [None] * len(job.steps)],
         steps_json=json.dumps([s.model_dump() for s in job.steps], sort_keys=True),
         needs_mask=any(registry.get(s.model).needs_mask for s in job.steps),
         scale=None if None in scales else math.prod(scales),

@@ -27,7 +27,7 @@ from models.diffusion import prompt_generator, sample_generator
 from models.weights import WeightsError
 from pipeline import driver, runs
 from pipeline.cluster import check_resources, gpus_to_request, with_threads
-from pipeline.driver import Pool, ShardContext, ShardResult, commit_shard, run_shards
+from pipeline.driver import Pool, ShardContext, ShardResult, commit_shard, raise_model_load_error, run_shards
 from pipeline.inference import Result, pick_device
 from pipeline.job import Job, Resources
 from pipeline.outputs import write_output
@@ -128,6 +128,7 @@ def _row(ctx: GenerationContext, item: dict, shard: int, attempt: int) -> dict:
         "steps": ctx.steps_json,
         "models": ctx.models,
         "weights_sha256": ctx.weights_sha256,
+        "model_details": ctx.model_details,
         "fingerprint": ctx.fingerprint,
         "seed": spec.seed,
         "sample_index": item["sample_index"],
@@ -180,7 +181,10 @@ def generate_shard(ctx: GenerationContext, shard: int, attempt: int, chain: list
     return commit_shard(ctx, shard, rows, started)
 
 
-def context_for(job: Job, registry: Registry, run_id: str) -> GenerationContext:
+def context_for(
+    job: Job, registry: Registry, run_id: str, model_details: list[str | None] | None = None
+) -> GenerationContext:
+    """``model_details``: [what pipeline.preflight.check_models found for the generator (None: nothing)]."""
     spec = job.generate
     weights = registry.get(spec.model).weights_sha256(spec.params)
     return GenerationContext(
@@ -189,6 +193,7 @@ def context_for(job: Job, registry: Registry, run_id: str) -> GenerationContext:
         fingerprint=job.fingerprint(registry),
         models=[spec.model],
         weights_sha256=[weights or ""],
+        model_details=[(model_details or [None])[0] or ""],
         steps_json=json.dumps([{"model": spec.model, "params": spec.params}], sort_keys=True),
     )
 
@@ -202,9 +207,10 @@ def execute(ctx: GenerationContext, registry: Registry, shards, on_shard=None, c
     pool = Pool(registry, ctx.job.generate, ctx.weights_sha256[0], actors, GeneratorActor)
     try:  # a model that cannot load fails the run here, once
         sampler, steps, guidance = ray.get(pool.actors[0].describe.remote())
-    except BaseException:
+    except BaseException as exc:
         for actor in pool.actors:
             ray.kill(actor)
+        raise_model_load_error(exc)
         raise
     ctx = dataclasses.replace(ctx, sampler=sampler, sampler_steps=steps, guidance_scale=guidance)
     run_shards(ctx, [pool], generate_shard.options(num_cpus=res.cpus_per_task), shards, on_shard, check)

@@ -412,27 +412,39 @@ class Job(Strict):
         return self.input.uri
 
     def fingerprint(self, registry: Registry) -> str:
-        """Digest of everything that decides an output's pixels (steps or generator, weights,
-        seed, class label, format). The sample range is not part of it: samples that another
-        run of the same generator and seed committed count as done."""
+        """Digest of everything that decides an output's pixels (steps or generator, weights, the
+        model's config files such as a diffusers folder's scheduler config, seed, class label,
+        format). The sample range is not part of it: samples that another run of the same
+        generator and seed committed count as done."""
+
+        def configs(entry, params) -> dict:  # only where a model has such files: other fingerprints stay as they were
+            digest = entry.configs_sha256(params)
+            return {"configs_sha256": digest} if digest is not None else {}
+
         if self.generate is not None:
             g = self.generate
-            weights = registry.get(g.model).weights_sha256(g.params)
+            entry = registry.get(g.model)
             what: dict = {
                 "generate": {
                     "model": g.model,
                     "params": g.params,
-                    "weights_sha256": weights,
+                    "weights_sha256": entry.weights_sha256(g.params),
                     "seed": g.seed,
                     "class_label": g.class_label,
                 }
+                | configs(entry, g.params)
             }
         else:
             steps = []
             for step in self.steps:
-                weights = registry.get(step.model).weights_sha256(step.params)
+                entry = registry.get(step.model)
+                weights = entry.weights_sha256(step.params)
                 outscale = {"outscale": step.outscale} if step.outscale is not None else {}
-                steps.append({"model": step.model, "params": step.params, "weights_sha256": weights} | outscale)
+                steps.append(
+                    {"model": step.model, "params": step.params, "weights_sha256": weights}
+                    | outscale
+                    | configs(entry, step.params)
+                )
             what = {"steps": steps} | ({"mask": self.input.mask} if self.input.mask else {})
         blob = json.dumps(what | {"format": self.output.format, "quality": self.output.quality}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

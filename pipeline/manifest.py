@@ -57,6 +57,9 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("steps", pa.string(), nullable=False),  # JSON: [{"model": …, "params": {…}}, …]
         pa.field("models", pa.list_(pa.string()), nullable=False),
         pa.field("weights_sha256", pa.list_(pa.string()), nullable=False),  # "" for steps without weights
+        # per step, what the weights turned out to be: for `checkpoint` the architecture spandrel detected and its
+        # scale (ESRGAN×4), for `ddpm` the UNet and schedule; "" for models that need no such note; null in old parts
+        pa.field("model_details", pa.list_(pa.string())),
         pa.field(
             "fingerprint", pa.string(), nullable=False
         ),  # digest of steps (or generator + seed + class) + weights + output format

@@ -1,4 +1,5 @@
-"""Up-front checks of the places a job names: buckets, weights files, the output directory.
+"""Up-front checks of the places a job names: buckets, weights files, the output directory; and of
+the weights themselves (pins, formats, architectures, scheduler configs) with the models' own checks.
 
 A run that would fail on a misnamed location fails here instead, before the lease, planning or any
 Ray work, with a :class:`ConfigurationError`: one line naming the job field and what is missing.
@@ -11,6 +12,8 @@ import os
 import secrets
 from pathlib import Path
 
+from models import Registry
+from models.weights import WeightsError
 from pipeline import storage
 from pipeline.job import Job
 
@@ -35,12 +38,13 @@ def check_bucket(field: str, uri: str, storage_options: dict | None = None) -> N
         ) from None
 
 
-def check_weights(field: str, uri: str) -> None:
-    """The weights file (or model folder: diffusers, transformers) a step's ``params.uri`` names must exist
-    (``package://`` files are models.weights')."""
+def check_weights(field: str, uri: str, storage_options: dict | None = None) -> None:
+    """The weights a step's ``params.uri`` names must exist: a file, or a folder for models whose
+    weights are one (``ddpm``: a diffusers folder; ``text-to-image``: a pipeline folder); whether
+    they load is :func:`check_models`' question (``package://`` files are models.weights')."""
     if uri.startswith("package://"):
         return
-    fs, path = storage.filesystem(uri)
+    fs, path = storage.filesystem(uri, storage_options)
     try:
         found = fs.isfile(path) or fs.isdir(path)
     except FileNotFoundError:
@@ -78,8 +82,29 @@ def check(job: Job, writing: bool) -> None:
         check_bucket("generate.prompts", job.generate.prompts, job.output.storage_options)
     specs = [("generate", job.generate)] if job.generate is not None else list(enumerate(job.steps or []))
     for index, spec in specs:
-        uri = spec.params.get("uri")
+        uri, options = spec.params.get("uri"), spec.params.get("storage_options")
         if isinstance(uri, str):
-            check_weights("generate.params.uri" if index == "generate" else f"steps[{index}].params.uri", uri)
+            field = "generate.params.uri" if index == "generate" else f"steps[{index}].params.uri"
+            check_weights(field, uri, options if isinstance(options, dict) else None)
     if writing:
         check_output_writable(job.output.uri)
+
+
+def check_models(job: Job, registry: Registry) -> list[str | None]:
+    """Whether every step's (or the generator's) weights will load, checked here on the driver with
+    the registry entry's ``check`` (models.registry.ModelEntry.check), before Ray starts: a pin
+    mismatch, pickled objects, a truncated file, an undetected architecture, a scheduler the samplers
+    do not implement fail here as a ConfigurationError naming the step. Returns each step's
+    description (e.g. ``ESRGAN×4``; None where the model has none), in step order."""
+    specs = (
+        [("generate", job.generate)]
+        if job.generate is not None
+        else [(f"steps[{i}]", s) for i, s in enumerate(job.steps or [])]
+    )
+    details = []
+    for field, spec in specs:
+        try:
+            details.append(registry.get(spec.model).check(spec.params))
+        except WeightsError as exc:
+            raise ConfigurationError(f"{field} ({spec.model}): {storage.redact_text(str(exc))}") from None
+    return details

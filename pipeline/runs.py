@@ -1,8 +1,10 @@
 """Run records: one JSON file per run under ``<output>/_darkroom/runs/<run_id>/`` (pipeline.layout).
 
 A record is written when planning starts (``planning``), rewritten when the plan is
-complete (``running``) and once more when every shard is committed (``committed``).
-The recorded plan beside it lets an interrupted run resume with exactly the same shards.
+complete (``running``) and once more when every shard is committed (``committed``), or when
+the run ends early after planning: ``failed`` (an error stopped it) or ``stopped`` (SIGTERM,
+e.g. ``darkroom stop``, or Ctrl-C). The recorded plan beside it lets a running, failed or
+stopped run resume with exactly the same shards.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ class RunStatus(StrEnum):
     PLANNING = "planning"
     RUNNING = "running"  # the plan is complete: the run can be resumed until committed
     COMMITTED = "committed"
+    FAILED = "failed"  # ended by an error after planning: resumable
+    STOPPED = "stopped"  # ended by SIGTERM / Ctrl-C after planning: resumable
+
+
+RESUMABLE = (RunStatus.RUNNING, RunStatus.FAILED, RunStatus.STOPPED)  # planned fully, never committed
 
 
 @dataclass
@@ -35,7 +42,7 @@ class RunRecord:
     fingerprint: str
     input_uri: str  # input.uri; for a generation job generate://<model>/<seed>/<start>-<last index>
     output_uri: str
-    status: str  # RunStatus: planning | running | committed
+    status: str  # RunStatus: planning | running | committed | failed | stopped
     started_at: str
     job: dict
     finished_at: str | None = None

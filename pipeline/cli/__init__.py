@@ -5,9 +5,11 @@ the commands over submitted jobs, ``info``: models/schema/runs/report); the grou
 command's module only when that command is looked up, and no command module imports torch or Ray
 at import time, so light commands (``--help``, ``validate``, ``models`` …) start fast.
 
-Exit codes: 0 all ok, 3 finished with error rows, 2 bad job file or usage, or a job field naming
-a place that does not exist or cannot be written (pipeline.errors.exit_code), 1 the run itself
-failed (e.g. a model could not load).
+Exit codes: 0 all ok, 3 finished with error rows, 2 bad job file or usage, a job field naming
+a place that does not exist or cannot be written, weights that cannot load (checked before Ray
+starts; pipeline.errors.exit_code), or a run that cannot be resumed as asked; 1 the run itself failed
+(e.g. a model actor could not start); 143 stopped by SIGTERM (``darkroom stop``), the run recorded
+``stopped``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pipeline.job import Job, JobError, load_job
 EXIT_ERROR_ROWS = 3
 EXIT_BAD_JOB = 2
 EXIT_RUN_FAILED = 1
+EXIT_STOPPED = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
 
 # command name → "module:attribute" of its click command, imported on first lookup
 COMMANDS = {

@@ -7,8 +7,8 @@ import sys
 import click
 
 from models import default_registry
-from pipeline import api, layout, progress
-from pipeline.cli import EXIT_BAD_JOB, EXIT_ERROR_ROWS, EXIT_RUN_FAILED, load_job_file
+from pipeline import api, layout, preflight, progress
+from pipeline.cli import EXIT_BAD_JOB, EXIT_ERROR_ROWS, EXIT_RUN_FAILED, EXIT_STOPPED, load_job_file
 from pipeline.job import Job, JobError, load_job
 from pipeline.lease import LeaseHeld
 
@@ -46,14 +46,38 @@ def run(
     resume_run_id: str | None,
     log_format: str,
 ) -> None:
-    """Run JOB_FILE to completion (resuming an unfinished run of the same job)."""
+    """Run JOB_FILE to completion (resuming an unfinished run of the same job).
+
+    SIGTERM (``darkroom stop``) stops it: no more shards are started, the run is recorded
+    ``stopped`` (a later ``darkroom run`` resumes it) and the command exits 143 with one line."""
     job = load_job_file(job_file, input_uri, output_uri, mode)
     show = progress.reporter(log_format)
+    run_id = None
+
+    def on_event(event: dict) -> None:
+        nonlocal run_id
+        run_id = event.get("run_id", run_id)
+        show(event)
+
     try:
-        summary = api.run(job, address=address, resume=not no_resume, on_event=show, resume_run_id=resume_run_id)
-    except (LeaseHeld, api.ResumeError) as exc:
+        summary = api.run(
+            job,
+            address=address,
+            resume=not no_resume,
+            on_event=on_event,
+            resume_run_id=resume_run_id,
+            stop_on_sigterm=True,
+        )
+    except api.Stopped:
+        where = f"run {run_id} recorded as stopped" if run_id else "stopped before the run was planned"
+        click.echo(f"stopped: {where}; `darkroom run` resumes it", err=True)
+        sys.exit(EXIT_STOPPED)
+    except LeaseHeld as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_RUN_FAILED)
+    except api.ResumeError as exc:  # retrying the same command cannot help
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_JOB)
     if not isinstance(show, progress.JsonReporter):  # JSON mode already printed the summary as an event
         _print_summary(summary, job)
     sys.exit(EXIT_ERROR_ROWS if summary.error_rows else 0)
@@ -106,15 +130,18 @@ def plan(job_file: str, input_uri: str | None, output_uri: str | None, mode: str
 @click.command()
 @click.argument("job_files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def validate(job_files: tuple[str, ...]) -> None:
-    """Check job files; print one line per problem."""
+    """Check job files, and that their weights load; print one line per problem."""
     bad = False
     registry = default_registry()
     for path in job_files:
         try:
-            load_job(path, registry)
+            preflight.check_models(load_job(path, registry), registry)
             click.echo(f"{path}: ok")
         except JobError as exc:
             bad = True
             for problem in exc.problems:
                 click.echo(problem, err=True)
+        except preflight.ConfigurationError as exc:
+            bad = True
+            click.echo(f"{path}: {exc}", err=True)
     sys.exit(EXIT_BAD_JOB if bad else 0)

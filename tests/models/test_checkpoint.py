@@ -307,6 +307,9 @@ def test_pipeline_run_records_the_checkpoint_digest(ray_local, s3_bucket, tmp_pa
 
     for _, output_uri, *_ in rows:
         assert Image.open(output_uri).size == (4 * 32, 4 * 24)
+    # what ran, as spandrel detected it on the driver: the architecture and its scale
+    details = duckdb.sql(f"SELECT DISTINCT model_details FROM '{tmp_path}/out/manifest/**/*.parquet'").fetchall()
+    assert details == [(["RealESRGAN Compact×4"],)] or (len(details) == 1 and details[0][0][0].endswith("×4")), details
 
     # Planned with one file, executed with another: the actor refuses, nothing is attributed wrongly.
     ctx = execute.context_for(job, default_registry(), "planned-then-replaced")

@@ -86,3 +86,12 @@ def test_repaint_holes_are_ddpm_steps():
         x = known * seen + (1 - known) * holes
     want = known * y + (1 - known) * ((x + 1) / 2).clamp(0, 1)
     assert torch.equal(repaint(eps_model, y, known, SCHEDULE.alphas_cumprod(), _gens(), 6), want)
+
+
+def test_cosine_schedule_matches_diffusers():
+    from diffusers import DDPMScheduler
+
+    from models.schedule import make_betas
+
+    want = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2").betas
+    assert torch.equal(make_betas(1000, "squaredcos_cap_v2"), want)

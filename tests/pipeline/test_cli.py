@@ -1,6 +1,8 @@
 import json
 import re
+from pathlib import Path
 
+import duckdb
 import pytest
 from click.testing import CliRunner
 
@@ -140,3 +142,45 @@ def test_models_unknown_name_exit_2_suggests_the_close_name():
     result = CliRunner().invoke(main, ["models", "lanczoz"])
     assert result.exit_code == 2
     assert result.output.strip() == "error: unknown model 'lanczoz'; did you mean 'lanczos'?"
+
+
+def test_sigterm_stops_the_run_quietly_and_a_rerun_resumes_it(tmp_path):
+    """`darkroom stop` sends SIGTERM to `darkroom run`: one line, no traceback, the run recorded
+    stopped; running the job again resumes that run, one row per input."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.pipeline.test_submit import make_images, write_job
+
+    make_images(tmp_path / "in", 30)
+    out = tmp_path / "out"
+    job = write_job(tmp_path / "slow.yaml", tmp_path / "in", out, "slow", shard_size=1, max_inflight_shards=1)
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONPATH": str(root)}
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", str(job), "--log-format", "plain"]
+    proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("manifest/*/*.parquet")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    [record] = [json.loads(p.read_text()) for p in out.glob("_darkroom/runs/*/run.json")]
+    assert proc.returncode == 143, stderr
+    # progress lines (plain mode writes them to stderr), then the one line; nothing from Ray's teardown
+    assert stderr.strip().splitlines()[-1] == (
+        f"stopped: run {record['run_id']} recorded as stopped; `darkroom run` resumes it"
+    ), stderr
+    assert "Traceback" not in stderr and "ActorDiedError" not in stderr and "SIGTERM" not in stderr, stderr
+    assert record["status"] == "stopped" and 1 <= len(list(out.glob("manifest/*/*.parquet"))) < 30
+    again = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    rows = duckdb.sql(
+        f"SELECT run_id, count(*), count(DISTINCT input_uri) FROM read_parquet('{out}/manifest/**/*.parquet') "
+        "GROUP BY run_id"
+    ).fetchall()
+    assert rows == [(record["run_id"], 30, 30)]

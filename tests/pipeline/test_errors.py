@@ -101,3 +101,47 @@ def test_unknown_model_is_a_job_error(tmp_path):
     path.write_text(JOB.format(input=tmp_path, output=tmp_path / "o").replace("identity", "realesrgan-x4"))
     result = CliRunner().invoke(main, ["run", str(path)])
     assert result.exit_code == 2 and "unknown model 'realesrgan-x4'; did you mean" in result.output
+
+
+# ---- weights that cannot load: refused on the driver by validate, plan and run, before Ray starts ----
+
+
+def _weights(tmp_path, kind: str) -> str:
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {"fc1.weight": torch.zeros(8, 4), "fc1.bias": torch.zeros(8)}
+    if kind == "pickled":
+        path = tmp_path / "w.pth"
+        torch.save({"params_ema": tensors, "opt": Path("/x")}, path)  # a pickled object beside the tensors
+    elif kind == "truncated":
+        path = tmp_path / "w.safetensors"
+        save_file(tensors, str(path))
+        path.write_bytes(path.read_bytes()[:100])
+    else:  # "pinned" (any other content than the pin) or "unknown" (no architecture spandrel knows)
+        path = tmp_path / "w.safetensors"
+        save_file(tensors, str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("kind", "cause"),
+    [
+        ("pinned", r"sha256 mismatch \(pinned 0{64}, file has [0-9a-f]{64}\); refusing to load"),
+        ("pickled", r"cannot be loaded safely \(weights_only=True\): the file holds a pickled Python object"),
+        ("truncated", r"cannot be read as \.safetensors"),
+        ("unknown", r"architecture not detected: spandrel .* \(2 tensors; keys: fc1.bias, fc1.weight\)"),
+    ],
+)
+def test_weights_that_cannot_load_are_refused_before_ray(tmp_path, kind, cause):
+    import re
+
+    uri = _weights(tmp_path, kind)
+    pin = ', sha256: "' + "0" * 64 + '"' if kind == "pinned" else ""
+    job = JOB.replace("{{model: identity}}", "{{model: checkpoint, params: {{uri: " + uri + pin + "}}}}")
+    for command in ("validate", "plan", "run"):
+        result = run(tmp_path, str(tmp_path), str(tmp_path / "out"), command=command, job=job)
+        line = one_line(result, 2)
+        prefix = f"{tmp_path}/job.yaml: " if command == "validate" else "error: "
+        assert re.match(re.escape(f"{prefix}steps[0] (checkpoint): {uri}: ") + cause, line), line
+    assert not list((tmp_path / "out").iterdir())  # nothing planned, no lease taken, no Ray

@@ -125,6 +125,29 @@ def test_fingerprint_changes_with_params(tmp_path):
     assert a.fingerprint(reg) == load_job(write(tmp_path, GOOD), reg).fingerprint(reg)
 
 
+def test_fingerprint_covers_a_ddpm_folders_scheduler_config(tmp_path):
+    """Replacing a DDPM folder's scheduler_config.json changes the job fingerprint (its samples are
+    then redone, and a run planned before cannot be resumed under it), as replacing its weights does."""
+    import json
+    import shutil
+
+    from pipeline.job import parse_job
+
+    shipped = Path(__file__).resolve().parents[2] / "models" / "weights" / "ddpm-digits"
+    shutil.copytree(shipped, tmp_path / "ddpm")
+    reg = default_registry()
+    data = {
+        "name": "g",
+        "generate": {"model": "ddpm", "params": {"uri": str(tmp_path / "ddpm")}, "samples": 4, "seed": 1},
+        "output": {"uri": str(tmp_path / "out")},
+    }
+    before = parse_job(data, reg).fingerprint(reg)
+    assert parse_job(data, reg).fingerprint(reg) == before
+    path = tmp_path / "ddpm" / "scheduler_config.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"beta_schedule": "squaredcos_cap_v2"}))
+    assert parse_job(data, reg).fingerprint(reg) != before
+
+
 def test_actor_ranges_and_step_resources(tmp_path):
     text = GOOD + "resources: {actors: 2}\n"
     job = load_job(write(tmp_path, text), default_registry())

@@ -375,3 +375,67 @@ def test_failed_writes_and_dead_writers_leave_no_debris(ray_local, corpus_dir, t
     assert not list(out.rglob("*.tmp"))
     written = {str(p) for p in (out / "images").rglob("*") if p.is_file()}
     assert written == {r["output_uri"] for r in manifest.read(str(out)).to_pylist() if r["status"] == "ok"}
+
+
+def _build_broken(_):
+    from models.weights import WeightsError
+
+    raise WeightsError("broken.safetensors: cannot be read in this actor")
+
+
+def _registry_with_broken(works: bool):
+    """The default registry plus `broken`: its driver check passes, its actors fail to start (or, once
+    ``works``, build the identity)."""
+    from models.catalog import NoParams
+    from models.registry import ModelEntry
+
+    reg = default_registry()
+    build = (lambda _: default_registry().build("identity")) if works else _build_broken
+    reg.register(ModelEntry(name="broken", task="any", description="test", params=NoParams, build=build))
+    return reg
+
+
+def test_an_actor_that_fails_to_start_fails_the_run_with_its_own_message(ray_local, corpus_dir, tmp_path):
+    out = str(tmp_path / "out")
+    data = {
+        "name": "t",
+        "input": {"uri": str(corpus_dir)},
+        "output": {"uri": out, "format": "png"},
+        "steps": [{"model": "broken"}],
+        "resources": {"actors": 1, "shard_size": 4},
+    }
+    with pytest.raises(errors.ModelLoadError) as err:
+        api.run(parse_job(data, _registry_with_broken(False)), _registry_with_broken(False))
+    assert str(err.value) == "broken.safetensors: cannot be read in this actor"
+    assert errors.explain(err.value) == str(err.value) and errors.exit_code(err.value) == 1
+    [record] = runs.load_all(out)
+    assert record.status == runs.RunStatus.FAILED and record.finished_at
+    # A failed run resumes like a running one: same run, every input exactly once.
+    fixed = _registry_with_broken(True)
+    resumed = api.run(parse_job(data, fixed), fixed)
+    assert resumed.resumed and resumed.run_id == record.run_id
+    assert runs.load_all(out)[0].status == runs.RunStatus.COMMITTED
+    con = rows_of(out)
+    counts = con.execute("SELECT count(*) = count(DISTINCT input_uri), count(*) FROM m").fetchone()
+    assert counts == (True, record.inputs)
+
+
+def test_resuming_a_run_planned_with_another_fingerprint_is_refused(corpus_dir, tmp_path):
+    """A stopped run whose job has changed since (another fingerprint: steps, params, weights or a
+    model's configs) is not resumed under the new job: outputs of both would mix. No Ray needed."""
+    out = str(tmp_path / "out")
+    job = make_job(str(corpus_dir / "png"), out)
+    record = runs.RunRecord(
+        run_id=runs.new_run_id(),
+        job_name="t",
+        fingerprint="0" * 16,
+        input_uri=job.source_uri,
+        output_uri=out,
+        status=runs.RunStatus.STOPPED,
+        started_at=runs.now(),
+        job={},
+    )
+    runs.save(record)
+    with pytest.raises(api.ResumeError, match="other steps, params, weights or model configs"):
+        api.run(job, resume_run_id=record.run_id)
+    assert runs.load_all(out)[0].status == runs.RunStatus.STOPPED
