@@ -37,6 +37,8 @@ class RunSummary:
     categories: dict[str, int] = field(default_factory=dict)  # new / changed / unchanged / failed at planning
     errors: list[dict] = field(default_factory=list)  # per error type: count, stage, an example input
     wall_seconds: float = 0.0
+    # Per model actor of this invocation: {id, busy_fraction (of its life since its model loaded), batches}
+    actors: list[dict] = field(default_factory=list)
 
     @property
     def error_rows(self) -> int:
@@ -215,6 +217,7 @@ def run(
             lease.rename(record.run_id)
         committed = manifest.committed_shards(out.uri, record.run_id, out.storage_options)
         todo = [i for i in range(record.shards) if i not in committed]
+        actors: list[dict] = []
         emit(
             {
                 "event": "planned",
@@ -238,7 +241,7 @@ def run(
                     _stop_on_sigterm()
                 engine = generate if job.generate is not None else execute
                 ctx = engine.context_for(job, registry, record.run_id, details)
-                engine.execute(
+                actors = engine.execute(
                     ctx, registry, todo, lambda r: emit({"event": "shard", **r.as_event()}), check=lease.check
                 )
         except (Stopped, KeyboardInterrupt):
@@ -253,6 +256,7 @@ def run(
         )
         counts, errors = _outcome(parts)
         record.status, record.finished_at, record.counts = RunStatus.COMMITTED, runs.now(), counts
+        record.actors = actors or record.actors
         runs.save(record, out.storage_options)
         snapshot.update(out.uri, out.storage_options)  # the next plan reads it instead of every part
     summary = RunSummary(
@@ -267,6 +271,7 @@ def run(
         categories=record.categories,
         errors=errors,
         wall_seconds=time.perf_counter() - started,
+        actors=actors,
     )
     emit({"event": "finished", **asdict(summary)})
     return summary

@@ -6,13 +6,19 @@ class and its shard task; this module runs them:
 - ``Pool`` holds one step's actors and grows it while shards wait.
 - ``run_shards`` submits ``task.remote(ctx, shard, attempt, chain)`` per shard, at most
   ``max_inflight_shards`` at a time (backpressure), and retries a failed shard up to
-  ``SHARD_ATTEMPTS`` times.
-- Inside a shard task, ``submit`` sends a batch through one actor per step and ``infer`` gets
-  its results, surviving actor deaths (a dead actor's batch is retried item by item).
+  ``SHARD_ATTEMPTS`` times; then the shard is ``isolating``: its task runs each input as its own
+  one-input task (``isolate``), so one input that keeps failing its shard becomes an error row
+  and the shard is still committed. Only a shard that fails that way too fails the run.
+- Each shard goes to the least-loaded actor of each pool (fewest shards in flight, at most
+  ``SHARDS_PER_ACTOR``): an actor that is slow or restarting holds its shards longer, so it
+  gets fewer and the others take the rest. Inside a shard task, ``submit`` sends a batch through
+  its chain (one actor per step) and ``infer`` survives actor deaths (a dead actor's batch is
+  retried item by item).
 - ``commit_shard`` writes a shard's manifest part, making all its rows visible at once.
+- ``Clock`` (a mixin for actor classes) times their forward passes, for each actor's busy fraction.
 
 An actor class used here is a Ray actor built as ``(registry, [step spec], resources, want_gpu)``
-with ``ready() -> str`` and ``infer(items[, extra]) -> list[Result]``.
+with ``ready() -> str``, ``infer(items[, extra]) -> list[Result]`` and ``Clock.stats``.
 """
 
 from __future__ import annotations
@@ -20,12 +26,20 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import ray
-from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
+from ray.exceptions import (
+    ActorUnavailableError,
+    GetTimeoutError,
+    OutOfMemoryError,
+    RayActorError,
+    RayError,
+    WorkerCrashedError,
+)
 
 from models import Registry
 from pipeline import manifest
@@ -36,7 +50,10 @@ from pipeline.job import Job, Resources
 from pipeline.manifest import Status
 
 log = logging.getLogger(__name__)
-SHARD_ATTEMPTS = 3
+SHARD_ATTEMPTS = 3  # whole-shard attempts; as many again input by input (isolating)
+# A shard task keeps two batches in flight, so two shards keep an actor busy while the next batch
+# decodes; more would only queue behind a slow actor what another actor could take.
+SHARDS_PER_ACTOR = 2
 CRASH_ATTEMPTS = 3  # actor deaths on one image before it is blamed
 
 
@@ -82,6 +99,30 @@ def commit_shard(ctx: ShardContext, shard: int, rows: list[dict], started: float
         if row["status"] == Status.ERROR:
             result.errors_by_stage[row["stage"]] += 1
     return result
+
+
+def isolating(attempt: int) -> bool:
+    """Whether a shard task on its ``attempt`` runs its inputs one by one (its whole-shard attempts are spent)."""
+    return attempt > SHARD_ATTEMPTS
+
+
+def isolate(unit, ctx, shard: int, attempt: int, chain: list, items: list, failed_row: Callable) -> list[dict]:
+    """Run each of ``items`` (plan rows) as its own one-input task ``unit.remote(ctx, shard, attempt,
+    chain, item) -> row``, retried up to SHARD_ATTEMPTS times in all (also when its process dies).
+    An input whose task fails every time becomes ``failed_row(item, error_type, message)``
+    (error_type ``worker_crashed`` if its process died, else ``shard_failed``); the rows come
+    back in the order of ``items``."""
+    unit = unit.options(num_cpus=ctx.job.resources.cpus_per_task, max_retries=SHARD_ATTEMPTS - 1, retry_exceptions=True)
+    refs = [unit.remote(ctx, shard, attempt, chain, item) for item in items]
+    rows = []
+    for item, ref in zip(items, refs):
+        try:
+            rows.append(ray.get(ref))
+        except RayError as exc:
+            crashed = isinstance(exc, (WorkerCrashedError, OutOfMemoryError))
+            message = f"this input failed its own task {SHARD_ATTEMPTS} times: {exc}"
+            rows.append(failed_row(item, "worker_crashed" if crashed else "shard_failed", message))
+    return rows
 
 
 def when_ready(actors: list, timeout: float = 300.0) -> None:
@@ -166,10 +207,38 @@ def raise_model_load_error(exc: BaseException) -> None:
             raise error from None
 
 
+class Clock:
+    """Mixin for the actor classes: ``with self.busy():`` around each forward pass, so that
+    ``stats()`` tells the driver how much of its life the actor spent computing. An actor
+    calls ``start_clock()`` when it has loaded its model; a restarted actor starts counting anew."""
+
+    _born: float | None = None
+    _busy_seconds = 0.0
+    _batches = 0
+
+    def start_clock(self) -> None:
+        self._born, self._busy_seconds, self._batches = time.monotonic(), 0.0, 0
+
+    @contextmanager
+    def busy(self) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self._busy_seconds += time.monotonic() - started
+            self._batches += 1
+
+    def stats(self) -> dict:
+        """{busy_seconds, seconds (since the model was loaded), batches}."""
+        seconds = time.monotonic() - self._born if self._born is not None else 0.0
+        return {"busy_seconds": self._busy_seconds, "seconds": seconds, "batches": self._batches}
+
+
 class Pool:
-    """One step's actors: starts with ``actors.min`` and adds one (up to ``actors.max``) whenever
-    two shards per actor are in flight. On an autoscaling cluster a new actor that does not
-    fit yet stays pending, which is what makes the autoscaler add a node.
+    """One step's actors and the shards each has in flight: starts with ``actors.min`` and adds
+    one (up to ``actors.max``) whenever two shards per actor are in flight. On an autoscaling
+    cluster a new actor that does not fit yet stays pending, which is what makes the autoscaler
+    add a node.
 
     ``actor_class``: a Ray actor class built as ``(registry, [spec], resources, want_gpu)``,
     e.g. pipeline.execute's ``ModelActor`` or pipeline.generate's ``GeneratorActor``."""
@@ -183,23 +252,51 @@ class Pool:
         )
         self.need = {"CPU": resources.cpus_per_actor, "GPU": gpus}
         self.range = resources.actors
+        self.name = getattr(step, "model", "actor")
         self.actors = [self._new() for _ in range(self.range.min)]
+        self.load = [0] * len(self.actors)  # shards in flight, per actor
+        self.finished = [0] * len(self.actors)  # shards done (or failed), per actor
+
+    def least_loaded(self) -> int | None:
+        """The actor (its index) for a new shard: the one with the fewest shards in flight, ties
+        going to the one that finished the most (the faster); None while each has SHARDS_PER_ACTOR."""
+        i = min(range(len(self.actors)), key=lambda i: (self.load[i], -self.finished[i]))
+        return i if self.load[i] < SHARDS_PER_ACTOR else None
 
     def _fits_now(self) -> bool:
         free = ray.available_resources()
         return all(free.get(name, 0) >= amount for name, amount in self.need.items() if amount)
 
-    def grow_if_behind(self, inflight: int, leaves_room: Callable[[Pool], bool] = lambda pool: True) -> None:
-        """Shards routed to an actor that can never be placed would wait forever, so without
+    def grow_if_behind(self, inflight: int, leaves_room: Callable[[Pool], bool] = lambda pool: True):
+        """Shards given to an actor that can never be placed would wait forever, so without
         an autoscaler the pool only grows into resources that are free now, and only where
-        ``leaves_room(self)`` says the actors would still leave a shard task room to run."""
+        ``leaves_room(self)`` says the actors would still leave a shard task room to run.
+        Returns the new actor, or None."""
         behind = len(self.actors) < self.range.max and inflight >= 2 * len(self.actors)
         if behind and (autoscaling() or (self._fits_now() and leaves_room(self))):
             self.actors.append(self._new())
+            self.load.append(0)
+            self.finished.append(0)
             log.info("added a model actor (%d of at most %d)", len(self.actors), self.range.max)
+            return self.actors[-1]
+        return None
 
-    def pick(self, shard: int):
-        return self.actors[shard % len(self.actors)]
+
+def actor_stats(pools: list[Pool], timeout: float = 30.0) -> list[dict]:
+    """Each actor's ``{id, busy_fraction, batches}`` (``id``: ``<model>#<n>``, with the step's index
+    before it when there are several; an actor that does not answer has None for both)."""
+    out = []
+    for step, pool in enumerate(pools):
+        refs = [actor.stats.remote() for actor in pool.actors]
+        for i, ref in enumerate(refs):
+            try:
+                stats = ray.get(ref, timeout=timeout)
+            except (RayActorError, GetTimeoutError):
+                stats = None
+            name = f"{step}/{pool.name}#{i}" if len(pools) > 1 else f"{pool.name}#{i}"
+            busy = round(stats["busy_seconds"] / stats["seconds"], 3) if stats and stats["seconds"] else None
+            out.append({"id": name, "busy_fraction": busy, "batches": stats["batches"] if stats else None})
+    return out
 
 
 def run_shards(
@@ -209,13 +306,15 @@ def run_shards(
     shards: Iterable[int],
     on_shard: Callable[[ShardResult], None] | None = None,
     check: Callable[[], None] | None = None,
-) -> None:
+) -> list[dict]:
     """The driver loop shared by every kind of job: ``task.remote(ctx, shard, attempt, chain)``
-    (chain: one actor per pool) for each shard, at most ``max_inflight_shards`` in flight,
-    failed shards retried up to SHARD_ATTEMPTS times; the pools' actors are killed at the end."""
+    (chain: the least-loaded actor of each pool, ``Pool.least_loaded``) for each shard, at most
+    ``max_inflight_shards`` in flight and SHARDS_PER_ACTOR per actor, failed shards retried
+    (SHARD_ATTEMPTS whole, then as many isolating); the pools' actors are killed at the end.
+    Returns each actor's ``actor_stats``."""
     res = ctx.job.resources
-    max_inflight = res.max_inflight_shards or 2 * max(pool.range.max for pool in pools)
-    inflight: dict = {}  # ObjectRef → (shard, attempt)
+    max_inflight = res.max_inflight_shards or SHARDS_PER_ACTOR * max(pool.range.max for pool in pools)
+    inflight: dict = {}  # ObjectRef → (shard, attempt, actor index per pool)
 
     def leaves_room(growing: Pool) -> bool:
         # Counted from the actors the pools hold, not from what Ray shows free: actors still
@@ -229,11 +328,21 @@ def run_shards(
             held["GPU"] + growing.need["GPU"] <= total.get("GPU", 0)
         )
 
-    def submit(shard: int, attempt: int) -> None:
+    def place() -> list[int] | None:
+        """One actor per pool with room for another shard (None if a pool has none), growing
+        the pools that are behind first."""
+        if len(inflight) >= max_inflight:
+            return None
         for pool in pools:
             pool.grow_if_behind(len(inflight), leaves_room)
-        ref = task.remote(ctx, shard, attempt, [pool.pick(shard) for pool in pools])
-        inflight[ref] = (shard, attempt)
+        picks = [pool.least_loaded() for pool in pools]
+        return None if None in picks else picks
+
+    def submit(shard: int, attempt: int, picks: list[int]) -> None:
+        for pool, i in zip(pools, picks):
+            pool.load[i] += 1
+        ref = task.remote(ctx, shard, attempt, [pool.actors[i] for pool, i in zip(pools, picks)])
+        inflight[ref] = (shard, attempt, picks)
 
     # The first shards are submitted while the actors start, so that the shard workers start
     # (and import) at the same time; their first batches wait on the actors.
@@ -258,27 +367,36 @@ def run_shards(
         [ref], _ = ray.wait(list(inflight), num_returns=1)
         if check:
             check()
-        shard, attempt = inflight.pop(ref)
+        shard, attempt, picks = inflight.pop(ref)
+        for pool, i in zip(pools, picks):
+            pool.load[i] -= 1
+            pool.finished[i] += 1
         try:
             result = ray.get(ref)
         except Exception as exc:  # infrastructure failure: the shard's part was not written
-            if attempt >= SHARD_ATTEMPTS:
-                raise RuntimeError(f"shard {shard} failed {attempt} times; last error: {exc}") from exc
-            log.warning("shard %d attempt %d failed (%s); retrying", shard, attempt, exc)
-            submit(shard, attempt + 1)
+            if attempt >= 2 * SHARD_ATTEMPTS:
+                raise RuntimeError(
+                    f"shard {shard} failed {attempt} times ({SHARD_ATTEMPTS} of them input by input); last error: {exc}"
+                ) from exc
+            then = "input by input" if isolating(attempt + 1) else "whole"
+            log.warning("shard %d attempt %d failed (%s); retrying it %s", shard, attempt, exc, then)
+            while (picks := place()) is None:  # its own slot is free again, unless max_inflight_shards is
+                collect_one()
+            submit(shard, attempt + 1, picks)
             return
         if on_shard:
             on_shard(result)
 
     try:
         for shard in shards:
-            while len(inflight) >= max_inflight:
+            while (picks := place()) is None:
                 collect_one()
-            submit(shard, 1)
+            submit(shard, 1, picks)
         while inflight:
             collect_one()
         if starting:  # no shard to run: a model that cannot load still fails the run
             started()
+        return actor_stats(pools)
     finally:
         for pool in pools:
             for actor in pool.actors:

@@ -3,11 +3,15 @@
 - ``ModelActor`` (one per GPU when GPUs are requested) loads a step's model once and runs
   batches through it; Ray restarts a dead actor (pipeline.driver retries its calls).
 - ``process_shard`` is a CPU task: for each batch of its shard it reads and decodes,
-  sends pixels to the actors, and while they work decodes the next batch; then it
+  sends pixels to its chain of actors (the least loaded when the driver submitted the shard),
+  and while they work decodes the next batch; then it
   encodes and writes outputs and finally commits the shard's manifest part atomically.
   Outputs larger than ``resources.encode_in_actor_above`` are encoded by the last actor
   instead (``Encoding``), which sends back the file rather than the pixels.
-  Per-image failures become error rows; only infrastructure failures fail the task.
+  Per-image failures become error rows; only infrastructure failures fail the task. A shard
+  that failed SHARD_ATTEMPTS times runs each input as its own task (``_process_one``), so an
+  input that keeps failing its shard (a model raising for it alone, a crash while encoding it)
+  becomes an error row and the rest of the shard is committed.
 - ``execute`` sizes one pool per step and hands the shards to pipeline.driver's loop
   (bounded in-flight work, shard retries).
 """
@@ -19,6 +23,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import ray
@@ -28,7 +33,7 @@ from models import Registry
 from models.weights import WeightsError
 from pipeline import driver, images, runs, storage
 from pipeline.cluster import check_resources, gpus_to_request, with_threads
-from pipeline.driver import Pool, ShardContext, ShardResult, commit_shard, run_shards
+from pipeline.driver import Clock, Pool, ShardContext, ShardResult, commit_shard, run_shards
 from pipeline.inference import Chain, Masked, Result, pick_device
 from pipeline.job import Job, Resources
 from pipeline.manifest import Stage, fail, failed, failing_as
@@ -74,7 +79,7 @@ def _encode_here(result: Result, encoding: Encoding) -> None:
 # Restarted without limit: a dead actor (OOM, segfault, a node lost) comes back with its
 # models; the calls it was running fail and are retried by the shard task (see pipeline.driver.infer).
 @ray.remote(max_restarts=-1, max_task_retries=0)
-class ModelActor:
+class ModelActor(Clock):
     def __init__(self, registry: Registry, steps: list[dict], resources: Resources, want_gpu: bool):
         self.threads = actor_threads(resources.threads_per_actor, resources.cpus_per_actor, want_gpu)
         models = [registry.build(s["model"], s["params"]) for s in steps]
@@ -89,6 +94,7 @@ class ModelActor:
         self.chain = Chain(
             models, device, resources.batch_size, resources.tile, resources.tile_pad, outscale, resources.precision
         )
+        self.start_clock()
 
     def ready(self) -> str:
         return str(self.chain.device)
@@ -102,7 +108,8 @@ class ModelActor:
         pixels = [items[i] if isinstance(items[i], np.ndarray) else items[i].pixels for i in todo]
         self.threads.start()
         started = time.perf_counter()
-        outs = self.chain(pixels, [getattr(items[i], "known", None) for i in todo])
+        with self.busy():
+            outs = self.chain(pixels, [getattr(items[i], "known", None) for i in todo])
         self.threads.done(time.perf_counter() - started, sum(p.shape[0] * p.shape[1] for p in pixels))
         results = list(prior)
         for i, out in zip(todo, outs):
@@ -288,17 +295,23 @@ class _Batch:
         inputs, encodings = [w.model_input() for w in ready], [w.encoding(job) for w in ready]
         return cls(ready, inputs, encodings, driver.submit(chain, inputs, encodings))
 
+    def results(self, chain: list) -> list[Result]:
+        return driver.infer(chain, self.inputs, self.ref, self.encodings)
+
     def finish(self, ctx: RestorationContext, chain: list) -> None:
         """Wait for the results; encode and write them."""
-        _finish(ctx, self.works, driver.infer(chain, self.inputs, self.ref, self.encodings))
+        _finish(ctx, self.works, self.results(chain))
 
 
 @ray.remote
 def process_shard(ctx: RestorationContext, shard: int, attempt: int, chain: list) -> ShardResult:
-    """chain: one ModelActor handle per step."""
+    """chain: one ModelActor handle per step (the least loaded when the driver submitted it)."""
     started = time.perf_counter()
     out = ctx.job.output
     plan = runs.load_plan_shard(out.uri, ctx.run_id, shard, out.storage_options).to_pylist()
+    if driver.isolating(attempt):
+        rows = driver.isolate(_process_one, ctx, shard, attempt, chain, plan, partial(_failed_row, ctx, shard, attempt))
+        return commit_shard(ctx, shard, sorted(rows, key=lambda r: r["input_uri"]), started)
     batch_size = ctx.job.resources.batch_size
     done: list[_Work] = []
     pending: _Batch | None = None
@@ -313,6 +326,36 @@ def process_shard(ctx: RestorationContext, shard: int, attempt: int, chain: list
         pending.finish(ctx, chain)
 
     return commit_shard(ctx, shard, sorted((w.row for w in done), key=lambda r: r["input_uri"]), started)
+
+
+@ray.remote(max_retries=0)
+def _process_one(ctx: RestorationContext, shard: int, attempt: int, chain: list, item: dict) -> dict:
+    """One input of an isolating shard, start to end: its row. Decoding runs in a task of its own
+    (``_load_all``) and the model in the actors, so what can still kill this task is encoding or
+    writing; an exception the actors raise for this input is a model error on its row."""
+    [work] = _load_all(ctx, [item], shard, attempt)
+    batch = _Batch.submit(chain, ctx.job, [work])
+    if batch is not None:
+        with failing_as(work.row, Stage.MODEL, _raised_remotely):
+            results = batch.results(chain)
+        if not failed(work.row):
+            _finish(ctx, [work], results)
+    return work.row
+
+
+def _raised_remotely(exc: Exception) -> tuple[str, str] | None:
+    """An exception raised in an actor, named by its own class rather than Ray's wrapper."""
+    if isinstance(exc, RayTaskError) and exc.cause is not None:
+        return type(exc.cause).__name__, str(exc.cause) or repr(exc.cause)
+    return None
+
+
+def _failed_row(ctx: RestorationContext, shard: int, attempt: int, item: dict, error_type: str, message: str) -> dict:
+    """The row of an input whose own task failed every time (``driver.isolate``): that task only
+    encoded and wrote (see ``_process_one``)."""
+    row = _base_row(ctx, item, shard, attempt)
+    fail(row, Stage.ENCODE, error_type, message)
+    return row
 
 
 def context_for(
@@ -340,8 +383,9 @@ def execute(
     shards: Iterable[int],
     on_shard: Callable[[ShardResult], None] | None = None,
     check: Callable[[], None] | None = None,
-) -> None:
-    """Run the given shards of a planned run to commit.
+) -> list[dict]:
+    """Run the given shards of a planned run to commit; returns each actor's
+    ``{id, busy_fraction, batches}`` (pipeline.driver.actor_stats).
 
     ``check`` is called between shards and may raise to stop the run (e.g. a lost lease).
     """
@@ -356,4 +400,4 @@ def execute(
         Pool(registry, step, weights, r, ModelActor)
         for step, weights, r in zip(ctx.job.steps, ctx.weights_sha256, steps)
     ]
-    run_shards(ctx, pools, process_shard.options(num_cpus=res.cpus_per_task), shards, on_shard, check)
+    return run_shards(ctx, pools, process_shard.options(num_cpus=res.cpus_per_task), shards, on_shard, check)

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import ray
@@ -27,9 +28,18 @@ from models.diffusion import prompt_generator, sample_generator
 from models.weights import WeightsError
 from pipeline import driver, runs
 from pipeline.cluster import check_resources, gpus_to_request, with_threads
-from pipeline.driver import Pool, ShardContext, ShardResult, commit_shard, raise_model_load_error, run_shards
+from pipeline.driver import (
+    Clock,
+    Pool,
+    ShardContext,
+    ShardResult,
+    commit_shard,
+    raise_model_load_error,
+    run_shards,
+)
 from pipeline.inference import Result, pick_device
 from pipeline.job import Job, Resources
+from pipeline.manifest import Stage, fail
 from pipeline.outputs import write_output
 from pipeline.threads import actor_threads
 
@@ -46,7 +56,7 @@ class GenerationContext(ShardContext):
 # Restarted without limit, like ModelActor: the shard task retries the samples of a batch whose
 # actor died one by one (pipeline.driver.infer).
 @ray.remote(max_restarts=-1, max_task_retries=0)
-class GeneratorActor:
+class GeneratorActor(Clock):
     """Holds one GenerativeModel; ``infer(indices)`` returns one Result per sample index."""
 
     def __init__(self, registry: Registry, steps: list[dict], resources: Resources, want_gpu: bool):
@@ -71,6 +81,7 @@ class GeneratorActor:
         self.device = pick_device(want_gpu)
         model.module.to(self.device).eval()
         self.model, self.seed, self.label = model, spec["seed"], label
+        self.start_clock()
 
     def ready(self) -> str:
         return str(self.device)
@@ -85,7 +96,8 @@ class GeneratorActor:
         try:
             self.threads.start()
             t0 = time.perf_counter()
-            pixels = self._sample(indices)
+            with self.busy():
+                pixels = self._sample(indices)
             seconds = time.perf_counter() - t0
             self.threads.done(seconds, len(indices))
             share = seconds / len(indices)
@@ -159,6 +171,11 @@ def generate_shard(ctx: GenerationContext, shard: int, attempt: int, chain: list
     started = time.perf_counter()
     out = ctx.job.output
     plan = runs.load_plan_shard(out.uri, ctx.run_id, shard, out.storage_options).to_pylist()
+    if driver.isolating(attempt):  # the whole shard failed SHARD_ATTEMPTS times: sample by sample
+        rows = driver.isolate(
+            _generate_one, ctx, shard, attempt, chain, plan, partial(_failed_row, ctx, shard, attempt)
+        )
+        return commit_shard(ctx, shard, rows, started)
     batch_size = ctx.job.resources.batch_size
     rows: list[dict] = []
 
@@ -181,6 +198,23 @@ def generate_shard(ctx: GenerationContext, shard: int, attempt: int, chain: list
     return commit_shard(ctx, shard, rows, started)
 
 
+@ray.remote(max_retries=0)
+def _generate_one(ctx: GenerationContext, shard: int, attempt: int, chain: list, item: dict) -> dict:
+    """One sample of an isolating shard: its row (a failing sample is already an error Result)."""
+    row = _row(ctx, item, shard, attempt)
+    indices = [item["sample_index"]]
+    [result] = driver.infer(chain, indices, driver.submit(chain, indices))
+    write_output(ctx, row, item["rel_path"], result, "PNG")
+    return row
+
+
+def _failed_row(ctx: GenerationContext, shard: int, attempt: int, item: dict, error_type: str, message: str) -> dict:
+    """The row of a sample whose own task failed every time: that task only encoded and wrote."""
+    row = _row(ctx, item, shard, attempt)
+    fail(row, Stage.ENCODE, error_type, message)
+    return row
+
+
 def context_for(
     job: Job, registry: Registry, run_id: str, model_details: list[str | None] | None = None
 ) -> GenerationContext:
@@ -198,7 +232,7 @@ def context_for(
     )
 
 
-def execute(ctx: GenerationContext, registry: Registry, shards, on_shard=None, check=None) -> None:
+def execute(ctx: GenerationContext, registry: Registry, shards, on_shard=None, check=None) -> list[dict]:
     """Run the given shards of a planned generation run to commit (see pipeline.execute.execute)."""
     res = ctx.job.resources
     actors = res.model_copy(update={"gpus_per_actor": gpus_to_request(res.gpus_per_actor)})
@@ -213,4 +247,4 @@ def execute(ctx: GenerationContext, registry: Registry, shards, on_shard=None, c
         raise_model_load_error(exc)
         raise
     ctx = dataclasses.replace(ctx, sampler=sampler, sampler_steps=steps, guidance_scale=guidance)
-    run_shards(ctx, [pool], generate_shard.options(num_cpus=res.cpus_per_task), shards, on_shard, check)
+    return run_shards(ctx, [pool], generate_shard.options(num_cpus=res.cpus_per_task), shards, on_shard, check)

@@ -260,12 +260,12 @@ def _when(iso: str | None) -> str:
 
 def _runs_html(records: list[runs.RunRecord], means: dict[str, dict]) -> str:
     """One row per run, in seven columns so that the table fits a 1,000-px window (the fourteen it had
-    needed ~1,500 px); per-stage times share one cell."""
+    needed ~1,500 px); per-stage times share one cell, the model actors' busy fractions another."""
     head = "".join(
         f"<th>{h}</th>"
         for h in ("run · job", "status", "started · finished (UTC)", "listed · inputs · shards", "counts")
     )
-    head += f"<th>ms per image: {' · '.join(STAGES)}</th>"
+    head += f"<th>ms per image: {' · '.join(STAGES)}</th><th>actors busy</th>"
     body = []
     for r in records:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(r.counts.items())) or "–"
@@ -277,10 +277,24 @@ def _runs_html(records: list[runs.RunRecord], means: dict[str, dict]) -> str:
             f"{_e(r.listed)} · {_e(r.inputs)} · {_e(r.shards)}",
             _e(counts),
             " · ".join(_ms(m.get(s)) for s in STAGES),
+            _busy(r.actors),
         ]
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     table = f'<table class="runs"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
     return f'<div class="scroll">{table}</div>'
+
+
+def _busy(actors: list[dict]) -> str:
+    """The model actors' busy fractions (time in forward passes over their life): the mean and the
+    range in the cell, each actor in its tooltip; ``–`` for a run that recorded none."""
+    known = [a for a in actors if a.get("busy_fraction") is not None]
+    if not known:
+        return "–"
+    fractions = [a["busy_fraction"] for a in known]
+    each = "\n".join(f"{a['id']}: {a['busy_fraction']:.0%} busy, {a['batches']} batches" for a in known)
+    spread = f" ({min(fractions):.0%}–{max(fractions):.0%})" if len(known) > 1 else ""
+    text = f"{len(known)} × {sum(fractions) / len(known):.0%}{spread}"
+    return f'<span title="{_e(each)}">{_e(text)}</span>'
 
 
 def _relative(uri: str, root: str) -> str:

@@ -52,6 +52,8 @@ class RunRecord:
     bytes: int = 0
     categories: dict[str, int] = field(default_factory=dict)  # new / changed / unchanged / failed
     counts: dict[str, int] = field(default_factory=dict)  # status → rows, set when committed
+    # Each model actor of the invocation that committed the run: {id, busy_fraction, batches}
+    actors: list[dict] = field(default_factory=list)
     darkroom_version: str = ""
 
 

@@ -83,6 +83,13 @@ def run(
     sys.exit(EXIT_ERROR_ROWS if summary.error_rows else 0)
 
 
+def _busy(actor: dict) -> str:
+    """``bicubic#0 83% busy (41 batches)``; an actor that did not answer at the end: ``bicubic#1 ?``."""
+    if actor["busy_fraction"] is None:
+        return f"{actor['id']} ?"
+    return f"{actor['id']} {actor['busy_fraction']:.0%} busy ({actor['batches']} batches)"
+
+
 def _print_summary(summary: api.RunSummary, job: Job) -> None:
     verb = "resumed" if summary.resumed else "run"
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items())) or "nothing to do"
@@ -92,6 +99,8 @@ def _print_summary(summary: api.RunSummary, job: Job) -> None:
         f"{summary.inputs} inputs in {summary.shards} shards: {counts} "
         f"({summary.wall_seconds:.1f} s, {progress.speed(done / max(summary.wall_seconds, 1e-9))})"
     )
+    if summary.actors:
+        click.echo("actors:   " + ", ".join(_busy(a) for a in summary.actors))
     for e in summary.errors[:5]:
         click.echo(f"  {e['count']:>6} × {e['error_type']} (at {e['stage']}), e.g. {e['example']}")
     if len(summary.errors) > 5:

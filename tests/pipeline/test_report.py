@@ -184,6 +184,9 @@ def test_report_on_s3_and_cli(ray_local, s3_bucket, corpus, tmp_path):
         in page
     )
     assert summary.run_id in page and "http://" not in page and "https://" not in page
+    [actor] = summary.actors  # one actor: its busy fraction in the runs table, its batches in the tooltip
+    assert f"{actor['id']}: {actor['busy_fraction']:.0%} busy, {actor['batches']} batches" in page
+    assert f"1 × {actor['busy_fraction']:.0%}</span>" in page
 
     # Beyond max_items: counted, not embedded. The CLI writes where --out says and prints it.
     dest = tmp_path / "r.html"

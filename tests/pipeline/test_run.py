@@ -309,6 +309,15 @@ def test_each_step_has_its_own_actor_pool(ray_local, corpus_dir, tmp_path):
     rows = manifest.read(str(tmp_path / "out")).to_pylist()
     assert all(r["width_out"] == round(r["width_in"] * 2 * 1.5) and r["models"] == ["bicubic", "lanczos"] for r in rows)
     assert all(r["t_model"] > 0 for r in rows)
+    # Each actor of each step reports how busy it was; every batch (at most one per 2-input shard) passes both steps.
+    by_step = {"0": [], "1": []}
+    for actor in summary.actors:
+        by_step[actor["id"].split("/")[0]].append(actor)
+        assert 0 < actor["busy_fraction"] <= 1, summary.actors
+    assert [a["id"] for a in by_step["0"]] == ["0/bicubic#0"]
+    assert [a["id"] for a in by_step["1"]][0] == "1/lanczos#0"
+    assert 0 < sum(a["batches"] for a in by_step["0"]) == sum(a["batches"] for a in by_step["1"]) <= summary.shards
+    assert runs.load_all(str(tmp_path / "out"))[-1].actors == summary.actors  # kept for the report
 
 
 def test_actors_that_leave_no_cpu_for_shards_are_refused_in_one_line(ray_local, corpus_dir, tmp_path):
