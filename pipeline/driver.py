@@ -13,7 +13,8 @@ class and its shard task; this module runs them:
   ``SHARDS_PER_ACTOR``): an actor that is slow or restarting holds its shards longer, so it
   gets fewer and the others take the rest. Inside a shard task, ``submit`` sends a batch through
   its chain (one actor per step) and ``infer`` survives actor deaths (a dead actor's batch is
-  retried item by item).
+  retried item by item) and cuts
+  a batch that outlasts its timeout (its actors are restarted, its items become timeout results).
 - ``commit_shard`` writes a shard's manifest part, making all its rows visible at once.
 - ``Clock`` (a mixin for actor classes) times their forward passes, for each actor's busy fraction.
 
@@ -150,7 +151,19 @@ def submit(chain: list, items: list, extra: list | None = None):
     return ref
 
 
-def infer(chain: list, items: list, ref, extra: list | None = None) -> list[Result]:
+def restart(chain: list) -> None:
+    """Kill the chain's actors so that Ray restarts them (they are created with unlimited
+    restarts): a call stuck in a model stops computing. Other calls they were running fail
+    with RayActorError, which their ``infer`` survives like any actor death."""
+    for actor in chain:
+        ray.kill(actor, no_restart=False)
+
+
+def _timed_out(timeout: float) -> Result:
+    return Result(None, timeout, f"the model did not answer within limits.model_timeout_seconds={timeout:g}", "timeout")
+
+
+def infer(chain: list, items: list, ref, extra: list | None = None, timeout: float | None = None) -> list[Result]:
     """The last step's results for ``items`` (what ``ref``'s call was given, one entry per image
     or sample, with ``extra`` if it had it), surviving actor deaths.
 
@@ -158,9 +171,20 @@ def infer(chain: list, items: list, ref, extra: list | None = None) -> list[Resu
     actor died is retried image by image; an image on which an actor dies
     ``CRASH_ATTEMPTS`` times is the likely cause and becomes an error result. Each try first
     waits for the actors to be up, so a restart in progress is not counted against an image.
+
+    ``timeout`` (seconds, None: none): a batch (or a retried image) whose results take longer,
+    counted from when the chain's actors are up (their ``ready()`` must answer while they
+    compute: a concurrency group of its own), becomes ``timeout`` results, and the chain's
+    actors are restarted.
     """
     try:
-        return ray.get(ref)
+        if timeout is not None:
+            when_ready(chain)  # an actor starting (loading its model) is not the batch's time
+        return ray.get(ref, timeout=timeout)
+    except GetTimeoutError:
+        log.warning("a batch of %d took longer than %g s; restarting its model actors", len(items), timeout)
+        restart(chain)
+        return [_timed_out(timeout) for _ in items]
     except RayActorError:
         log.warning("a model actor died during a batch of %d; retrying image by image", len(items))
     results = []
@@ -169,7 +193,11 @@ def infer(chain: list, items: list, ref, extra: list | None = None) -> list[Resu
         while deaths < CRASH_ATTEMPTS:
             when_ready(chain)
             try:
-                results.append(ray.get(submit(chain, [item], extra and [extra[i]]))[0])
+                results.append(ray.get(submit(chain, [item], extra and [extra[i]]), timeout=timeout)[0])
+                break
+            except GetTimeoutError:
+                restart(chain)
+                results.append(_timed_out(timeout))
                 break
             except RayActorError:  # includes ActorUnavailableError: it was alive when we called
                 deaths += 1

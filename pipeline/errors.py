@@ -1,21 +1,29 @@
-"""Plain one-line explanations, with the fix, for failures users commonly hit, and their exit codes.
+"""Plain one-line explanations, with the fix, of failures users commonly hit: a run's (and its exit code), one input's.
 
 The CLI prints ``error: <line>`` instead of a traceback (``--debug`` shows it) and exits with
 :func:`exit_code`: 2 for a configuration error (a job field naming a bucket, weights file or output
 that does not exist or cannot be written: retrying cannot help), else 1.
+
+:func:`storage_error` names the failure to read or write one input's files as its manifest row
+records it (``error_type``, ``error_message``): ``transient`` (still failing when the retry
+budget ran out: ``--mode retry-errors`` runs it again), ``timeout``, ``tls_error``, ``not_found``,
+``access_denied``.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from urllib.parse import urlsplit
 
+from models.fetch import causes
 from models.registry import UnknownModelError
 from models.weights import WeightsError
+from pipeline import storage
 from pipeline.job import ResourcesError
 from pipeline.planning import ListFileError
 from pipeline.preflight import ConfigurationError
-from pipeline.storage import redact_text
+from pipeline.storage import redact, redact_text
 
 EXIT_CONFIGURATION = 2  # as a bad job file
 EXIT_FAILED = 1
@@ -25,19 +33,11 @@ class ModelLoadError(RuntimeError):
     """A model actor failed to start; ``str()`` is the actor's own error (pipeline.driver.model_load_error)."""
 
 
-def _chain(exc: BaseException):
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
-
-
 def explain(exc: BaseException, uris: dict[str, str] | None = None) -> str:
     """One line saying what went wrong and what to do about it; ``uris`` (e.g. the job's
     input.uri and output.uri) are named where the error itself does not say which."""
     where = ", ".join(f"{field} ({redact_text(uri)})" for field, uri in (uris or {}).items()) or "the URIs"
-    for e in _chain(exc):
+    for e in causes(exc):
         text = f"{type(e).__name__}: {e}"
         if "NoCredentialsError" in text or "Unable to locate credentials" in text:
             return (
@@ -81,6 +81,37 @@ def explain(exc: BaseException, uris: dict[str, str] | None = None) -> str:
     return redact_text(f"{type(exc).__name__}: {exc}").splitlines()[0]
 
 
+def storage_error(exc: BaseException, uri: str, missing: str | None = None) -> tuple[str, str] | None:
+    """(error_type, message) for a failure to read or write ``uri``, or None when it is none
+    of the kinds named here. ``missing``: the message for a file that is not there (default:
+    ``not found: <the URL as requested>``)."""
+    shown = redact(uri)
+    if isinstance(exc, storage.TransientError):
+        return "transient", str(exc)
+    if isinstance(exc, storage.StorageTimeout):
+        return "timeout", str(exc)
+    kind = storage.failure_kind(exc)
+    root = list(causes(exc))[-1]
+    scheme = urlsplit(uri).scheme.lower()
+    fragment = ""
+    if scheme in ("http", "https") and "#" in uri:
+        shown = redact(uri.split("#", 1)[0])
+        fragment = (
+            " (the URL as requested: what follows '#' is a fragment, never sent to the server; a '#' in a file name "
+            "is written %23)"
+        )
+    if kind == "tls":
+        hint = " (an http-only endpoint? then write http://)" if scheme == "https" else ""
+        return "tls_error", f"TLS handshake failed for {shown}{hint}: {type(root).__name__}: {root}"
+    if kind == "transient":  # only without a retry budget
+        return "transient", f"{type(exc).__name__}: {exc}"
+    if kind == "not_found":
+        return "not_found", (missing if missing and not fragment else f"not found: {shown}") + fragment
+    if kind == "denied":
+        return "access_denied", f"access denied: {shown}{fragment} ({type(root).__name__}: {root})"
+    return None
+
+
 def _bucket(uri: str) -> str | None:
     match = re.match(r"^[a-z0-9]+://([^/]+)", uri)
     return match.group(1) if match else None
@@ -88,7 +119,7 @@ def _bucket(uri: str) -> str | None:
 
 def exit_code(exc: BaseException) -> int:
     """2 when ``exc`` (or what caused it) is a configuration error, else 1."""
-    for e in _chain(exc):
+    for e in causes(exc):
         text = f"{type(e).__name__}: {e}"
         if isinstance(e, ConfigurationError) or "NoSuchBucket" in text:
             return EXIT_CONFIGURATION

@@ -6,6 +6,9 @@
   sends pixels to its chain of actors (the least loaded when the driver submitted the shard),
   and while they work decodes the next batch; then it
   encodes and writes outputs and finally commits the shard's manifest part atomically.
+  Transient storage errors are retried within ``limits.transient_retry_seconds`` (one
+  budget per task); a read or decode is cut after ``limits.read_timeout_seconds`` and a
+  batch after ``limits.model_timeout_seconds``, so one hung input cannot hang the run.
   Outputs larger than ``resources.encode_in_actor_above`` are encoded by the last actor
   instead (``Encoding``), which sends back the file rather than the pixels.
   Per-image failures become error rows; only infrastructure failures fail the task. A shard
@@ -31,11 +34,11 @@ from ray.exceptions import OutOfMemoryError, RayTaskError, WorkerCrashedError
 
 from models import Registry
 from models.weights import WeightsError
-from pipeline import driver, images, runs, storage
+from pipeline import driver, errors, images, runs, storage
 from pipeline.cluster import check_resources, gpus_to_request, with_threads
 from pipeline.driver import Clock, Pool, ShardContext, ShardResult, commit_shard, run_shards
 from pipeline.inference import Chain, Masked, Result, pick_device
-from pipeline.job import Job, Resources
+from pipeline.job import Job, Limits, Resources
 from pipeline.manifest import Stage, fail, failed, failing_as
 from pipeline.outputs import encode_output, write_output
 from pipeline.threads import actor_threads
@@ -78,7 +81,9 @@ def _encode_here(result: Result, encoding: Encoding) -> None:
 
 # Restarted without limit: a dead actor (OOM, segfault, a node lost) comes back with its
 # models; the calls it was running fail and are retried by the shard task (see pipeline.driver.infer).
-@ray.remote(max_restarts=-1, max_task_retries=0)
+# ready() runs in its own concurrency group (thread), so it answers while a batch computes:
+# pipeline.driver.infer asks it before timing a batch, so an actor's start is not counted.
+@ray.remote(max_restarts=-1, max_task_retries=0, concurrency_groups={"probe": 1})
 class ModelActor(Clock):
     def __init__(self, registry: Registry, steps: list[dict], resources: Resources, want_gpu: bool):
         self.threads = actor_threads(resources.threads_per_actor, resources.cpus_per_actor, want_gpu)
@@ -96,6 +101,7 @@ class ModelActor(Clock):
         )
         self.start_clock()
 
+    @ray.method(concurrency_group="probe")
     def ready(self) -> str:
         return str(self.chain.device)
 
@@ -176,64 +182,77 @@ def _base_row(ctx: RestorationContext, item: dict, shard: int, attempt: int) -> 
     }
 
 
-def _load(ctx: RestorationContext, item: dict, shard: int, attempt: int) -> _Work:
-    """Read and decode one planned input; failures are recorded on the row."""
+def _load(ctx: RestorationContext, item: dict, shard: int, attempt: int, budget: storage.RetryBudget) -> _Work:
+    """Read and decode one planned input; failures are recorded on the row. ``budget``: how
+    long transient storage errors are retried (the shard task's)."""
     opts = ctx.job.input.storage_options
+    limits = ctx.job.limits
+    uri = item["input_uri"]
     row = _base_row(ctx, item, shard, attempt)
     work = _Work(row=row, rel_path=item["rel_path"])
-    explain = _explainer("not_found", lambda: "input disappeared after planning")
+    http = uri.lower().startswith(("http://", "https://"))  # a list file's URL, never seen by the planner
+    explain = _explainer(uri, None if http else "input disappeared after planning")
     with failing_as(row, Stage.READ, explain):
         if row["input_size"] is None:  # list files may not carry sizes
-            entry = storage.stat(item["input_uri"], opts)
+            entry = storage.stat(uri, opts, budget)
             row.update(input_size=entry.size, input_etag=entry.etag, input_mtime=entry.mtime)
-        limit = ctx.job.limits.max_bytes
-        if row["input_size"] > limit:
-            raise images.ImageError("too_large", f"{row['input_size']} bytes exceeds limits.max_bytes={limit}")
+        if row["input_size"] > limits.max_bytes:
+            raise images.ImageError(
+                "too_large", f"{row['input_size']} bytes exceeds limits.max_bytes={limits.max_bytes}"
+            )
         t0 = time.perf_counter()
-        data = storage.read_bytes(item["input_uri"], opts)
+        data = storage.read_bytes(uri, opts, budget, limits.read_timeout_seconds)
         t1 = time.perf_counter()
     if not failed(row):
         with failing_as(row, Stage.DECODE, explain):
-            limits = ctx.job.limits
-            work.decoded = d = images.decode(
-                data, limits.max_pixels, max_aspect_ratio=limits.max_aspect_ratio, output=ctx.output_check()
+            work.decoded = d = storage.within(
+                limits.read_timeout_seconds,
+                lambda: images.decode(
+                    data, limits.max_pixels, max_aspect_ratio=limits.max_aspect_ratio, output=ctx.output_check()
+                ),
+                f"decode {storage.redact(uri)}",
             )
             row.update(t_read=t1 - t0, t_decode=time.perf_counter() - t1)
             row.update(width_in=d.width, height_in=d.height, mode_in=d.mode, format_in=d.format)
     if ctx.needs_mask and not failed(row):
-        with failing_as(
-            row, Stage.MASK, _explainer("mask_not_found", lambda: f"no mask at {storage.redact(item['mask_uri'])}")
-        ):
-            work.known = _load_mask(item.get("mask_uri"), work.decoded, opts, ctx.job.limits.max_pixels)
+        mask_uri = item.get("mask_uri")
+        explain_mask = _explainer(mask_uri or "", f"no mask at {storage.redact(mask_uri or '')}", "mask_not_found")
+        with failing_as(row, Stage.MASK, explain_mask):
+            work.known = _load_mask(mask_uri, work.decoded, opts, limits, budget)
     if failed(row):
         work.decoded = work.known = None  # nothing goes to the models
     return work
 
 
-def _explainer(not_found: str, message: Callable[[], str]):
-    """How ``_load`` names an exception: an ImageError by its own type, a missing file as
-    ``not_found`` with ``message()``, anything else by its class (None)."""
+def _explainer(uri: str, missing: str | None, not_found: str = "not_found"):
+    """How ``_load`` names an exception: an ImageError by its own type, a storage failure as
+    pipeline.errors names it (a missing file as ``not_found``, with ``missing`` as its message
+    if given), anything else by its class (None)."""
 
     def explain(exc: Exception) -> tuple[str, str] | None:
         if isinstance(exc, images.ImageError):
             return exc.error_type, str(exc)
-        if isinstance(exc, FileNotFoundError):
-            return not_found, message()
-        return None
+        named = errors.storage_error(exc, uri, missing)
+        if named and named[0] == "not_found":
+            return not_found, named[1]
+        return named
 
     return explain
 
 
-def _load_mask(uri: str | None, image: images.Decoded, storage_options: dict, max_pixels: int) -> np.ndarray:
+def _load_mask(
+    uri: str | None, image: images.Decoded, storage_options: dict, limits: Limits, budget: storage.RetryBudget
+) -> np.ndarray:
     """An input's mask as H×W bool, True = known pixel (the model contract), from a file in
     which any nonzero pixel (in any colour channel; alpha is ignored) marks a hole."""
     if not uri:
         raise images.ImageError(
             "no_mask", "a step needs a mask and none was planned for this input (input.mask or a mask_uri column)"
         )
-    decoded = images.decode(
-        storage.read_bytes(uri, storage_options), max_pixels
-    )  # EXIF rotation applied, as for the image
+    data = storage.read_bytes(uri, storage_options, budget, limits.read_timeout_seconds)
+    decoded = storage.within(  # EXIF rotation applied, as for the image
+        limits.read_timeout_seconds, lambda: images.decode(data, limits.max_pixels), f"decode {storage.redact(uri)}"
+    )
     if (decoded.height, decoded.width) != (image.height, image.width):
         raise images.ImageError(
             "mask_size_mismatch", f"mask is {decoded.width}×{decoded.height}, image is {image.width}×{image.height}"
@@ -241,26 +260,30 @@ def _load_mask(uri: str | None, image: images.Decoded, storage_options: dict, ma
     return ~decoded.pixels.any(axis=2)
 
 
-def _finish(ctx: RestorationContext, works: list[_Work], results: list) -> None:
+def _finish(ctx: RestorationContext, works: list[_Work], results: list, budget: storage.RetryBudget) -> None:
     """Encode and write each model output; fill in the rows."""
     for work, result in zip(works, results):
         decoded = work.decoded
         assert decoded is not None
-        write_output(ctx, work.row, work.rel_path, result, decoded.format, decoded.alpha, work.metadata(ctx.job))
+        write_output(
+            ctx, work.row, work.rel_path, result, decoded.format, decoded.alpha, work.metadata(ctx.job), budget
+        )
         work.decoded = None  # free the pixels as soon as they are written (or failed)
 
 
 @ray.remote(num_cpus=0.5, max_retries=0)
 def _load_isolated(ctx: RestorationContext, item: dict, shard: int, attempt: int) -> _Work:
-    return _load(ctx, item, shard, attempt)
+    return _load(ctx, item, shard, attempt, storage.RetryBudget(ctx.job.limits.transient_retry_seconds))
 
 
-def _load_all(ctx: RestorationContext, items: list[dict], shard: int, attempt: int) -> list[_Work]:
+def _load_all(
+    ctx: RestorationContext, items: list[dict], shard: int, attempt: int, budget: storage.RetryBudget
+) -> list[_Work]:
     """Read and decode a batch. After a shard failed once, each input is decoded in its own
     task, so an input that crashes its process (a decoder segfault, memory blow-up) is
     isolated as an error row instead of failing the shard again."""
     if attempt == 1:
-        return [_load(ctx, item, shard, attempt) for item in items]
+        return [_load(ctx, item, shard, attempt, budget) for item in items]
     works = []
     for item in items:
         try:
@@ -285,6 +308,7 @@ class _Batch:
     inputs: list  # what the first actor was given, one per work
     encodings: list[Encoding | None]
     ref: object  # the last actor's call
+    timeout: float | None  # limits.model_timeout_seconds
 
     @classmethod
     def submit(cls, chain: list, job: Job, works: list[_Work]) -> _Batch | None:
@@ -293,14 +317,15 @@ class _Batch:
         if not ready:
             return None
         inputs, encodings = [w.model_input() for w in ready], [w.encoding(job) for w in ready]
-        return cls(ready, inputs, encodings, driver.submit(chain, inputs, encodings))
+        return cls(ready, inputs, encodings, driver.submit(chain, inputs, encodings), job.limits.model_timeout_seconds)
 
     def results(self, chain: list) -> list[Result]:
-        return driver.infer(chain, self.inputs, self.ref, self.encodings)
+        """The chain's results, waited for at most ``limits.model_timeout_seconds``."""
+        return driver.infer(chain, self.inputs, self.ref, self.encodings, self.timeout)
 
-    def finish(self, ctx: RestorationContext, chain: list) -> None:
+    def finish(self, ctx: RestorationContext, chain: list, budget: storage.RetryBudget) -> None:
         """Wait for the results; encode and write them."""
-        _finish(ctx, self.works, self.results(chain))
+        _finish(ctx, self.works, self.results(chain), budget)
 
 
 @ray.remote
@@ -313,17 +338,18 @@ def process_shard(ctx: RestorationContext, shard: int, attempt: int, chain: list
         rows = driver.isolate(_process_one, ctx, shard, attempt, chain, plan, partial(_failed_row, ctx, shard, attempt))
         return commit_shard(ctx, shard, sorted(rows, key=lambda r: r["input_uri"]), started)
     batch_size = ctx.job.resources.batch_size
+    budget = storage.RetryBudget(ctx.job.limits.transient_retry_seconds)
     done: list[_Work] = []
     pending: _Batch | None = None
     for start in range(0, len(plan), batch_size):
-        works = _load_all(ctx, plan[start : start + batch_size], shard, attempt)
+        works = _load_all(ctx, plan[start : start + batch_size], shard, attempt, budget)
         batch = _Batch.submit(chain, ctx.job, works)
         if pending is not None:  # the previous batch finished on the actors while we decoded this one
-            pending.finish(ctx, chain)
+            pending.finish(ctx, chain, budget)
         done.extend(works)
         pending = batch
     if pending is not None:
-        pending.finish(ctx, chain)
+        pending.finish(ctx, chain, budget)
 
     return commit_shard(ctx, shard, sorted((w.row for w in done), key=lambda r: r["input_uri"]), started)
 
@@ -333,13 +359,14 @@ def _process_one(ctx: RestorationContext, shard: int, attempt: int, chain: list,
     """One input of an isolating shard, start to end: its row. Decoding runs in a task of its own
     (``_load_all``) and the model in the actors, so what can still kill this task is encoding or
     writing; an exception the actors raise for this input is a model error on its row."""
-    [work] = _load_all(ctx, [item], shard, attempt)
+    budget = storage.RetryBudget(ctx.job.limits.transient_retry_seconds)
+    [work] = _load_all(ctx, [item], shard, attempt, budget)
     batch = _Batch.submit(chain, ctx.job, [work])
     if batch is not None:
         with failing_as(work.row, Stage.MODEL, _raised_remotely):
             results = batch.results(chain)
         if not failed(work.row):
-            _finish(ctx, [work], results)
+            _finish(ctx, [work], results, budget)
     return work.row
 
 

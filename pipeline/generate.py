@@ -26,7 +26,7 @@ from models import Registry
 from models.base import GenerativeModel, Prompt, TextToImageModel
 from models.diffusion import prompt_generator, sample_generator
 from models.weights import WeightsError
-from pipeline import driver, runs
+from pipeline import driver, runs, storage
 from pipeline.cluster import check_resources, gpus_to_request, with_threads
 from pipeline.driver import (
     Clock,
@@ -55,7 +55,9 @@ class GenerationContext(ShardContext):
 
 # Restarted without limit, like ModelActor: the shard task retries the samples of a batch whose
 # actor died one by one (pipeline.driver.infer).
-@ray.remote(max_restarts=-1, max_task_retries=0)
+# ready() runs in its own concurrency group (thread), so it answers while a batch computes:
+# pipeline.driver.infer asks it before timing a batch, so an actor's start is not counted.
+@ray.remote(max_restarts=-1, max_task_retries=0, concurrency_groups={"probe": 1})
 class GeneratorActor(Clock):
     """Holds one GenerativeModel; ``infer(indices)`` returns one Result per sample index."""
 
@@ -83,6 +85,7 @@ class GeneratorActor(Clock):
         self.model, self.seed, self.label = model, spec["seed"], label
         self.start_clock()
 
+    @ray.method(concurrency_group="probe")
     def ready(self) -> str:
         return str(self.device)
 
@@ -178,11 +181,12 @@ def generate_shard(ctx: GenerationContext, shard: int, attempt: int, chain: list
         return commit_shard(ctx, shard, rows, started)
     batch_size = ctx.job.resources.batch_size
     rows: list[dict] = []
+    budget = storage.RetryBudget(ctx.job.limits.transient_retry_seconds)
 
     def finish(items: list[dict], indices: list[int], ref) -> None:
-        for item, result in zip(items, driver.infer(chain, indices, ref)):
+        for item, result in zip(items, driver.infer(chain, indices, ref, timeout=ctx.job.limits.model_timeout_seconds)):
             row = _row(ctx, item, shard, attempt)
-            write_output(ctx, row, item["rel_path"], result, "PNG")  # `same`: there is no input, so png
+            write_output(ctx, row, item["rel_path"], result, "PNG", budget=budget)  # no input: png for `same`
             rows.append(row)
 
     pending = None
@@ -203,8 +207,9 @@ def _generate_one(ctx: GenerationContext, shard: int, attempt: int, chain: list,
     """One sample of an isolating shard: its row (a failing sample is already an error Result)."""
     row = _row(ctx, item, shard, attempt)
     indices = [item["sample_index"]]
-    [result] = driver.infer(chain, indices, driver.submit(chain, indices))
-    write_output(ctx, row, item["rel_path"], result, "PNG")
+    [result] = driver.infer(chain, indices, driver.submit(chain, indices), timeout=ctx.job.limits.model_timeout_seconds)
+    budget = storage.RetryBudget(ctx.job.limits.transient_retry_seconds)
+    write_output(ctx, row, item["rel_path"], result, "PNG", budget=budget)
     return row
 
 

@@ -365,6 +365,28 @@ class Limits(Strict):
         "degenerate strips such as 1×1,000,000 would spend minutes in the model as thousands of mostly-context tiles",
     )
     max_bytes: int = Field(200_000_000, ge=1, description="refuse files larger than this (checked from the listing)")
+    transient_retry_seconds: float = Field(
+        60,
+        ge=0,
+        description="how long a shard task retries transient storage errors (connection refused or reset, timeouts, "
+        "5xx, throttling) on its inputs and outputs, with exponential backoff and jitter, before recording them as "
+        "`transient` rows (which --mode retry-errors runs again); one clock per shard task, so a long outage costs "
+        "it about this much waiting in all",
+    )
+    read_timeout_seconds: float = Field(
+        300,
+        gt=0,
+        description="the longest reading one input (each try), or decoding it, may take before it becomes a "
+        "`timeout` row (stage read or decode) and the run goes on. 300 s reads a max_bytes (200 MB) file at under "
+        "1 MB/s and decodes a max_pixels image on a slow, shared CPU, while a stalled connection is still cut",
+    )
+    model_timeout_seconds: float = Field(
+        1800,
+        gt=0,
+        description="the longest a shard task waits for a batch's model results (including its wait behind the "
+        "actor's queued batches) before its images become `timeout` rows (stage model) and the step's actors are "
+        "restarted. 1800 s leaves room for a batch of max_pixels images through a ×4 model on CPU, tiled",
+    )
 
 
 class Job(Strict):

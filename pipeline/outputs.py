@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline import images, layout, storage
+from pipeline import errors, images, layout, storage
 from pipeline.inference import Result, resize_plane
 from pipeline.manifest import Stage, Status, fail, failed, failing_as
 from pipeline.names import output_rel_path
@@ -48,14 +48,16 @@ def write_output(
     source_format: str,
     alpha: np.ndarray | None = None,
     metadata: images.Metadata | None = None,
+    budget: storage.RetryBudget | None = None,
 ) -> None:
     """Encode one model output and write it to ``<output>/images/<rel_path>.<ext>``; fill in ``row``.
 
     ``result.pixels``: H×W×C uint8 (or uint16), or ``result.encoded``: the file the actor made.
     ``alpha``: the input's H'×W' uint8/uint16 alpha plane (resized here to the output's H×W), or
     None. ``source_format``: the input's format, what ``output.format`` `same` resolves to.
-    ``metadata``: the input's EXIF/XMP to carry, or None. A model error, or a failure to encode or
-    write, is recorded on the row (stage model / encode / write) instead of raised.
+    ``metadata``: the input's EXIF/XMP to carry, or None. ``budget``: how long transient write
+    errors are retried (the shard task's; None: a few times). A model error, or a failure to encode
+    or write, is recorded on the row (stage model / encode / write) instead of raised.
     """
     out = ctx.job.output
     row["t_model"] = result.seconds
@@ -68,10 +70,10 @@ def write_output(
         )
     if failed(row):
         return
-    with failing_as(row, Stage.WRITE):
+    output_uri = layout.images_uri(out.uri, output_rel_path(rel_path, encoded.format))
+    with failing_as(row, Stage.WRITE, lambda exc: errors.storage_error(exc, output_uri)):
         t1 = time.perf_counter()
-        output_uri = layout.images_uri(out.uri, output_rel_path(rel_path, encoded.format))
-        storage.write_atomic(output_uri, encoded.data, out.storage_options)
+        storage.write_atomic(output_uri, encoded.data, out.storage_options, budget)
         row.update(
             status=Status.OK,
             output_uri=output_uri,

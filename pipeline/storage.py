@@ -4,10 +4,16 @@ S3-compatible stores: besides boto's usual credential chain, ``AWS_ENDPOINT_URL`
 ``AWS_ENDPOINT_URL_S3``) points s3fs at another endpoint, e.g. MinIO or a test server. That policy
 (endpoint, retries of transient errors, redaction of logged URIs) is ``models/fetch.py``'s, shared
 with the model loaders: this module imports it.
+
+Transient errors (an outage, throttling, 5xx, resets, timeouts; see ``failure_kind``) are
+retried: a few times by default, or for as long as a ``RetryBudget`` allows (a shard task's
+per-input reads and writes). A read may be given a ``timeout``, after which its connection is
+cut and ``StorageTimeout`` raised.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import hashlib
@@ -15,10 +21,12 @@ import os
 import posixpath
 import re
 import socket
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import fsspec
 import pyarrow as pa
@@ -26,9 +34,15 @@ import pyarrow.compute as pc
 from fsspec.asyn import sync
 from fsspec.utils import glob_translate
 
-from models.fetch import QUERY, USERINFO, filesystem, is_local, protocols, redact, retrying
+from models.fetch import QUERY, USERINFO, FinalError, filesystem, is_local, protocols, redact, retrying
+
+# The storage failure vocabulary, re-exported for pipeline/ (errors.py, execute.py, outputs.py, generate.py):
+from models.fetch import RetryBudget as RetryBudget
+from models.fetch import TransientError as TransientError
+from models.fetch import failure_kind as failure_kind
 from models.fetch import redact_text as redact_text  # re-exported for pipeline/errors.py
 
+T = TypeVar("T")
 GLOB_CHARS = re.compile(r"[*?\[]")
 STALE_TEMP_SECONDS = 600.0  # a temporary file of an unknown writer this old is debris, not a write in progress
 # Temporary files name their writer: .<name>.dr-<host id>-<pid>-<nonce>.tmp (host id: 8 hex of the
@@ -76,6 +90,37 @@ def redact_array(uris: pa.Array) -> pa.Array:
     return pc.replace_substring_regex(no_userinfo, pattern=QUERY, replacement=r"\1")
 
 
+class StorageTimeout(FinalError):
+    """A read (or decode) that took longer than its ``timeout``; its connection was cut.
+
+    Not a TimeoutError: it is the caller's limit on one input, not a network timeout to retry."""
+
+
+def within(seconds: float | None, fn: Callable[[], T], what: str) -> T:
+    """``fn()`` in a daemon thread, or StorageTimeout after ``seconds`` (None: no limit).
+
+    For work that cannot be cancelled (a local read, a decoder): on timeout the thread is
+    left to finish or hang on its own; the caller goes on."""
+    if seconds is None:
+        return fn()
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # handed to the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True, name=f"within:{what[:40]}")
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise StorageTimeout(f"{what}: no result after {seconds:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
 class NoCredentialsFound(PermissionError):
     pass
 
@@ -105,12 +150,40 @@ def unstrip(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return path if is_local(fs) else fs.unstrip_protocol(path)
 
 
-def read_bytes(uri: str, storage_options: dict | None = None) -> bytes:
+async def _cut_after(seconds: float, coro, what: str):
+    """``await coro``, cancelled after ``seconds`` (which closes its connection) → StorageTimeout.
+
+    Not asyncio.wait_for: fsspec's ``sync`` turns any TimeoutError into its own, and a
+    network timeout inside the read (transient) must stay distinct from this limit."""
+    task = asyncio.ensure_future(coro)
+    done, _ = await asyncio.wait([task], timeout=seconds)
+    if not done:
+        task.cancel()
+        await asyncio.wait([task])  # let the cancellation close the connection
+        raise StorageTimeout(f"{what}: no answer after {seconds:g} s")
+    return task.result()
+
+
+def read_bytes(
+    uri: str, storage_options: dict | None = None, budget: RetryBudget | None = None, timeout: float | None = None
+) -> bytes:
+    """The whole object. ``budget``: how long to retry transient errors (see ``retrying``);
+    ``timeout``: seconds one try may take before StorageTimeout (not retried). On async
+    filesystems (s3, http) the request is cancelled, which closes its connection, however
+    stalled; on others the read is left behind in its thread."""
     fs, path = filesystem(uri, storage_options)
-    return retrying(lambda: fs.cat_file(path), f"read {uri}")
+    if timeout is None:
+        read = lambda: fs.cat_file(path)  # noqa: E731
+    elif getattr(fs, "async_impl", False) and getattr(fs, "loop", None) is not None:
+
+        def read() -> bytes:
+            return sync(fs.loop, _cut_after, timeout, fs._cat_file(path), f"read {redact(uri)}")
+    else:
+        read = lambda: within(timeout, lambda: fs.cat_file(path), f"read {redact(uri)}")  # noqa: E731
+    return retrying(read, f"read {uri}", budget)
 
 
-def write_atomic(uri: str, data: bytes, storage_options: dict | None = None) -> None:
+def write_atomic(uri: str, data: bytes, storage_options: dict | None = None, budget: RetryBudget | None = None) -> None:
     """Write ``data`` so readers see either nothing or the whole file.
 
     Object stores make a single PUT atomic; on local disks we write a hidden temporary
@@ -129,7 +202,7 @@ def write_atomic(uri: str, data: bytes, storage_options: dict | None = None) -> 
                 os.unlink(tmp)
             raise
     else:
-        retrying(lambda: fs.pipe_file(path, data), f"write {uri}")
+        retrying(lambda: fs.pipe_file(path, data), f"write {uri}", budget)
 
 
 def _temp_path(path: str) -> str:
@@ -189,10 +262,10 @@ def sweep_temp_files(uri: str, storage_options: dict | None = None, stale_after:
     return removed
 
 
-def stat(uri: str, storage_options: dict | None = None) -> FileEntry:
+def stat(uri: str, storage_options: dict | None = None, budget: RetryBudget | None = None) -> FileEntry:
     """Size, ETag and mtime of one object (FileNotFoundError if it is missing)."""
     fs, path = filesystem(uri, storage_options)
-    info = retrying(lambda: fs.info(path), f"stat {uri}")
+    info = retrying(lambda: fs.info(path), f"stat {uri}", budget)
     return _entry(fs, info, posixpath.dirname(path))
 
 
@@ -299,7 +372,7 @@ def glob_matcher(pattern: str):
     return lambda rel: bool(regex.match(rel))
 
 
-class PreconditionFailed(Exception):
+class PreconditionFailed(FinalError):
     """A conditional write lost: the object exists (create) or changed (replace)."""
 
 

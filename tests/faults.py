@@ -1,9 +1,11 @@
-"""A fault-injecting HTTP proxy in front of the moto S3 server, a process killer, and a writer that dies mid-write.
+"""Fault-injecting proxies in front of the moto S3 server, a process killer, and a writer that dies mid-write.
 
-The proxy forwards every request to the real S3 API and, on a seeded share of object
+``FaultProxy`` (HTTP) forwards every request to the real S3 API and, on a seeded share of object
 requests, answers 503 SlowDown or drops the connection without answering — the storage
-faults a long nightly run meets. Clients (the driver and every Ray worker) reach it through
-the job's ``storage_options.client_kwargs.endpoint_url``.
+faults a long nightly run meets. ``OutageProxy`` (TCP) forwards bytes and, once a request
+matching a trigger goes through it, resets every connection for a bounded window (an outage),
+or holds the requests for one key unanswered (a stalled object). Clients (the driver and every
+Ray worker) reach a proxy through the job's ``storage_options.client_kwargs.endpoint_url``.
 """
 
 from __future__ import annotations
@@ -11,10 +13,14 @@ from __future__ import annotations
 import http.client
 import os
 import random
+import select
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -97,6 +103,111 @@ class FaultProxy:
 
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
+
+
+class OutageProxy:
+    """A TCP proxy on 127.0.0.1 in front of ``upstream`` (http://host:port).
+
+    ``outage_after``: bytes that start an outage when a request containing them goes through
+    (e.g. ``b"GET /bucket/in/"``): from then on, for ``outage_seconds``, every connection (open
+    ones and new ones) is reset. ``stall``: bytes that mark a request left unanswered (its
+    connection held open, nothing sent back) until the proxy closes, at most ``stall_seconds``.
+    """
+
+    def __init__(
+        self,
+        upstream: str,
+        outage_after: bytes | None = None,
+        outage_seconds: float = 0.0,
+        stall: bytes | None = None,
+        stall_seconds: float = 120.0,
+    ):
+        self.upstream = urlsplit(upstream)
+        self.outage_after, self.outage_seconds = outage_after, outage_seconds
+        self.stall, self.stall_seconds = stall, stall_seconds
+        self.down_from: float | None = None  # monotonic start of the outage
+        self.dropped = 0  # connections reset during the outage
+        self.stalled = 0  # requests left unanswered
+        self.lock = threading.Lock()
+        self.conns: set[socket.socket] = set()
+        self.closing = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.2)  # so that the accept loop sees `closing`
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+
+    def down(self) -> bool:
+        return self.down_from is not None and time.monotonic() < self.down_from + self.outage_seconds
+
+    def _reset(self, sock: socket.socket) -> None:
+        """Close with RST (SO_LINGER 0), as a crashed or restarting endpoint does."""
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        except OSError:
+            pass
+
+    def _accept(self) -> None:
+        while not self.closing.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            if self.down():
+                with self.lock:
+                    self.dropped += 1
+                self._reset(client)
+                continue
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream = socket.create_connection((self.upstream.hostname, self.upstream.port))
+        with self.lock:
+            self.conns.update((client, upstream))
+        try:
+            while not self.closing.is_set():
+                if self.down():
+                    with self.lock:
+                        self.dropped += 1
+                    return
+                readable, _, _ = select.select([client, upstream], [], [], 0.1)
+                for sock in readable:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    if sock is client:
+                        if self.stall and self.stall in data:
+                            with self.lock:
+                                self.stalled += 1
+                            self.closing.wait(self.stall_seconds)  # never answered while the test runs
+                            return
+                        if self.outage_after and self.outage_after in data and self.down_from is None:
+                            self.down_from = time.monotonic()
+                            return
+                        upstream.sendall(data)
+                    else:
+                        client.sendall(data)
+        except OSError:
+            return
+        finally:
+            with self.lock:
+                self.conns.difference_update((client, upstream))
+            self._reset(client)
+            upstream.close()
+
+    def __enter__(self) -> OutageProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.closing.set()
+        self.listener.close()
 
 
 def pids_of(marker: str) -> list[int]:

@@ -22,7 +22,7 @@ from models import ImageModel, default_registry
 from models.registry import ModelEntry, NoParams
 from pipeline import api, manifest, runs, storage
 from pipeline.job import parse_job
-from tests.faults import FaultProxy, kill, pids_of
+from tests.faults import FaultProxy, OutageProxy, kill, pids_of
 
 
 def tiny_png(i: int) -> bytes:
@@ -175,3 +175,131 @@ def test_chaos_exactly_once(ray_local, s3_bucket, s3_endpoint, tmp_path, n_input
     assert (total, distinct, ok) == (n_inputs, n_inputs, n_inputs)
     assert seen == listed
     assert sum(faults.values()) > 0
+
+
+# ---- a storage outage, a stalled object, a hung model: retried, or cut into rows, never a hang ----
+
+
+def outage_job(bucket: str, input_endpoint: str, output_endpoint: str, **limits) -> dict:
+    """4 inputs in one shard. Reads go without botocore's own retries, so that the job's retry budget
+    is what counts; output writes and the driver's bookkeeping (a lease, conditional writes) keep them."""
+    s3 = boto3.client("s3")
+    for i in range(4):
+        s3.put_object(Bucket=bucket, Key=f"in/{i}.png", Body=tiny_png(i))
+
+    no_retries = {"retries": {"max_attempts": 1}}
+    return {
+        "name": "outage",
+        "input": {
+            "uri": f"s3://{bucket}/in/",
+            "storage_options": {"client_kwargs": {"endpoint_url": input_endpoint}, "config_kwargs": no_retries},
+        },
+        "output": {
+            "uri": f"s3://{bucket}/out",
+            "storage_options": {"client_kwargs": {"endpoint_url": output_endpoint}},
+        },
+        "steps": [{"model": "bicubic", "params": {"scale": 2}}],
+        "resources": {"actors": 1, "batch_size": 2, "shard_size": 4},
+        "limits": limits,
+    }
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("during", ["read", "write"])
+def test_an_outage_shorter_than_the_retry_budget_leaves_no_error_row(ray_local, s3_bucket, s3_endpoint, during):
+    # Every connection (reads, writes, the driver's bookkeeping) goes through the proxy, which
+    # resets all of them from the first input read (or output write) on: for 4 s, or for writes
+    # (which botocore retries itself for about 7 s) 12 s.
+    trigger = f"GET /{s3_bucket}/in/" if during == "read" else f"PUT /{s3_bucket}/out/images/"
+    seconds = 4 if during == "read" else 12
+    with OutageProxy(s3_endpoint, outage_after=trigger.encode(), outage_seconds=seconds) as proxy:
+        job = outage_job(s3_bucket, proxy.endpoint, proxy.endpoint, transient_retry_seconds=30)
+        summary = api.run(parse_job(job, default_registry()))
+    assert proxy.dropped > 0
+    rows = manifest.read(f"s3://{s3_bucket}/out").to_pylist()
+    assert summary.counts == {"ok": 4}, [(r["input_uri"], r["error_type"], r["error_message"]) for r in rows]
+
+
+@pytest.mark.timeout(300)
+def test_an_outage_longer_than_the_retry_budget_leaves_transient_rows_for_retry_errors(
+    ray_local, s3_bucket, s3_endpoint
+):
+    out = f"s3://{s3_bucket}/out"
+    with OutageProxy(s3_endpoint, outage_after=f"GET /{s3_bucket}/in/".encode(), outage_seconds=15) as proxy:
+        job = outage_job(s3_bucket, proxy.endpoint, s3_endpoint, transient_retry_seconds=1)
+        summary = api.run(parse_job(job, default_registry()))
+        assert proxy.down()  # the run ended inside the outage: its budget, not the outage, bounded it
+        rows = manifest.read(out).to_pylist()
+        assert summary.counts == {"error": 4}
+        assert {(r["stage"], r["error_type"]) for r in rows} == {("read", "transient")}
+        assert all("limits.transient_retry_seconds=1" in r["error_message"] for r in rows)
+        while proxy.down():
+            time.sleep(0.2)
+        again = api.run(parse_job(job | {"mode": "retry-errors"}, default_registry()), resume=False)
+    assert again.counts == {"ok": 4}
+
+
+@pytest.mark.timeout(300)
+def test_a_stalled_object_becomes_a_timeout_row(ray_local, s3_bucket, s3_endpoint):
+    # The proxy never answers a read of in/2.png (for up to 60 s, far beyond the test's 2 s limit).
+    with OutageProxy(s3_endpoint, stall=f"GET /{s3_bucket}/in/2.png".encode(), stall_seconds=60) as proxy:
+        job = outage_job(s3_bucket, proxy.endpoint, s3_endpoint, read_timeout_seconds=2)
+        started = time.monotonic()
+        summary = api.run(parse_job(job, default_registry()))
+        assert time.monotonic() - started < 55
+    assert proxy.stalled == 1
+    assert summary.counts == {"ok": 3, "error": 1}
+    [bad] = [r for r in manifest.read(f"s3://{s3_bucket}/out").to_pylist() if r["status"] == "error"]
+    assert bad["input_uri"].endswith("/in/2.png")
+    assert (bad["stage"], bad["error_type"]) == ("read", "timeout")
+
+
+def sleepy_registry():
+    """The default registry plus ``sleepy``: identity, except that it never returns (sleeps an
+    hour) on images whose first pixel is pure magenta, as a model stuck on one input would."""
+    import torch
+
+    class Sleepy(torch.nn.Module):  # defined here so Ray ships it by value to the actors
+        def forward(self, x):
+            first = x[:, :, 0, 0]
+            if ((first[:, 0] > 0.99) & (first[:, 1] < 0.01) & (first[:, 2] > 0.99)).any():
+                time.sleep(3600)
+            return x
+
+    reg = default_registry()
+    reg.register(
+        ModelEntry(
+            "sleepy", "test", "hangs on magenta", NoParams, lambda _: ImageModel("sleepy", Sleepy(), 1, 3, False)
+        )
+    )
+    return reg
+
+
+@pytest.mark.timeout(300)
+def test_a_hung_model_batch_becomes_timeout_rows_and_the_run_goes_on(ray_local, tmp_path):
+    root = tmp_path / "in"
+    root.mkdir()
+    for i in range(4):
+        arr = np.full((6, 6, 3), 40 * i, np.uint8)
+        if i == 1:
+            arr[0, 0] = (255, 0, 255)
+        Image.fromarray(arr).save(root / f"{i}.png")
+    reg = sleepy_registry()
+    job = parse_job(
+        {
+            "name": "hung",
+            "input": {"uri": str(root)},
+            "output": {"uri": str(tmp_path / "out")},
+            "steps": [{"model": "sleepy"}],
+            "resources": {"batch_size": 1, "shard_size": 4},
+            "limits": {"model_timeout_seconds": 5},
+        },
+        reg,
+    )
+    started = time.monotonic()
+    summary = api.run(job, registry=reg)
+    assert time.monotonic() - started < 120
+    assert summary.counts == {"ok": 3, "error": 1}
+    [bad] = [r for r in manifest.read(str(tmp_path / "out")).to_pylist() if r["status"] == "error"]
+    assert bad["input_uri"].endswith("/1.png")
+    assert (bad["stage"], bad["error_type"]) == ("model", "timeout")

@@ -145,3 +145,41 @@ def test_weights_that_cannot_load_are_refused_before_ray(tmp_path, kind, cause):
         prefix = f"{tmp_path}/job.yaml: " if command == "validate" else "error: "
         assert re.match(re.escape(f"{prefix}steps[0] (checkpoint): {uri}: ") + cause, line), line
     assert not list((tmp_path / "out").iterdir())  # nothing planned, no lease taken, no Ray
+
+
+# ---- one input's storage failure, as its manifest row names it ----
+
+
+def test_https_to_an_http_only_server_and_a_url_fragment_are_named_as_such(ray_local, tmp_path):
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from models import default_registry
+    from pipeline import api, manifest
+    from pipeline.job import load_job
+
+    served = tmp_path / "www"
+    served.mkdir()
+    (served / "a.png").write_bytes(b"not read")
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = f"127.0.0.1:{server.server_address[1]}"
+    listing = tmp_path / "urls.csv"
+    listing.write_text(f"uri\nhttps://{host}/a.png\nhttp://{host}/b.png#2.png\n")  # no sizes: stat at read time
+    job_path = tmp_path / "job.yaml"
+    job_path.write_text(JOB.format(input=listing, output=tmp_path / "out"))
+    try:
+        summary = api.run(load_job(job_path, default_registry(), {"limits.transient_retry_seconds": "1"}))
+    finally:
+        server.shutdown()
+    assert summary.counts == {"error": 2}
+    rows = {r["input_uri"]: r for r in manifest.read(str(tmp_path / "out")).to_pylist()}
+    tls, fragment = rows[f"https://{host}/a.png"], rows[f"http://{host}/b.png"]
+    assert (tls["stage"], tls["error_type"]) == ("read", "tls_error")
+    assert "http-only endpoint? then write http://" in tls["error_message"]
+    assert (fragment["stage"], fragment["error_type"]) == ("read", "not_found")
+    assert fragment["error_message"].startswith(f"not found: http://{host}/b.png (the URL as requested")
+    assert "disappeared" not in tls["error_message"] + fragment["error_message"]

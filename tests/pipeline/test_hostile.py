@@ -81,7 +81,8 @@ def job(input_uri: str, output_uri: str, **storage):
             "output": {"uri": output_uri},
             "steps": [{"model": "bicubic", "params": {"scale": 2}}],
             "resources": {"shard_size": 16, "batch_size": 4},
-            "limits": {"max_pixels": 1_000_000, "max_bytes": 1_000_000},
+            # an unreachable server (connection refused) is retried for 1 s, not the default minute
+            "limits": {"max_pixels": 1_000_000, "max_bytes": 1_000_000, "transient_retry_seconds": 1},
         },
         default_registry(),
     )
