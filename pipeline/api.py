@@ -160,20 +160,6 @@ def _outcome(parts: Iterable[pa.Table]) -> tuple[dict[str, int], list[dict]]:
     return dict(counts), sorted(errors.values(), key=lambda r: (-r["count"], r["error_type"] or ""))
 
 
-def _planned(record: runs.RunRecord, resumed: bool, committed: set[int], inputs_done: int) -> dict:
-    """The ``planned`` event (pipeline.progress) of a run whose plan is complete."""
-    return {
-        "event": "planned",
-        "run_id": record.run_id,
-        "resumed": resumed,
-        "inputs": record.inputs,
-        "inputs_done": inputs_done,
-        "shards": record.shards,
-        "shards_to_run": record.shards - len(committed),
-        "categories": record.categories,
-    }
-
-
 def run(
     job: Job,
     registry: Registry | None = None,
@@ -203,7 +189,12 @@ def run(
     _check_credentials(job)
     preflight.check(job, writing=True)
     details = preflight.check_models(job, registry)
-    emit = on_event or (lambda event: None)
+    sink, lock = on_event or (lambda event: None), threading.Lock()
+
+    def emit(event: dict) -> None:  # from the driver loop and the planning thread, one event at a time
+        with lock:
+            sink(event)
+
     started = time.perf_counter()
     out = job.output
     fingerprint = job.fingerprint(registry)
@@ -220,16 +211,31 @@ def run(
         else:
             lease.rename(record.run_id)
         committed = manifest.committed_shards(out.uri, record.run_id, out.storage_options)
-        writer = None
+        writer: PlanWriter | None = None
+
+        def planned() -> dict:  # once the plan is complete; committed: shards done before this process
+            done = inputs_in_shards(committed, record) if writer is None else sum(writer.sizes[s] for s in committed)
+            return {
+                "event": "planned",
+                "run_id": record.run_id,
+                "resumed": resumed,
+                "inputs": record.inputs,
+                "inputs_done": done,
+                "shards": record.shards,
+                "shards_to_run": record.shards - len(committed),
+                "categories": record.categories,
+            }
+
         if record.status == RunStatus.PLANNING:
             # Shards run while the listing goes on: each as soon as its plan shard is written.
             emit({"event": "planning", "input": storage.redact(job.source_uri)})
             summary = PlanSummary()
             select = _selector(job, fingerprint, summary)
-            writer = PlanWriter(job, record, summary, select).start()
+            writer = PlanWriter(job, record, summary, select, on_planned=lambda: emit(planned()))
+            writer.start()
             shards: Iterable[int] = writer
         else:
-            emit(_planned(record, resumed, committed, inputs_in_shards(committed, record)))
+            emit(planned())
             shards = range(record.shards)
         ran: list[int] = []
 
@@ -238,8 +244,6 @@ def run(
                 if shard not in committed:
                     ran.append(shard)
                     yield shard
-            if writer is not None:  # the listing is done and the record holds the plan's totals
-                emit(_planned(record, resumed, committed, sum(writer.sizes[s] for s in committed)))
 
         try:
             try:

@@ -37,11 +37,20 @@ class PlanWriter:
     ends when the listing is done and the record is saved as ``running`` with the plan's totals.
 
     ``select`` (the incremental diff) filters the listing and fills ``summary.categories``.
-    ``sizes`` maps every planned shard to its number of inputs once iteration has ended.
+    ``on_planned`` is called (from the planning thread) once the record is saved as ``running``;
+    ``sizes`` then maps every planned shard to its number of inputs.
     """
 
-    def __init__(self, job: Job, record: runs.RunRecord, summary: PlanSummary, select: Callable | None = None):
+    def __init__(
+        self,
+        job: Job,
+        record: runs.RunRecord,
+        summary: PlanSummary,
+        select: Callable | None = None,
+        on_planned: Callable[[], None] | None = None,
+    ):
         self.job, self.record, self.summary, self.select = job, record, summary, select
+        self.on_planned = on_planned
         self.sizes: dict[int, int] = {}
         self._ready: queue.SimpleQueue = queue.SimpleQueue()  # shard ids, then _DONE or an exception
         self._stop = threading.Event()
@@ -112,6 +121,8 @@ class PlanWriter:
         record.inputs, record.bytes = inputs + s.inputs, nbytes + s.bytes
         record.listed, record.categories = s.listed, s.categories
         runs.save(record, opts)
+        if self.on_planned is not None:
+            self.on_planned()
         return _DONE
 
 

@@ -5,7 +5,8 @@
 - ``planning``  {input}: the listing starts (not sent when resuming a run whose plan is complete)
 - ``planned``   {run_id, resumed, inputs, inputs_done, shards, shards_to_run, categories}: the plan is
   complete, with its totals (``inputs_done``: inputs of shards an earlier attempt of a resumed run
-  already committed). Shards run while the listing goes on, so ``shard`` events may come before it.
+  already committed); sent as soon as the listing is done. Shards run while the listing goes on,
+  so ``shard`` events may come before it.
 - ``shard``     {shard, counts: {status: n}, errors_by_stage: {stage: n}, seconds}
 - ``finished``  the RunSummary as a dict
 
