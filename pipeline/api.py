@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
@@ -18,6 +19,7 @@ from pipeline import __version__, incremental, layout, manifest, preflight, runs
 from pipeline.job import Job
 from pipeline.lease import Lease
 from pipeline.manifest import Status
+from pipeline.plan_writer import PlanWriter
 from pipeline.planning import PlanSummary, iter_shards
 from pipeline.runs import RunStatus
 
@@ -90,8 +92,8 @@ def _stop_on_sigterm() -> None:
 
 
 def _unfinished_run(job: Job, fingerprint: str, run_id: str | None = None) -> runs.RunRecord | None:
-    """The latest run of this same job on this output that planned fully but never committed
-    (or exactly ``run_id``, which must be such a run)."""
+    """The latest run of this same job on this output that never committed, whether it died while
+    planning or while running (or exactly ``run_id``, which must be such a run)."""
     records = runs.load_all(job.output.uri, job.output.storage_options)
     if run_id is not None:
         found = [r for r in records if r.run_id == run_id]
@@ -99,7 +101,7 @@ def _unfinished_run(job: Job, fingerprint: str, run_id: str | None = None) -> ru
             raise ResumeError(f"no run {run_id} under {job.output.uri} (see `darkroom runs {job.output.uri}`)")
         record = found[0]
         if record.status not in runs.RESUMABLE:
-            raise ResumeError(f"run {run_id} is {record.status}: only a planned, unfinished run can be resumed")
+            raise ResumeError(f"run {run_id} is {record.status}: only an unfinished run can be resumed")
         if record.fingerprint != fingerprint:
             raise ResumeError(
                 f"run {run_id} was planned with other steps, params, weights or model configs than this job has "
@@ -121,32 +123,20 @@ def inputs_in_shards(shards: set[int], record: runs.RunRecord) -> int:
     return sum(min(size, record.inputs - shard * size) for shard in shards)
 
 
-def _new_run(job: Job, fingerprint: str, run_id: str) -> runs.RunRecord:
-    """Plan a new run: diff, shard and record the plan, then mark the record ``running``."""
-    out = job.output
+def _new_record(job: Job, fingerprint: str, run_id: str) -> runs.RunRecord:
+    """A new run's record, saved as ``planning``."""
     record = runs.RunRecord(
         run_id=run_id,
         job_name=job.name,
         fingerprint=fingerprint,
         input_uri=job.source_uri,
-        output_uri=out.uri,
+        output_uri=job.output.uri,
         status=RunStatus.PLANNING,
         started_at=runs.now(),
         job=job.model_dump(mode="json"),
         darkroom_version=__version__,
     )
-    runs.save(record, out.storage_options)
-    summary = PlanSummary()
-    for shard in iter_shards(job, summary, _selector(job, fingerprint, summary)):
-        runs.save_plan_shard(out.uri, record.run_id, shard.index, shard.table, out.storage_options)
-    record.status, record.shards, record.inputs, record.bytes = (
-        RunStatus.RUNNING,
-        summary.shards,
-        summary.inputs,
-        summary.bytes,
-    )
-    record.listed, record.categories = summary.listed, summary.categories
-    runs.save(record, out.storage_options)
+    runs.save(record, job.output.storage_options)
     return record
 
 
@@ -183,6 +173,9 @@ def run(
 ) -> RunSummary:
     """Plan (or resume) and execute ``job`` on Ray; returns when every shard is committed.
 
+    Shards start running while the listing goes on (pipeline.plan_writer), and a run interrupted
+    at any point, while listing included, is resumed exactly: every input gets one row.
+
     Holds the output's lease throughout, so a second run on the same output refuses to start;
     first removes the temporary files dead writers left under the output (storage.sweep_temp_files).
     ``on_event`` receives progress events (plain dicts, see pipeline.progress).
@@ -198,7 +191,12 @@ def run(
     _check_credentials(job)
     preflight.check(job, writing=True)
     details = preflight.check_models(job, registry)
-    emit = on_event or (lambda event: None)
+    sink, lock = on_event or (lambda event: None), threading.Lock()
+
+    def emit(event: dict) -> None:  # from the driver loop and the planning thread, one event at a time
+        with lock:
+            sink(event)
+
     started = time.perf_counter()
     out = job.output
     fingerprint = job.fingerprint(registry)
@@ -211,39 +209,65 @@ def run(
         record = _unfinished_run(job, fingerprint, resume_run_id) if resume or resume_run_id else None
         resumed = record is not None
         if record is None:
-            emit({"event": "planning", "input": storage.redact(job.source_uri)})
-            record = _new_run(job, fingerprint, run_id)
+            record = _new_record(job, fingerprint, run_id)
         else:
             lease.rename(record.run_id)
         committed = manifest.committed_shards(out.uri, record.run_id, out.storage_options)
-        todo = [i for i in range(record.shards) if i not in committed]
         actors: list[dict] = []
-        emit(
-            {
+        writer: PlanWriter | None = None
+
+        def planned() -> dict:  # once the plan is complete; committed: shards done before this process
+            done = inputs_in_shards(committed, record) if writer is None else sum(writer.sizes[s] for s in committed)
+            return {
                 "event": "planned",
                 "run_id": record.run_id,
                 "resumed": resumed,
                 "inputs": record.inputs,
-                "inputs_done": inputs_in_shards(committed, record),
+                "inputs_done": done,
                 "shards": record.shards,
-                "shards_to_run": len(todo),
+                "shards_to_run": record.shards - len(committed),
                 "categories": record.categories,
             }
-        )
+
+        if record.status == RunStatus.PLANNING:
+            # Shards run while the listing goes on: each as soon as its plan shard is written.
+            emit({"event": "planning", "input": storage.redact(job.source_uri)})
+            summary = PlanSummary()
+            select = _selector(job, fingerprint, summary)
+            writer = PlanWriter(job, record, summary, select, on_planned=lambda: emit(planned()))
+            writer.start()
+            shards: Iterable[int] = writer
+        else:
+            emit(planned())
+            shards = range(record.shards)
+        ran: list[int] = []
+
+        def todo() -> Iterator[int]:
+            for shard in shards:
+                if shard not in committed:
+                    ran.append(shard)
+                    yield shard
 
         try:
-            if todo:
-                # Ray and torch: imported here, where shards run, so plan/history (and the CLI) start without them
-                from pipeline import cluster, execute, generate
+            try:
+                pending = todo()
+                first = next(pending, None)  # so that a run with nothing to do never starts Ray
+                if first is not None:
+                    # Ray and torch: imported here, where shards run, so plan/history (and the CLI) start without them
+                    from pipeline import cluster, execute, generate
 
-                cluster.connect(address)
-                if stop_on_sigterm:
-                    _stop_on_sigterm()
-                engine = generate if job.generate is not None else execute
-                ctx = engine.context_for(job, registry, record.run_id, details)
-                actors = engine.execute(
-                    ctx, registry, todo, lambda r: emit({"event": "shard", **r.as_event()}), check=lease.check
-                )
+                    cluster.connect(address)
+                    if stop_on_sigterm:
+                        _stop_on_sigterm()
+                    engine = generate if job.generate is not None else execute
+                    ctx = engine.context_for(job, registry, record.run_id, details)
+                    shards_on = itertools.chain([first], pending)
+                    actors = engine.execute(
+                        ctx, registry, shards_on, lambda r: emit({"event": "shard", **r.as_event()}), lease.check
+                    )
+            finally:
+                if writer is not None:
+                    writer.stop()  # a failed run lists no further; stopped before its record is written
         except (Stopped, KeyboardInterrupt):
             _record_end(record, RunStatus.STOPPED, lease)
             raise
@@ -266,7 +290,7 @@ def run(
         manifest_uri=layout.manifest_prefix(out.uri),
         inputs=record.inputs,
         shards=record.shards,
-        shards_run=len(todo),
+        shards_run=len(ran),
         counts=counts,
         categories=record.categories,
         errors=errors,
@@ -279,8 +303,9 @@ def run(
 
 def _record_end(record: runs.RunRecord, status: RunStatus, lease: Lease) -> None:
     """Record a planned run that ended early as ``status``, unless another run took the output
-    over (that driver may be resuming this very run and owns its record now)."""
-    if lease.lost:
+    over (that driver may be resuming this very run and owns its record now). A run that ended
+    while still listing stays ``planning``: its plan is incomplete, and a rerun continues it."""
+    if lease.lost or record.status == RunStatus.PLANNING:
         return
     record.status, record.finished_at = status, runs.now()
     try:

@@ -20,6 +20,7 @@ IMAGES = "images"
 MANIFEST = "manifest"
 STATE = "_darkroom"  # darkroom's own state: run records, plans, the lease
 PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
+PLAN_PREFIX = "shard-"
 
 
 def images_dir(output_uri: str) -> str:
@@ -73,8 +74,20 @@ def run_record_uri(output_uri: str, run_id: str) -> str:
     return join(run_dir(output_uri, run_id), "run.json")
 
 
+def plan_dir(output_uri: str, run_id: str) -> str:
+    """One run's recorded plan: one file per shard."""
+    return join(run_dir(output_uri, run_id), "plan")
+
+
 def plan_shard_uri(output_uri: str, run_id: str, shard: int) -> str:
-    return join(run_dir(output_uri, run_id), "plan", f"shard-{shard:05d}.parquet")
+    return join(plan_dir(output_uri, run_id), f"{PLAN_PREFIX}{shard:05d}{PART_SUFFIX}")
+
+
+def shard_of_plan(name: str) -> int | None:
+    """The shard a plan file's name (``shard-00012.parquet``) records; None for any other name."""
+    if not (name.startswith(PLAN_PREFIX) and name.endswith(PART_SUFFIX)):
+        return None
+    return int(name[len(PLAN_PREFIX) : -len(PART_SUFFIX)])
 
 
 def lease_uri(output_uri: str) -> str:

@@ -353,7 +353,7 @@ def iter_shards(
         pending, tables = GENERATION_PLAN_SCHEMA.empty_table(), _sample_tables(job.generate, size, summary)
     else:
         pending, tables = PLAN_SCHEMA.empty_table(), _listing_tables(job.input, size, summary)
-    for table in _selected(tables, select):
+    for table in _selected(tables, select, size):
         pending = pa.concat_tables([pending, table])
         while len(pending) >= size:
             yield _shard(summary, pending.slice(0, size))
@@ -362,20 +362,24 @@ def iter_shards(
         yield _shard(summary, pending)
 
 
-def _selected(tables: Iterator[pa.Table], select: Callable[[pa.Table], pa.Table] | None) -> Iterator[pa.Table]:
-    """Apply ``select`` to chunks of at least DIFF_ROWS listed inputs (held as Arrow, not
-    Python objects): the diff's cost is dominated by hashing the history once per call."""
+def _selected(
+    tables: Iterator[pa.Table], select: Callable[[pa.Table], pa.Table] | None, first_rows: int
+) -> Iterator[pa.Table]:
+    """Apply ``select`` to chunks of listed inputs (held as Arrow, not Python objects): the
+    first of ``first_rows``, each next twice as large, up to DIFF_ROWS. The diff's cost is
+    dominated by hashing the history once per call, hence large chunks; the small first ones
+    let the first shards (and so the run's first outputs) come before much of the listing."""
     if select is None:
         yield from tables
         return
     chunk: list[pa.Table] = []
-    rows = 0
+    rows, want = 0, min(first_rows, DIFF_ROWS)
     for table in tables:
         chunk.append(table)
         rows += len(table)
-        if rows >= DIFF_ROWS:
+        if rows >= want:
             yield select(pa.concat_tables(chunk))
-            chunk, rows = [], 0
+            chunk, rows, want = [], 0, min(2 * want, DIFF_ROWS)
     if chunk:
         yield select(pa.concat_tables(chunk))
 

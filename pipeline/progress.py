@@ -2,11 +2,16 @@
 
 ``pipeline.api.run`` emits events as plain dicts:
 
-- ``planning``  {input}
-- ``planned``   {run_id, resumed, inputs, inputs_done, shards, shards_to_run, categories}
-  (``inputs_done``: inputs of shards an earlier attempt of a resumed run already committed)
+- ``planning``  {input}: the listing starts (not sent when resuming a run whose plan is complete)
+- ``planned``   {run_id, resumed, inputs, inputs_done, shards, shards_to_run, categories}: the plan is
+  complete, with its totals (``inputs_done``: inputs of shards an earlier attempt of a resumed run
+  already committed); sent as soon as the listing is done. Shards run while the listing goes on,
+  so ``shard`` events may come before it.
 - ``shard``     {shard, counts: {status: n}, errors_by_stage: {stage: n}, seconds}
 - ``finished``  the RunSummary as a dict
+
+So a new run sends ``planning``, ``shard``…, ``planned``, ``shard``…, ``finished``; a resumed run
+whose plan was complete sends ``planned``, ``shard``…, ``finished``.
 
 A reporter turns them into output; ``reporter(fmt)`` picks one (``auto``: the live bar on a
 terminal, JSON lines otherwise).
@@ -31,7 +36,7 @@ class Tally:
     """Running totals shared by the human-readable reporters."""
 
     def __init__(self) -> None:
-        self.total = 0
+        self.total: int | None = None  # inputs planned; None until the ``planned`` event
         self.done_before = 0  # inputs committed before this process started (a resumed run)
         self.shards_to_run = 0
         self.shards_done = 0
@@ -43,7 +48,8 @@ class Tally:
         """Totals from the ``planned`` event: a resumed run counts what was committed before."""
         self.total, self.shards_to_run = planned["inputs"], planned["shards_to_run"]
         self.done_before = planned.get("inputs_done", 0)
-        self.started = time.monotonic()
+        if not self.shards_done:  # shards that ran while listing count towards the rate
+            self.started = time.monotonic()
 
     def add(self, event: dict) -> None:
         self.shards_done += 1
@@ -62,12 +68,20 @@ class Tally:
 
     def line(self) -> str:
         failed = ", ".join(f"{stage} {n}" for stage, n in sorted(self.errors_by_stage.items())) or "none"
-        eta = (self.total - self.done) / self.rate if self.rate > 0 else float("nan")
+        if self.total is None:  # still listing: no totals yet
+            shards, images, eta = f"{self.shards_done}/?", f"{self.done}/?", "ETA – s"
+        else:
+            left = (self.total - self.done) / self.rate if self.rate > 0 else float("nan")
+            shards, images, eta = (
+                f"{self.shards_done}/{self.shards_to_run}",
+                f"{self.done}/{self.total}",
+                f"ETA {left:.0f} s",
+            )
         return (
-            f"shards {self.shards_done}/{self.shards_to_run} · images {self.done}/{self.total} "
+            f"shards {shards} · images {images} "
             f"({self.counts.get(Status.OK, 0)} ok, {self.counts.get(Status.ERROR, 0)} error; "
             f"failed by stage: {failed}) · "
-            f"{speed(self.rate)} · ETA {eta:.0f} s"
+            f"{speed(self.rate)} · {eta}"
         )
 
 
@@ -131,11 +145,12 @@ class RichReporter:
         kind = event["event"]
         if kind == "planning":
             self.console.print(f"planning: listing {event['input']}")
+            self._start(None)  # shards run while listing: a bar without a total until ``planned``
         elif kind == "planned":
             self.console.print(_planned_line(event))
             self.tally.start(event)
-            self.progress.start()
-            self.task = self.progress.add_task("images", total=event["inputs"], completed=self.tally.done, detail="")
+            self._start(event["inputs"])
+            self.progress.update(self.task, total=event["inputs"], completed=self.tally.done)
         elif kind == "shard" and self.task is not None:
             self.tally.add(event)
             t = self.tally
@@ -143,6 +158,11 @@ class RichReporter:
             self.progress.update(self.task, completed=t.done, detail=detail)
         elif kind == "finished" and self.task is not None:
             self.progress.stop()
+
+    def _start(self, total: int | None) -> None:
+        if self.task is None:
+            self.progress.start()
+            self.task = self.progress.add_task("images", total=total, completed=self.tally.done, detail="")
 
 
 class JsonReporter:

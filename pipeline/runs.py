@@ -1,10 +1,12 @@
 """Run records: one JSON file per run under ``<output>/_darkroom/runs/<run_id>/`` (pipeline.layout).
 
-A record is written when planning starts (``planning``), rewritten when the plan is
-complete (``running``) and once more when every shard is committed (``committed``), or when
-the run ends early after planning: ``failed`` (an error stopped it) or ``stopped`` (SIGTERM,
-e.g. ``darkroom stop``, or Ctrl-C). The recorded plan beside it lets a running, failed or
-stopped run resume with exactly the same shards.
+A record is written when planning starts (``planning``), rewritten when the listing is done
+and every plan shard written (``running``) and once more when every shard is committed
+(``committed``), or when the run ends early after planning: ``failed`` (an error stopped it) or
+``stopped`` (SIGTERM, e.g. ``darkroom stop``, or Ctrl-C). Shards run while the record still says
+``planning``: each as soon as its plan shard is written. The recorded plan beside it lets an
+unfinished run resume with exactly the same shards, and lets a run interrupted while listing
+continue its plan (pipeline.plan_writer); one that fails or stops while listing stays ``planning``.
 """
 
 from __future__ import annotations
@@ -25,14 +27,15 @@ from pipeline import layout, storage
 class RunStatus(StrEnum):
     """A run record's ``status``, in the order a run goes through them."""
 
-    PLANNING = "planning"
+    PLANNING = "planning"  # listing: the shards planned so far run; resumable (the plan is continued)
     RUNNING = "running"  # the plan is complete: the run can be resumed until committed
     COMMITTED = "committed"
     FAILED = "failed"  # ended by an error after planning: resumable
     STOPPED = "stopped"  # ended by SIGTERM / Ctrl-C after planning: resumable
 
 
-RESUMABLE = (RunStatus.RUNNING, RunStatus.FAILED, RunStatus.STOPPED)  # planned fully, never committed
+# Never committed: resumed with the recorded plan (continued first, if the listing was cut short).
+RESUMABLE = (RunStatus.PLANNING, RunStatus.RUNNING, RunStatus.FAILED, RunStatus.STOPPED)
 
 
 @dataclass
@@ -96,6 +99,12 @@ def save_plan_shard(
     buf = io.BytesIO()
     pq.write_table(table, buf)
     storage.write_atomic(plan_uri(output_uri, run_id, shard), buf.getvalue(), storage_options)
+
+
+def planned_shards(output_uri: str, run_id: str, storage_options: dict | None = None) -> set[int]:
+    """The shards of ``run_id`` whose plan shard is written (one listing of its plan folder)."""
+    names = storage.list_names(layout.plan_dir(output_uri, run_id), storage_options)
+    return {s for s in map(layout.shard_of_plan, names) if s is not None}
 
 
 def load_plan_shard(output_uri: str, run_id: str, shard: int, storage_options: dict | None = None) -> pa.Table:

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -33,9 +34,15 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", 
 
 
 class FaultProxy:
-    def __init__(self, upstream: str, fault_rate: float, seed: int = 0):
+    """``before_put`` (if given) is called with each PUT's path before it is forwarded and may
+    block (a slow store, or one held until a test says so); False drops the request unanswered."""
+
+    def __init__(
+        self, upstream: str, fault_rate: float, seed: int = 0, before_put: Callable[[str], bool] | None = None
+    ):
         self.upstream = urlsplit(upstream)
         self.fault_rate = fault_rate
+        self.before_put = before_put
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.requests = 0
@@ -50,6 +57,10 @@ class FaultProxy:
 
             def _handle(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if proxy.before_put and self.command == "PUT" and not proxy.before_put(self.path):
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
                 fault = proxy._draw(self.command, self.path)
                 if fault == "reset":
                     self.close_connection = True
