@@ -320,7 +320,7 @@ def runs_whole(height: int, width: int, tile: int) -> bool:
     return tile <= 0 or height * width <= tile * tile
 
 
-def _smaller_tile(tile: int, height: int, width: int, start_tile: int, min_tile: int) -> int | None:
+def smaller_tile(tile: int, height: int, width: int, start_tile: int, min_tile: int) -> int | None:
     """Next tile size to try after ``tile`` ran out of memory on height×width images; None
     when no smaller tile (≥ min_tile) would split them."""
     candidate = start_tile if tile <= 0 else tile // 2
@@ -382,7 +382,7 @@ def run_with_backoff(
             if chunk.shape[0] > 1:
                 batch_size = (chunk.shape[0] + 1) // 2
             else:
-                smaller = _smaller_tile(cur_tile, height, width, start_tile, min_tile)
+                smaller = smaller_tile(cur_tile, height, width, start_tile, min_tile)
                 if smaller is None:
                     raise
                 cur_tile = smaller

@@ -288,15 +288,15 @@ def test_real_oom_errors_recognised_and_cache_emptied(monkeypatch):
     [(0, 3000, 512), (0, 300, 256), (100, 3000, 50), (50, 3000, 32), (32, 3000, None), (0, 20, None), (4096, 300, 256)],
 )
 def test_smaller_tile(tile, size, expected):
-    assert tiling._smaller_tile(tile, size, size, start_tile=512, min_tile=32) == expected
+    assert tiling.smaller_tile(tile, size, size, start_tile=512, min_tile=32) == expected
 
 
 def test_smaller_tile_counts_pixels_not_the_longer_side():
     # 2000×100 = 200,000 pixels: runs whole at tile 512 (262,144 pixels), so the first tile
     # that splits it is 256, though 512 is shorter than its longer side.
     assert tiling.runs_whole(100, 2000, 512) and not tiling.runs_whole(100, 2000, 256)
-    assert tiling._smaller_tile(0, 100, 2000, start_tile=512, min_tile=32) == 256
-    assert tiling._smaller_tile(512, 100, 2000, start_tile=512, min_tile=32) == 256
+    assert tiling.smaller_tile(0, 100, 2000, start_tile=512, min_tile=32) == 256
+    assert tiling.smaller_tile(512, 100, 2000, start_tile=512, min_tile=32) == 256
 
 
 # ---------------------------------------------------------------------------------------
