@@ -81,7 +81,11 @@ class Stopped(BaseException):
     A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way swallows it."""
 
 
+_stop_requested = threading.Event()  # set by SIGTERM: a failure that follows it is the stop's doing
+
+
 def _raise_stopped(signum, frame) -> None:
+    _stop_requested.set()
     raise Stopped()
 
 
@@ -187,6 +191,7 @@ def run(
     """
     registry = registry or default_registry()
     if stop_on_sigterm:
+        _stop_requested.clear()
         _stop_on_sigterm()
     _check_credentials(job)
     preflight.check(job, writing=True)
@@ -271,7 +276,10 @@ def run(
         except (Stopped, KeyboardInterrupt):
             _record_end(record, RunStatus.STOPPED, lease)
             raise
-        except Exception:
+        except Exception as exc:
+            if _stop_requested.is_set():  # `darkroom stop` also ends the job's actors: their death may surface first
+                _record_end(record, RunStatus.STOPPED, lease)
+                raise Stopped() from exc
             _record_end(record, RunStatus.FAILED, lease)
             raise
 

@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 from pipeline import layout, storage
 
 DEFAULT_TTL = 120.0
-RELEASE_RETRY_SECONDS = 30.0  # how long releasing the lease outlasts an outage before leaving it to expire
 log = logging.getLogger(__name__)
 
 
@@ -130,19 +129,10 @@ class Lease:
         if self._thread is not None:
             self._thread.join()
         if self._version is not None and not self.lost:
-            version = self._version
-            try:  # expired: the next run takes it at once
-                storage.retrying(
-                    lambda: self._write(version, 0.0), f"release {self.uri}", storage.RetryBudget(RELEASE_RETRY_SECONDS)
-                )
+            try:
+                self._write(self._version, 0.0)  # expired: the next run takes it at once
             except storage.PreconditionFailed:
-                pass  # taken over, or an earlier try of ours landed and only its answer was lost
-            except Exception as exc:
-                if not isinstance(exc, storage.TransientError) and storage.failure_kind(exc) != "transient":
-                    raise
-                # The run's work is committed: an outage now costs only the lease's expiry (ttl), or
-                # less, since a later run on this host sees that this process is gone.
-                log.warning("could not release the lease on %s (%s); it expires by itself", self.output_uri, exc)
+                pass
         self._version = None
 
     def __enter__(self) -> Lease:

@@ -199,18 +199,27 @@ def test_run_shards_keeps_at_most_max_inflight_shards_and_retries_a_failed_shard
 
 
 def test_a_shard_failing_every_whole_attempt_is_isolated_and_one_failing_that_too_fails_the_run(ray_local):
+    whole = range(1, driver.SHARD_ATTEMPTS + 1)
+    every = range(1, 2 * driver.SHARD_ATTEMPTS + 1)
+    # Two runs, so that the order in which the two shards' attempts fail cannot matter: in one run
+    # the failing shard ends it while the other may still be between attempts.
     pool = _pool(1, add=0)
     collected: list[driver.ShardResult] = []
     task = _Recorded(collected)
-    whole = range(1, driver.SHARD_ATTEMPTS + 1)
-    every = range(1, 2 * driver.SHARD_ATTEMPTS + 1)
-    ctx = SimpleNamespace(job=SimpleNamespace(resources=Resources()), fails={0: whole, 1: every})
-    with pytest.raises(RuntimeError, match=f"shard 1 failed {2 * driver.SHARD_ATTEMPTS} times"):
-        driver.run_shards(ctx, [pool], task, range(2), collected.append)
+    ctx = SimpleNamespace(job=SimpleNamespace(resources=Resources()), fails={0: whole})
+    driver.run_shards(ctx, [pool], task, range(1), collected.append)
     # After its whole-shard attempts a shard is retried isolating (its task runs inputs one by one).
     assert [a for s, a in task.submitted if s == 0] == [*whole, driver.SHARD_ATTEMPTS + 1]
     assert [r.shard for r in collected] == [0]
     assert not any(driver.isolating(a) for a in whole) and driver.isolating(driver.SHARD_ATTEMPTS + 1)
+    assert _dies(pool.actors[0])
+
+    pool = _pool(1, add=0)
+    collected = []
+    task = _Recorded(collected)
+    ctx = SimpleNamespace(job=SimpleNamespace(resources=Resources()), fails={1: every})
+    with pytest.raises(RuntimeError, match=f"shard 1 failed {2 * driver.SHARD_ATTEMPTS} times"):
+        driver.run_shards(ctx, [pool], task, range(2), collected.append)
     assert [a for s, a in task.submitted if s == 1] == list(every)
     assert _dies(pool.actors[0])
 
