@@ -13,8 +13,8 @@ class and its shard task; this module runs them:
   ``SHARDS_PER_ACTOR``): an actor that is slow or restarting holds its shards longer, so it
   gets fewer and the others take the rest. Inside a shard task, ``submit`` sends a batch through
   its chain (one actor per step) and ``infer`` survives actor deaths (a dead actor's batch is
-  retried item by item) and cuts
-  a batch that outlasts its timeout (its actors are restarted, its items become timeout results).
+  retried item by item) and cuts a batch that outlasts its timeout (its actors are restarted,
+  its items become timeout results).
 - ``commit_shard`` writes a shard's manifest part, making all its rows visible at once.
 - ``Clock`` (a mixin for actor classes) times their forward passes, for each actor's busy fraction.
 
@@ -55,6 +55,7 @@ SHARD_ATTEMPTS = 3  # whole-shard attempts; as many again input by input (isolat
 # A shard task keeps two batches in flight, so two shards keep an actor busy while the next batch
 # decodes; more would only queue behind a slow actor what another actor could take.
 SHARDS_PER_ACTOR = 2
+WAIT_SLICE_SECONDS = 0.5  # the longest the driver waits inside Ray without running Python's signal handlers
 CRASH_ATTEMPTS = 3  # actor deaths on one image before it is blamed
 
 
@@ -392,7 +393,11 @@ def run_shards(
         if starting:
             started()
             starting = []
-        [ref], _ = ray.wait(list(inflight), num_returns=1)
+        ready: list = []
+        while not ready:  # in short waits: a signal handler (SIGTERM from `darkroom stop`) runs between them,
+            # within Ray's 3 s grace before its SIGKILL, instead of after the next shard finishes
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=WAIT_SLICE_SECONDS)
+        [ref] = ready
         if check:
             check()
         shard, attempt, picks = inflight.pop(ref)
