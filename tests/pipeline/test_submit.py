@@ -310,10 +310,9 @@ def test_stop_ends_a_running_job_as_stopped(ray_cluster, tmp_path):
     # committed shards stay committed and the run stays open: a later `darkroom run` resumes the rest
     assert 1 <= len(list(out.glob("manifest/*/*.parquet"))) < 60
     [record] = [json.loads(p.read_text()) for p in out.glob("_darkroom/runs/*/run.json")]
-    # Ray's job stop sends SIGTERM, then SIGKILL after its grace period: a driver that handled
-    # SIGTERM in time recorded `stopped` (checked exactly by test_cli's SIGTERM test, without
-    # Ray's SIGKILL), one killed first left `running`. Both resume.
-    assert record["status"] in ("stopped", "running")
+    # Ray's job stop sends SIGTERM, then SIGKILL after 3 s: the driver waits in short slices, so it
+    # records the run `stopped` well within that.
+    assert record["status"] == "stopped", record["status"]
     # Submitting the same job again resumes that run (the stopped driver's lease is taken over)
     # and finishes it: every input exactly once, all under the same run id.
     resumed = cli("submit", str(job), "--address", url, "--wait")
