@@ -256,7 +256,8 @@ def test_a_slow_actor_does_not_hold_up_work_the_fast_one_takes_most_shards_and_b
     # holds and each shard the fast one finishes goes back to it.
     assert by_id["add#1"]["batches"] >= 0.7 * 32, stats
     # Each fraction is of the actor's own life (which began before the run): the slow one spent more of it computing.
-    assert 0 < by_id["add#1"]["busy_fraction"] < by_id["add#0"]["busy_fraction"] <= 1, stats
+    # the fast actor's forward passes take ~0 s: its fraction may round to 0.0
+    assert 0 <= by_id["add#1"]["busy_fraction"] < by_id["add#0"]["busy_fraction"] <= 1, stats
 
 
 def _row(ctx, shard: int, attempt: int, item: int) -> dict:

@@ -46,7 +46,9 @@ def t2i_job(output: Path, uri: str, prompts, shard_size: int, batch_size: int, s
             "samples_per_prompt": samples_per_prompt,
             "seed": SEED,
         },
-        "resources": {"actors": 1, "batch_size": batch_size, "shard_size": shard_size},
+        # One torch thread: CPU float reductions depend on the thread count, which the actor's tuner
+        # may change mid-run; bytes are the same whatever the sharding and batching at a fixed count.
+        "resources": {"actors": 1, "batch_size": batch_size, "shard_size": shard_size, "threads_per_actor": 1},
     }
     return parse_job(data, default_registry())
 
