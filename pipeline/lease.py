@@ -74,14 +74,20 @@ class Lease:
         self._thread: threading.Thread | None = None
         self.lost: str | None = None
 
+    def _budget(self) -> storage.RetryBudget:
+        """How long one lease read or write retries transient errors: a quarter of the ttl, so a
+        heartbeat that outlasts an outage of that length still lands well before expiry."""
+        return storage.RetryBudget(self.ttl / 4)
+
     def _write(self, version: str | None, expires_at: float) -> str:
         now = time.time()
         record = LeaseRecord(self.run_id, self.owner, expires_at, now)
-        return storage.put_if(self.uri, json.dumps(asdict(record)).encode(), version, self.storage_options)
+        data = json.dumps(asdict(record)).encode()
+        return storage.put_if(self.uri, data, version, self.storage_options, self._budget())
 
     def acquire(self) -> None:
         for _ in range(5):  # a lost race re-reads the lease and decides again
-            data, version = storage.read_versioned(self.uri, self.storage_options)
+            data, version = storage.read_versioned(self.uri, self.storage_options, self._budget())
             if data is not None:
                 current = LeaseRecord(**json.loads(data))
                 if current.expires_at > time.time() and current.owner != self.owner and not _holder_is_dead(current):

@@ -376,36 +376,60 @@ class PreconditionFailed(FinalError):
     """A conditional write lost: the object exists (create) or changed (replace)."""
 
 
-def read_versioned(uri: str, storage_options: dict | None = None) -> tuple[bytes | None, str | None]:
+def read_versioned(
+    uri: str, storage_options: dict | None = None, budget: RetryBudget | None = None
+) -> tuple[bytes | None, str | None]:
     """(content, version) of a small object, or (None, None) if it does not exist.
 
     The version is the S3 ETag, or a digest of the content on local disks; pass it to
-    ``put_if`` to replace exactly this content.
+    ``put_if`` to replace exactly this content. ``budget``: see ``retrying``.
     """
     fs, path = filesystem(uri, storage_options)
     try:
         if is_local(fs):
             data = fs.cat_file(path)
             return data, hashlib.sha256(data).hexdigest()
-        info = retrying(lambda: fs.info(path, refresh=True) if "s3" in protocols(fs) else fs.info(path), f"stat {uri}")
-        data = retrying(lambda: fs.cat_file(path), f"read {uri}")
+        info = retrying(
+            lambda: fs.info(path, refresh=True) if "s3" in protocols(fs) else fs.info(path), f"stat {uri}", budget
+        )
+        data = retrying(lambda: fs.cat_file(path), f"read {uri}", budget)
         return data, (info.get("ETag") or "").strip('"') or hashlib.sha256(data).hexdigest()
     except FileNotFoundError:
         return None, None
 
 
-def put_if(uri: str, data: bytes, version: str | None, storage_options: dict | None = None) -> str:
+def put_if(
+    uri: str, data: bytes, version: str | None, storage_options: dict | None = None, budget: RetryBudget | None = None
+) -> str:
     """Compare-and-swap write of a small object; returns the new version.
 
     ``version=None``: create, failing if the object exists. Otherwise replace, failing if
     the object's current version differs. S3 uses conditional PUT (If-None-Match / If-Match);
     local disks use a hard link for create and an flock'd read-compare-rename for replace.
     Other filesystems fall back to an unconditional write after a version check.
+
+    On S3, transient errors are retried like other writes (``budget``, see ``retrying``). A try
+    whose reply was lost may have landed, so its retry (botocore's or ours) fails the
+    precondition against its own write: a failed precondition then reads the object back, and
+    if it holds exactly ``data`` the write counts as done. Callers make every write's bytes
+    unique (the lease's records carry their owner and the time), so equal bytes mean this write.
     """
     fs, path = filesystem(uri, storage_options)
     if is_local(fs):
         return _put_if_local(path, data, version)
     if "s3" in protocols(fs):
+        return _put_if_s3(fs, path, uri, data, version, storage_options, budget)
+    _, current = read_versioned(uri, storage_options)
+    if current != version:
+        raise PreconditionFailed(uri)
+    fs.pipe_file(path, data)
+    return read_versioned(uri, storage_options)[1] or ""
+
+
+def _put_if_s3(
+    fs, path: str, uri: str, data: bytes, version: str | None, storage_options: dict | None, budget: RetryBudget | None
+) -> str:
+    def put() -> str:
         try:
             if version is None:
                 out = fs.pipe_file(path, data, mode="create")
@@ -418,11 +442,14 @@ def put_if(uri: str, data: bytes, version: str | None, storage_options: dict | N
                 raise PreconditionFailed(uri) from None
             raise
         return out["ETag"].strip('"')
-    _, current = read_versioned(uri, storage_options)
-    if current != version:
-        raise PreconditionFailed(uri)
-    fs.pipe_file(path, data)
-    return read_versioned(uri, storage_options)[1] or ""
+
+    try:
+        return retrying(put, f"write {uri}", budget)
+    except PreconditionFailed:
+        current, current_version = read_versioned(uri, storage_options, budget)
+        if current == data and current_version:
+            return current_version  # our own try landed; only its reply was lost
+        raise
 
 
 def _put_if_local(path: str, data: bytes, version: str | None) -> str:

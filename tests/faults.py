@@ -123,6 +123,8 @@ class OutageProxy:
     (e.g. ``b"GET /bucket/in/"``): from then on, for ``outage_seconds``, every connection (open
     ones and new ones) is reset. ``stall``: bytes that mark a request left unanswered (its
     connection held open, nothing sent back) until the proxy closes, at most ``stall_seconds``.
+    ``lose_reply``: bytes that mark a request passed on once whose reply is then thrown away
+    (the connection reset), as when a write lands but the network drops its answer.
     """
 
     def __init__(
@@ -132,10 +134,13 @@ class OutageProxy:
         outage_seconds: float = 0.0,
         stall: bytes | None = None,
         stall_seconds: float = 120.0,
+        lose_reply: bytes | None = None,
     ):
         self.upstream = urlsplit(upstream)
         self.outage_after, self.outage_seconds = outage_after, outage_seconds
         self.stall, self.stall_seconds = stall, stall_seconds
+        self.lose_reply = lose_reply
+        self.lost_replies = 0
         self.down_from: float | None = None  # monotonic start of the outage
         self.dropped = 0  # connections reset during the outage
         self.stalled = 0  # requests left unanswered
@@ -179,6 +184,8 @@ class OutageProxy:
 
     def _serve(self, client: socket.socket) -> None:
         upstream = socket.create_connection((self.upstream.hostname, self.upstream.port))
+        graceful = False
+        losing = False
         with self.lock:
             self.conns.update((client, upstream))
         try:
@@ -191,6 +198,10 @@ class OutageProxy:
                 for sock in readable:
                     data = sock.recv(65536)
                     if not data:
+                        # A side closed (moto closes after a 412): close the other gracefully, so
+                        # the reply already forwarded is read, not thrown away by a reset.
+                        client.shutdown(socket.SHUT_WR)
+                        graceful = True
                         return
                     if sock is client:
                         if self.stall and self.stall in data:
@@ -202,6 +213,11 @@ class OutageProxy:
                             self.down_from = time.monotonic()
                             return
                         upstream.sendall(data)
+                        if self.lose_reply and self.lose_reply in data and not self.lost_replies:
+                            self.lost_replies += 1
+                            losing = True  # the request (and its body) goes on; the reply does not
+                    elif losing and not data.startswith(b"HTTP/1.1 100 "):  # botocore's PUTs expect 100-continue
+                        return
                     else:
                         client.sendall(data)
         except OSError:
@@ -209,7 +225,10 @@ class OutageProxy:
         finally:
             with self.lock:
                 self.conns.difference_update((client, upstream))
-            self._reset(client)
+            if graceful:
+                client.close()
+            else:
+                self._reset(client)
             upstream.close()
 
     def __enter__(self) -> OutageProxy:

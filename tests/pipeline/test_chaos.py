@@ -205,10 +205,7 @@ def outage_job(bucket: str, input_endpoint: str, output_endpoint: str, **limits)
 
 
 @pytest.mark.timeout(300)
-# Slow suite: the proxy resets every connection, the driver's lease writes included (conditional
-# PUTs, not retried: a retried create or If-Match cannot tell its own landed try from a takeover),
-# which failed the run in about one try of three on this machine; see the closing note.
-@pytest.mark.slow
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("during", ["read", "write"])
 def test_an_outage_shorter_than_the_retry_budget_leaves_no_error_row(ray_local, s3_bucket, s3_endpoint, during):
     # Every connection (reads, writes, the driver's bookkeeping) goes through the proxy, which

@@ -1,5 +1,6 @@
-"""Local atomic writes leave no debris: a failed write removes its temporary file, and a sweep
-removes the temporary files of dead writers (and only those)."""
+"""Storage writes: local atomic writes leave no debris (a failed write removes its temporary
+file, a sweep removes the temporary files of dead writers and only those), and a conditional
+write survives a lost reply."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import time
 import pytest
 
 from pipeline import storage
-from tests.faults import dead_writer_debris
+from tests.faults import OutageProxy, dead_writer_debris
 
 
 def temp_name(target: str, host: str, pid: int) -> str:
@@ -62,3 +63,17 @@ def test_the_sweep_removes_dead_writers_debris_only(tmp_path):
 def test_the_sweep_of_an_object_store_or_a_missing_folder_does_nothing(tmp_path):
     assert storage.sweep_temp_files(str(tmp_path / "missing")) == 0
     assert storage.sweep_temp_files("memory://bucket/out") == 0
+
+
+def test_a_conditional_write_whose_reply_was_lost_counts_as_done(s3_endpoint, s3_bucket):
+    # The create lands, its reply is reset; the retry then fails the precondition against
+    # its own write, which must be recognised by its bytes, not reported as someone else's.
+    with OutageProxy(s3_endpoint, lose_reply=f"PUT /{s3_bucket}/lease.json".encode()) as proxy:
+        opts = {"client_kwargs": {"endpoint_url": proxy.endpoint}}
+        uri = f"s3://{s3_bucket}/lease.json"
+        version = storage.put_if(uri, b"mine", None, opts)
+        assert proxy.lost_replies == 1
+        assert storage.read_versioned(uri, opts) == (b"mine", version)
+        with pytest.raises(storage.PreconditionFailed):  # other bytes are another writer's
+            storage.put_if(uri, b"theirs", None, opts)
+        assert storage.put_if(uri, b"next", version, opts) != version
