@@ -37,6 +37,7 @@ def make_corpus() -> dict[str, tuple[bytes, str]]:
     files["jpeg/progressive.jpeg"] = (_save(rgb, "JPEG", progressive=True), "ok")
     files["jpeg/gray.jpg"] = (_save(rgb.convert("L"), "JPEG"), "ok")
     files["jpeg/cmyk.jpg"] = (_save(rgb.convert("CMYK"), "JPEG"), "ok")
+    files["jpeg/cmyk-profile.jpg"] = (_save(rgb.convert("CMYK"), "JPEG", icc_profile=cmyk_profile()), "ok")
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
     files["jpeg/exif-rotated.jpg"] = (_save(rgb, "JPEG", exif=exif), "ok")
@@ -92,25 +93,29 @@ def rgb_to_xyz(primaries, white=D65) -> np.ndarray:
     return m * np.linalg.solve(m, xyz(*white))
 
 
-def matrix_profile(primaries, gamma: float, description: str) -> bytes:
-    """An ICC v2 display profile (matrix + gamma curve), e.g. Display P3 with gamma 2.2: the
-    colorants Bradford-adapted from D65 to the profile connection space's D50, as ICC asks."""
-    s15 = lambda v: struct.pack(">i", round(v * 65536))  # noqa: E731
-    white = rgb_to_xyz(primaries) @ np.ones(3)
+def _s15(v: float) -> bytes:
+    return struct.pack(">i", round(v * 65536))
+
+
+def _xyz_tag(v) -> bytes:
+    return b"XYZ \0\0\0\0" + b"".join(_s15(c) for c in v)
+
+
+def _adapt_to_d50(white) -> np.ndarray:
+    """Bradford chromatic adaptation from ``white`` (XYZ) to the profile connection space's D50."""
     cone = _BRADFORD @ _D50_XYZ / (_BRADFORD @ white)
-    colorants = np.linalg.inv(_BRADFORD) @ np.diag(cone) @ _BRADFORD @ rgb_to_xyz(primaries)
-    xyz_tag = lambda v: b"XYZ \0\0\0\0" + b"".join(s15(c) for c in v)  # noqa: E731
+    return np.linalg.inv(_BRADFORD) @ np.diag(cone) @ _BRADFORD
+
+
+def _icc(device_class: bytes, space: bytes, pcs: bytes, description: str, tags: dict[bytes, bytes]) -> bytes:
+    """An ICC v2 profile: header, tag table and tags (plus desc, cprt and a D50 wtpt)."""
     text = description.encode() + b"\0"
     tags = {
         b"desc": b"desc\0\0\0\0" + struct.pack(">I", len(text)) + text + b"\0" * (4 + 4 + 2 + 1 + 67),
         b"cprt": b"text\0\0\0\0no copyright\0",
-        b"wtpt": xyz_tag(_D50_XYZ),
-        b"rXYZ": xyz_tag(colorants[:, 0]),
-        b"gXYZ": xyz_tag(colorants[:, 1]),
-        b"bXYZ": xyz_tag(colorants[:, 2]),
-        b"rTRC": b"curv\0\0\0\0" + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0",
+        b"wtpt": _xyz_tag(_D50_XYZ),
+        **tags,
     }
-    tags[b"gTRC"] = tags[b"bTRC"] = tags[b"rTRC"]
     table, body = b"", b""
     offset = 128 + 4 + 12 * len(tags)
     for sig, data in tags.items():
@@ -121,21 +126,78 @@ def matrix_profile(primaries, gamma: float, description: str) -> bytes:
         struct.pack(">I", size)
         + b"\0\0\0\0"
         + struct.pack(">I", 0x02100000)
-        + b"mntrRGB XYZ "
+        + device_class
+        + space
+        + pcs
         + b"\0" * 12
         + b"acsp"
         + b"\0" * 28  # platform, flags, manufacturer, model, attributes, intent
-        + b"".join(s15(c) for c in _D50_XYZ)
+        + b"".join(_s15(c) for c in _D50_XYZ)
         + b"\0" * 48
     )
     assert len(header) == 128
     return header + struct.pack(">I", len(tags)) + table + body
 
 
+def matrix_profile(primaries, gamma: float, description: str) -> bytes:
+    """An ICC v2 display profile (matrix + gamma curve), e.g. Display P3 with gamma 2.2: the
+    colorants Bradford-adapted from D65 to the profile connection space's D50, as ICC asks."""
+    white = rgb_to_xyz(primaries) @ np.ones(3)
+    colorants = _adapt_to_d50(white) @ rgb_to_xyz(primaries)
+    trc = b"curv\0\0\0\0" + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0"
+    tags = {
+        b"rXYZ": _xyz_tag(colorants[:, 0]),
+        b"gXYZ": _xyz_tag(colorants[:, 1]),
+        b"bXYZ": _xyz_tag(colorants[:, 2]),
+        b"rTRC": trc,
+        b"gTRC": trc,
+        b"bTRC": trc,
+    }
+    return _icc(b"mntr", b"RGB ", b"XYZ ", description, tags)
+
+
+# Ink model of the CMYK profile below: how much of each linear sRGB channel (rows R, G, B) one
+# full layer of cyan, magenta and yellow (columns) absorbs. Real inks absorb off their own
+# channel too, which is why a naive 255 - C conversion gets CMYK photos' colours wrong.
+INK_ABSORPTION = np.array([[0.95, 0.15, 0.05], [0.25, 0.90, 0.10], [0.10, 0.30, 0.90]])
+
+
+def cmyk_to_linear_srgb(cmyk) -> np.ndarray:
+    """The ink model: (..., 4) ink amounts in [0, 1] → (..., 3) linear sRGB in [0, 1].
+    Each ink layer transmits 1 - absorption·amount of each channel; black ink all of nothing."""
+    cmyk = np.asarray(cmyk, float)
+    layers = 1 - cmyk[..., None, :3] * INK_ABSORPTION  # (..., 3 channels, 3 inks)
+    return layers.prod(axis=-1) * (1 - cmyk[..., 3:4])
+
+
+def cmyk_profile(description: str = "darkroom test press (CMYK)", grid: int = 9) -> bytes:
+    """An ICC v2 output profile for CMYK whose A2B0 (a 16-bit lut, PCS XYZ) is the ink model
+    above, sampled on ``grid`` points per ink; D65 sRGB white adapted to D50."""
+    axis = np.linspace(0, 1, grid)
+    cmyk = np.stack(np.meshgrid(axis, axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 4)
+    xyz = cmyk_to_linear_srgb(cmyk) @ (_adapt_to_d50(rgb_to_xyz(SRGB) @ np.ones(3)) @ rgb_to_xyz(SRGB)).T
+    clut = np.clip(np.round(xyz * 32768), 0, 65535).astype(">u2")  # u1Fixed15, as lut16 encodes XYZ
+    ramp = np.round(np.linspace(0, 65535, 256)).astype(">u2")  # identity input and output curves
+    lut = (
+        b"mft2\0\0\0\0"
+        + struct.pack(">BBBB", 4, 3, grid, 0)
+        + b"".join(_s15(v) for v in np.eye(3).ravel())
+        + struct.pack(">HH", 256, 256)
+        + ramp.tobytes() * 4
+        + clut.tobytes()
+        + ramp.tobytes() * 3
+    )
+    return _icc(b"prtr", b"CMYK", b"XYZ ", description, {b"A2B0": lut, b"A2B1": lut})
+
+
+def srgb_levels(linear) -> np.ndarray:
+    """Linear sRGB in [0, 1] → sRGB-encoded 8-bit levels (floats, 0–255)."""
+    linear = np.clip(np.asarray(linear, float), 0, 1)
+    return 255 * np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
+
+
 def p3_to_srgb_levels(rgb, gamma: float = 2.2) -> np.ndarray:
     """What 8-bit values ``rgb`` in a Display-P3-primaries, gamma-``gamma`` space are in sRGB."""
     linear = (np.asarray(rgb, float) / 255) ** gamma
     srgb_linear = np.linalg.solve(rgb_to_xyz(SRGB), rgb_to_xyz(DISPLAY_P3) @ linear)
-    srgb_linear = np.clip(srgb_linear, 0, 1)
-    encoded = np.where(srgb_linear <= 0.0031308, 12.92 * srgb_linear, 1.055 * srgb_linear ** (1 / 2.4) - 0.055)
-    return encoded * 255
+    return srgb_levels(srgb_linear)

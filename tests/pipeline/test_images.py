@@ -7,7 +7,15 @@ import pytest
 from PIL import Image, ImageCms
 
 from pipeline import images
-from tests.corpus import DISPLAY_P3, MAX_PIXELS, matrix_profile, p3_to_srgb_levels
+from tests.corpus import (
+    DISPLAY_P3,
+    MAX_PIXELS,
+    cmyk_profile,
+    cmyk_to_linear_srgb,
+    matrix_profile,
+    p3_to_srgb_levels,
+    srgb_levels,
+)
 
 # (mode given to the model: channels, dtype, has alpha) for every decodable corpus file
 EXPECTED = {
@@ -218,6 +226,29 @@ def test_embedded_profile_converted_to_srgb(fmt, mode):
     assert np.abs(np.array(COLOURS) - want).max() > 10
     if mode == "RGBA":
         assert d.alpha is not None and (d.alpha == 128).all()
+
+
+# Ink amounts (0–255) of C, M, Y, K: paper, each ink alone, mixes, full black, grey.
+INKS = [(0, 0, 0, 0), (255, 0, 0, 0), (0, 255, 0, 0), (0, 0, 255, 0), (60, 120, 200, 30), (200, 40, 90, 10)]
+INKS += [(0, 0, 0, 255), (128, 128, 128, 0)]
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "TIFF"])
+def test_cmyk_with_a_profile_is_converted_through_it(fmt):
+    inks = np.array(INKS, np.uint8)
+    cmyk = Image.fromarray(np.repeat(inks[None], 4, axis=0).repeat(4, axis=1), mode="CMYK")
+    tagged, untagged = io.BytesIO(), io.BytesIO()
+    options = {"quality": 100} if fmt == "JPEG" else {}
+    cmyk.save(tagged, format=fmt, icc_profile=cmyk_profile("test press"), **options)
+    cmyk.save(untagged, format=fmt, **options)
+    d = images.decode(tagged.getvalue(), MAX_PIXELS)
+    assert (d.mode, d.profile) == ("CMYK", "test press")
+    got = d.pixels[2, 2::4].astype(float)  # the middle of each patch
+    want = srgb_levels(cmyk_to_linear_srgb(inks / 255))  # the profile's ink model, computed directly
+    assert np.abs(got - want).max() <= 2
+    # The test can fail: without the profile, the naive conversion is far off.
+    naive = images.decode(untagged.getvalue(), MAX_PIXELS).pixels[2, 2::4].astype(float)
+    assert np.abs(naive - want).max() > 30
 
 
 def test_unusable_profile_is_treated_as_untagged():
