@@ -1,10 +1,12 @@
-"""The contracts of models: ImageModel (restoration), GenerativeModel and TextToImageModel (generation)."""
+"""The contracts of models: ImageModel (restoration), CaptionModel (image → text), GenerativeModel and
+TextToImageModel (generation)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from models.tiling import DEFAULT_TILE_PAD, receptive_field
@@ -76,6 +78,25 @@ class ImageModel:
             self.tile_pad = pad if self.tile_pad is None else self.tile_pad
             self.tile_align = align if self.tile_align is None else self.tile_align
         return self.tile_pad, self.tile_align
+
+
+CaptionFn = Callable[[Sequence[np.ndarray], torch.device], list[str]]
+
+
+@dataclass
+class CaptionModel:
+    """A ready-to-run captioner: images in, one line of text each.
+
+    ``caption(images, device)`` maps N RGB images (H×W×3 uint8, any sizes) to N strings (one
+    line each, whitespace collapsed). Decoding is deterministic (greedy or beam search, never
+    sampled), so the same image and params give the same text. ``module`` holds every learned
+    tensor (moved with ``.to(device)`` by the engine); ``max_new_tokens`` bounds each caption.
+    """
+
+    name: str
+    module: torch.nn.Module
+    caption: CaptionFn
+    weights_sha256: str | None = None
 
 
 SampleFn = Callable[[Sequence[torch.Generator], "Sequence[int] | None", torch.device], torch.Tensor]

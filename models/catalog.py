@@ -238,6 +238,15 @@ class TextToImageParams(FolderParams):
     )
 
 
+class CaptionParams(FolderParams):
+    """A Hugging Face image-to-text folder (VisionEncoderDecoder, BLIP, …: model, image processor,
+    tokenizer) and how to decode its captions."""
+
+    max_new_tokens: int = Field(32, ge=1, le=512, description="longest caption, in tokens")
+    num_beams: int = Field(1, ge=1, le=16, description="beam search width; 1 = greedy (both deterministic)")
+    micro_batch: int = Field(8, ge=1, le=256, description="images per generate call")
+
+
 class LatentParams(BaseModel):
     """Job params of a latent-code generator (darkroom-gan-digits, darkroom-vae-digits)."""
 

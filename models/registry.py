@@ -296,6 +296,19 @@ def default_registry() -> Registry:
     )
     reg.register(
         ModelEntry(
+            name="image-to-text",
+            task="captioning",
+            description="any Hugging Face image-to-text folder (VisionEncoderDecoder, BLIP, …; safetensors) from an "
+            "fsspec URI: one caption per image, in the manifest's caption column; docs/generation.md",
+            params=catalog.CaptionParams,
+            build=lazy("models.image_to_text", "build"),
+            licence="that of the weights (user-supplied)",
+            weights_digest=lazy("models.folders", "params_digest"),  # torch-free: `darkroom plan` stays light
+            scale=1.0,  # the image passes through unchanged
+        )
+    )
+    reg.register(
+        ModelEntry(
             name="text-to-image",
             task="generation",
             description="any diffusers Stable Diffusion pipeline folder (unet, vae, text_encoder, tokenizer, "

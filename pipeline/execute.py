@@ -33,14 +33,15 @@ import ray
 from ray.exceptions import OutOfMemoryError, RayTaskError, WorkerCrashedError
 
 from models import Registry
+from models.base import CaptionModel
 from models.weights import WeightsError
 from pipeline import driver, errors, images, runs, storage
 from pipeline.cluster import check_resources, gpus_to_request, with_threads
 from pipeline.driver import Clock, Pool, ShardContext, ShardResult, commit_shard, run_shards
-from pipeline.inference import Chain, Masked, Result, pick_device
-from pipeline.job import Job, Limits, Resources
-from pipeline.manifest import Stage, fail, failed, failing_as
-from pipeline.outputs import encode_output, write_output
+from pipeline.inference import Captioner, Chain, Masked, Result, pick_device
+from pipeline.job import CAPTIONING_TASK, Job, Limits, Resources
+from pipeline.manifest import Stage, Status, fail, failed, failing_as
+from pipeline.outputs import encode_output, take_result, write_caption, write_output
 from pipeline.threads import actor_threads
 
 
@@ -96,9 +97,12 @@ class ModelActor(Clock):
                 )
         device = pick_device(want_gpu)
         outscale = [s.get("outscale") for s in steps]
-        self.chain = Chain(
-            models, device, resources.batch_size, resources.tile, resources.tile_pad, outscale, resources.precision
-        )
+        if len(models) == 1 and isinstance(models[0], CaptionModel):
+            self.chain = Captioner(models[0], device, resources.batch_size)
+        else:
+            self.chain = Chain(
+                models, device, resources.batch_size, resources.tile, resources.tile_pad, outscale, resources.precision
+            )
         self.start_clock()
 
     @ray.method(concurrency_group="probe")
@@ -119,7 +123,9 @@ class ModelActor(Clock):
         self.threads.done(time.perf_counter() - started, sum(p.shape[0] * p.shape[1] for p in pixels))
         results = list(prior)
         for i, out in zip(todo, outs):
-            out.seconds += prior[i].seconds if prior[i] else 0.0
+            if prior[i] is not None:
+                out.seconds += prior[i].seconds
+                out.caption = prior[i].caption if out.caption is None else out.caption
             results[i] = out
         for result, encoding in zip(results, encodings or []):
             if encoding is not None and result.pixels is not None and result.pixels.nbytes > encoding.above:
@@ -133,6 +139,8 @@ class RestorationContext(ShardContext):
 
     needs_mask: bool = False  # a step takes a mask: read each input's mask with it
     scale: float | None = None  # the chain's output size / input size; None: known only once the models load
+    captions: bool = False  # a step captions: rows get its caption (and a caption file, if output.caption_file)
+    writes_images: bool = True  # False when every step captions: nothing is encoded, the row holds the result
 
     def output_check(self) -> images.OutputCheck:
         """What each input's header is checked against, so an output no encoder can write fails at decode."""
@@ -261,13 +269,18 @@ def _load_mask(
 
 
 def _finish(ctx: RestorationContext, works: list[_Work], results: list, budget: storage.RetryBudget) -> None:
-    """Encode and write each model output; fill in the rows."""
+    """Encode and write each model output (and caption file); fill in the rows."""
     for work, result in zip(works, results):
-        decoded = work.decoded
+        decoded, row = work.decoded, work.row
         assert decoded is not None
-        write_output(
-            ctx, work.row, work.rel_path, result, decoded.format, decoded.alpha, work.metadata(ctx.job), budget
-        )
+        if ctx.writes_images:
+            write_output(ctx, row, work.rel_path, result, decoded.format, decoded.alpha, work.metadata(ctx.job), budget)
+        elif take_result(row, result):
+            row.update(status=Status.OK, output_uri=None)
+        if ctx.captions and not failed(row):
+            caption_uri = write_caption(ctx, row, work.rel_path, result.caption or "", budget)
+            if not ctx.writes_images and not failed(row):
+                row["output_uri"] = caption_uri  # the row's one output, when there is no image
         work.decoded = None  # free the pixels as soon as they are written (or failed)
 
 
@@ -311,12 +324,14 @@ class _Batch:
     timeout: float | None  # limits.model_timeout_seconds
 
     @classmethod
-    def submit(cls, chain: list, job: Job, works: list[_Work]) -> _Batch | None:
+    def submit(cls, chain: list, ctx: RestorationContext, works: list[_Work]) -> _Batch | None:
         """Send the decoded ones of ``works`` to the actors (None if none decoded)."""
         ready = [w for w in works if w.decoded is not None]
         if not ready:
             return None
-        inputs, encodings = [w.model_input() for w in ready], [w.encoding(job) for w in ready]
+        job = ctx.job
+        inputs = [w.model_input() for w in ready]
+        encodings = [w.encoding(job) if ctx.writes_images else None for w in ready]
         return cls(ready, inputs, encodings, driver.submit(chain, inputs, encodings), job.limits.model_timeout_seconds)
 
     def results(self, chain: list) -> list[Result]:
@@ -343,7 +358,7 @@ def process_shard(ctx: RestorationContext, shard: int, attempt: int, chain: list
     pending: _Batch | None = None
     for start in range(0, len(plan), batch_size):
         works = _load_all(ctx, plan[start : start + batch_size], shard, attempt, budget)
-        batch = _Batch.submit(chain, ctx.job, works)
+        batch = _Batch.submit(chain, ctx, works)
         if pending is not None:  # the previous batch finished on the actors while we decoded this one
             pending.finish(ctx, chain, budget)
         done.extend(works)
@@ -361,7 +376,7 @@ def _process_one(ctx: RestorationContext, shard: int, attempt: int, chain: list,
     writing; an exception the actors raise for this input is a model error on its row."""
     budget = storage.RetryBudget(ctx.job.limits.transient_retry_seconds)
     [work] = _load_all(ctx, [item], shard, attempt, budget)
-    batch = _Batch.submit(chain, ctx.job, [work])
+    batch = _Batch.submit(chain, ctx, [work])
     if batch is not None:
         with failing_as(work.row, Stage.MODEL, _raised_remotely):
             results = batch.results(chain)
@@ -391,6 +406,7 @@ def context_for(
     """``model_details``: per step, what pipeline.preflight.check_models found (None: nothing)."""
     weights = [registry.get(s.model).weights_sha256(s.params) for s in job.steps]
     scales = [s.outscale or registry.get(s.model).output_scale(s.params) for s in job.steps]
+    tasks = [registry.get(s.model).task for s in job.steps]
     return RestorationContext(
         run_id=run_id,
         job=job,
@@ -401,6 +417,8 @@ def context_for(
         steps_json=json.dumps([s.model_dump() for s in job.steps], sort_keys=True),
         needs_mask=any(registry.get(s.model).needs_mask for s in job.steps),
         scale=None if None in scales else math.prod(scales),
+        captions=CAPTIONING_TASK in tasks,
+        writes_images=any(t != CAPTIONING_TASK for t in tasks),
     )
 
 

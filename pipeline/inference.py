@@ -48,6 +48,7 @@ import torch
 from torch.nn import functional as F
 
 from models import ImageModel
+from models.base import CaptionModel
 from models.resample import resize
 from models.tiling import run_with_backoff, runs_whole, tiled_forward
 from pipeline.images import Encoded
@@ -57,8 +58,9 @@ from pipeline.manifest import Stage
 @dataclass
 class Result:
     """pixels: H'×W'×C, same dtype and C as the input (C = 3 for a gray input after a
-    ``colour_out`` model); or error set (pixels None), failed at ``stage``; or, for an output the
-    actor encoded itself (pipeline.execute.Encoding), ``encoded`` set and pixels None.
+    ``colour_out`` model; unchanged after a captioning step); or error set (pixels None), failed
+    at ``stage``; or, for an output the actor encoded itself (pipeline.execute.Encoding),
+    ``encoded`` set and pixels None.
     ``known``: the image's mask, if it had one, carried on for later steps (at the input's size)."""
 
     pixels: np.ndarray | None
@@ -68,6 +70,7 @@ class Result:
     known: np.ndarray | None = None
     stage: str = Stage.MODEL
     encoded: Encoded | None = None
+    caption: str | None = None  # what a captioning step said of the image (carried through later steps)
 
 
 @dataclass
@@ -374,3 +377,35 @@ def resize_plane(plane: np.ndarray, height: int, width: int) -> np.ndarray:
     x = torch.from_numpy(plane.astype(np.float32) / peak)[None, None]
     y = resize(x, height, width, "bicubic").clamp(0, 1)[0, 0]
     return (y * peak).round().numpy().astype(plane.dtype)
+
+
+class Captioner:
+    """A captioning step, called like :class:`Chain`: each image's Result carries its caption
+    and its pixels unchanged (later steps and the output see the image as it came). Images go
+    to the model ``batch_size`` at a time; a failing batch is retried image by image."""
+
+    def __init__(self, model: CaptionModel, device: torch.device, batch_size: int):
+        self.model = model
+        self.device = device
+        self.batch_size = batch_size
+        model.module.to(device).eval()
+
+    def __call__(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray | None] | None = None) -> list[Result]:
+        masks = list(masks) if masks is not None else [None] * len(images)
+        results: list[Result] = []
+        for start in range(0, len(images), self.batch_size):
+            results += self._run_isolating(list(images[start : start + self.batch_size]))
+        for result, mask in zip(results, masks):
+            result.known = mask
+        return results
+
+    def _run_isolating(self, batch: list[np.ndarray]) -> list[Result]:
+        try:
+            t0 = time.perf_counter()
+            texts = self.model.caption(batch, self.device)
+            share = (time.perf_counter() - t0) / len(batch)
+            return [Result(image, share, caption=text) for image, text in zip(batch, texts, strict=True)]
+        except Exception as exc:
+            if len(batch) == 1:
+                return [Result(None, 0.0, f"{type(exc).__name__}: {exc}")]
+            return [r for image in batch for r in self._run_isolating([image])]

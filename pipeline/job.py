@@ -39,6 +39,7 @@ MAX_JOB_FILE_BYTES = 64 * 1024  # a job file is a few KB; the cap bounds the par
 MAX_YAML_VALUES = 10_000  # YAML values once aliases are expanded; a job has a few hundred
 MAX_YAML_DEPTH = 32  # nesting levels (a mapping's key and value count as one)
 GENERATION_TASK = "generation"  # registry task of models that make images instead of transforming them
+CAPTIONING_TASK = "captioning"  # registry task of models whose result is text (the manifest's caption column)
 SECRET_KEYS = {
     "key",
     "secret",
@@ -175,6 +176,12 @@ class OutputSpec(Strict):
         True,
         description="copy the input's EXIF and XMP (camera, date, GPS, …) to the output; the orientation tag is "
         "dropped, as outputs are upright",
+    )
+    caption_file: Literal["none", "txt", "json"] = Field(
+        "none",
+        description="with a captioning step: also write each caption beside the outputs, as images/<name>.txt "
+        "(the text) or images/<name>.json (input, caption, model, weights); the manifest's caption column always "
+        "has it",
     )
     storage_options: dict[str, Any] = Field(default_factory=dict, description="passed to fsspec")
 
@@ -436,8 +443,8 @@ class Job(Strict):
     def fingerprint(self, registry: Registry) -> str:
         """Digest of everything that decides an output's pixels (steps or generator, weights, the
         model's config files such as a diffusers folder's scheduler config, seed, class label,
-        format). The sample range is not part of it: samples that another run of the same
-        generator and seed committed count as done."""
+        format) and which files a run writes (a caption file). The sample range is not part of it:
+        samples that another run of the same generator and seed committed count as done."""
 
         def configs(entry, params) -> dict:  # only where a model has such files: other fingerprints stay as they were
             digest = entry.configs_sha256(params)
@@ -468,6 +475,8 @@ class Job(Strict):
                     | configs(entry, step.params)
                 )
             what = {"steps": steps} | ({"mask": self.input.mask} if self.input.mask else {})
+            if self.output.caption_file != "none":  # only then: other fingerprints stay as they were
+                what["caption_file"] = self.output.caption_file
         blob = json.dumps(what | {"format": self.output.format, "quality": self.output.quality}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -545,6 +554,7 @@ def _where(source: str, root: yaml.Node | None, loc: tuple) -> str:
 def _step_problems(steps: Any, registry: Registry, source: str, root: yaml.Node | None) -> list[str]:
     """Model names and params, checked against the registry (structure is pydantic's job)."""
     problems: list[str] = []
+    captioning: list[int] = []  # steps whose model captions
     for i, step in enumerate(steps if isinstance(steps, list) else []):
         if not isinstance(step, dict) or not isinstance(step.get("model"), str):
             continue
@@ -559,7 +569,14 @@ def _step_problems(steps: Any, registry: Registry, source: str, root: yaml.Node 
                 "`generate:`, not in `steps`"
             )
             continue
+        if entry.task == CAPTIONING_TASK:
+            captioning.append(i)
         problems += _param_problems(entry, step.get("params"), ("steps", i, "params"), source, root)
+    if len(captioning) > 1:
+        problems.append(
+            f"{_where(source, root, ('steps', captioning[1], 'model'))}: a job has at most one captioning step "
+            f"(steps {', '.join(str(i) for i in captioning)} caption): a row has one caption column"
+        )
     return problems
 
 

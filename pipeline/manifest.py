@@ -75,6 +75,8 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("prompt", pa.string()),
         pa.field("negative_prompt", pa.string()),
         pa.field("guidance_scale", pa.float64()),  # classifier-free guidance the sample ran with
+        # Restoration rows whose job has a captioning step: what it said of the image (null otherwise and in old parts).
+        pa.field("caption", pa.string()),
         pa.field("status", pa.string(), nullable=False),  # Status: ok | error
         pa.field("error_type", pa.string()),
         pa.field("error_message", pa.string()),

@@ -1,5 +1,8 @@
 """Writing one model output: encode it, write it under ``<output>/images/``, record on its manifest row how that went.
 
+A caption (a captioning step's result) goes into the row's ``caption`` column and, if
+``output.caption_file`` asks, into a text or JSON file beside the outputs (``write_caption``).
+
 The output is encoded as ``output.format`` asks.
 Shared by every kind of job (restoration: pipeline.execute; generation: pipeline.generate).
 A failure of one image is recorded on its row (pipeline.manifest.failing_as), never raised.
@@ -7,6 +10,7 @@ A failure of one image is recorded on its row (pipeline.manifest.failing_as), ne
 
 from __future__ import annotations
 
+import json
 import time
 from typing import TYPE_CHECKING
 
@@ -40,6 +44,45 @@ def encode_output(
     return images.Encoded(data, fmt, width, height, time.perf_counter() - t0)
 
 
+def take_result(row: dict, result: Result) -> bool:
+    """Record the model's part of ``result`` on ``row``: its seconds and caption, or its error
+    (False)."""
+    row["t_model"] = result.seconds
+    if result.caption is not None:
+        row["caption"] = result.caption
+    if result.error:
+        fail(row, result.stage, result.error_type, result.error)
+        return False
+    return True
+
+
+def write_caption(
+    ctx: ShardContext, row: dict, rel_path: str, caption: str, budget: storage.RetryBudget | None = None
+) -> str | None:
+    """Write ``caption`` beside the outputs as ``output.caption_file`` asks (``images/<rel_path>.txt``:
+    the text and a newline; ``.json``: input, caption, models, weights and run); returns its URI,
+    or None when no file is asked for or the write failed (recorded on ``row``, stage write)."""
+    kind = ctx.job.output.caption_file
+    if kind == "none":
+        return None
+    if kind == "txt":
+        data = (caption + "\n").encode()
+    else:
+        record = {
+            "input_uri": row["input_uri"],
+            "caption": caption,
+            "models": row["models"],
+            "weights_sha256": row["weights_sha256"],
+            "run_id": row["run_id"],
+        }
+        data = (json.dumps(record, ensure_ascii=False, indent=1) + "\n").encode()
+    uri = layout.images_uri(ctx.job.output.uri, f"{rel_path}.{kind}")
+    with failing_as(row, Stage.WRITE, lambda exc: errors.storage_error(exc, uri)):
+        storage.write_atomic(uri, data, ctx.job.output.storage_options, budget)
+        return uri
+    return None
+
+
 def write_output(
     ctx: ShardContext,
     row: dict,
@@ -60,9 +103,7 @@ def write_output(
     or write, is recorded on the row (stage model / encode / write) instead of raised.
     """
     out = ctx.job.output
-    row["t_model"] = result.seconds
-    if result.error:
-        fail(row, result.stage, result.error_type, result.error)
+    if not take_result(row, result):
         return
     with failing_as(row, Stage.ENCODE):
         encoded = result.encoded or encode_output(

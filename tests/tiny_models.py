@@ -86,3 +86,63 @@ def save_tiny_sd(folder: Path, seed: int = 0) -> Path:
     )
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+INIT_RANGE = 0.5  # weights wide enough that different images get different words (0.02 said "black" to all)
+CAPTION_WORDS = ["a", "red", "green", "blue", "zero", "one", "two", "three", "seven", "on", "black"]
+
+
+def save_tiny_captioner(folder: Path, seed: int = 0) -> Path:
+    """A tiny randomly initialised VisionEncoderDecoder (ViT encoder 32×32, GPT-2 decoder, one layer
+    each) with its image processor and a word-level tokenizer, saved as a Hugging Face
+    image-to-text folder (safetensors), as transformers' own tests build theirs. Its captions are
+    nonsense but deterministic: a few words of CAPTION_WORDS."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import (
+        GPT2Config,
+        PreTrainedTokenizerFast,
+        VisionEncoderDecoderConfig,
+        VisionEncoderDecoderModel,
+        ViTConfig,
+        ViTImageProcessor,
+    )
+
+    specials = ["[PAD]", "[BOS]", "[EOS]", "[UNK]"]
+    vocab = {w: i for i, w in enumerate(specials + CAPTION_WORDS)}
+    words = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    words.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=words, pad_token="[PAD]", bos_token="[BOS]", eos_token="[EOS]", unk_token="[UNK]"
+    )
+    encoder = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=37,
+        initializer_range=INIT_RANGE,
+    )
+    decoder = GPT2Config(
+        vocab_size=len(vocab),
+        n_positions=64,
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        bos_token_id=1,
+        eos_token_id=2,
+        initializer_range=INIT_RANGE,
+    )
+    decoder.update({"is_decoder": True, "add_cross_attention": True, "pad_token_id": 0})
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.update({"decoder_start_token_id": 1, "pad_token_id": 0, "eos_token_id": 2})
+    torch.manual_seed(seed)
+    model = VisionEncoderDecoderModel(config=config)
+    model.generation_config.update(decoder_start_token_id=1, pad_token_id=0, eos_token_id=2, bos_token_id=1)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

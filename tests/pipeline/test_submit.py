@@ -307,6 +307,11 @@ def test_stop_ends_a_running_job_as_stopped(ray_cluster, tmp_path):
     assert again.exit_code == 0 and f"{submission_id} is not running (STOPPED)" in again.output
     status = cli("status", submission_id, "--address", url)
     assert status.output.startswith(f"{submission_id}: STOPPED"), status.output
+    # A stop is quiet: the job's log ends without a traceback or an actor's death notice.
+    logs = cli("logs", submission_id, "--address", url)
+    assert logs.exit_code == 0 and logs.output.strip(), logs.output
+    for noise in ("Traceback", "ActorDiedError"):
+        assert noise not in logs.output, logs.output[-4000:]
     # committed shards stay committed and the run stays open: a later `darkroom run` resumes the rest
     assert 1 <= len(list(out.glob("manifest/*/*.parquet"))) < 60
     [record] = [json.loads(p.read_text()) for p in out.glob("_darkroom/runs/*/run.json")]
