@@ -195,6 +195,7 @@ def _item_html(row: dict, before: Preview, after: Preview, root: str, href: str 
     error = ""
     if status != Status.OK:
         error = f'<p class="err">{_e(row["error_type"])} at {_e(row["stage"])}: {_e(row["error_message"])}</p>'
+    caption = f'<p class="caption">“{_e(row["caption"])}”</p>' if row.get("caption") else ""
     compare = ""
     if before.src and after.src:
         compare = (
@@ -211,7 +212,7 @@ def _item_html(row: dict, before: Preview, after: Preview, root: str, href: str 
     <figure class="pane after"><div class="frame">{_frame(after, "after", href)}</div>
       <figcaption>after · {_e(after_cap)}</figcaption></figure>
   </div>
-  <p class="models">{_e(" → ".join(models))}</p>{error}{compare}
+  {caption}<p class="models">{_e(" → ".join(models))}</p>{error}{compare}
 </article>"""
 
 
@@ -348,6 +349,7 @@ table.runs td { white-space: nowrap; }
 figcaption { font-size: 12px; color: #555; margin-top: 2px; }
 .models { font-size: 12px; margin: 4px 0 0; color: #333; }
 .prompt { font-size: 13px; margin: 4px 0 0; font-style: italic; overflow-wrap: anywhere; }
+.caption { font-size: 13px; margin: 4px 0 0; overflow-wrap: anywhere; }
 .prompt.negative { color: #666; }
 .err { font-size: 12px; margin: 4px 0 0; color: #c62828; word-break: break-all; }
 .cmp { font-size: 12px; margin-right: 8px; }
@@ -439,6 +441,8 @@ def render(
         elif (row["input_size"] or 0) > PREVIEW_MAX_BYTES:
             skip = "not previewed (large)"
         before = _preview(row["input_uri"], storage_options, skip)
+        if row["status"] == Status.OK and row["format_out"] is None:  # a caption-only job: no image was written
+            return before, Preview(None, "no image (captions only)")
         after = _preview(row["output_uri"], storage_options, None if row["status"] == Status.OK else "no output")
         return before, after
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from models import default_registry
-from pipeline import api, manifest
+from pipeline import api, manifest, report
 from pipeline.job import JobError, parse_job
 from tests.tiny_models import save_tiny_captioner
 
@@ -98,6 +98,8 @@ def test_a_caption_only_job_records_each_caption_and_writes_no_image(
         assert sidecar["caption"] == want and sidecar["input_uri"] == row["input_uri"]
         captions.add(want)
     assert len(captions) >= 3  # the images get different captions: a mix-up would show
+    page = report.render(str(out))
+    assert all(f"“{c}”" in page for c in captions) and "no image (captions only)" in page
 
     again = api.run(job)  # only the error row is tried again; the captioned inputs are done
     assert again.counts == {"error": 1}
