@@ -238,13 +238,25 @@ class TextToImageParams(FolderParams):
     )
 
 
-class CaptionParams(FolderParams):
-    """A Hugging Face image-to-text folder (VisionEncoderDecoder, BLIP, …: model, image processor,
-    tokenizer) and how to decode its captions."""
+class CaptionDecoding(BaseModel):
+    """How a captioner's text is decoded (greedy or beam search: deterministic either way)."""
 
+    model_config = ConfigDict(extra="forbid")
     max_new_tokens: int = Field(32, ge=1, le=512, description="longest caption, in tokens")
     num_beams: int = Field(1, ge=1, le=16, description="beam search width; 1 = greedy (both deterministic)")
     micro_batch: int = Field(8, ge=1, le=256, description="images per generate call")
+
+
+class CaptionParams(FolderParams, CaptionDecoding):
+    """A Hugging Face image-to-text folder (VisionEncoderDecoder, BLIP, …: model, image processor,
+    tokenizer) and how to decode its captions."""
+
+
+# darkroom's own captioner of painted digits (models/training/train_caption_digits.py): an
+# image-to-text folder shipped in the package, pinned by its folder digest (models/folders.py).
+CAPTION_DIGITS_NAME = "darkroom-caption-digits"
+CAPTION_DIGITS_FOLDER = "package://models/weights/caption-digits"
+CAPTION_DIGITS_SHA256 = "78a956314f411480de69cc85d46e2da078e3cc7f2648c356e2fe7a47a1c444d1"
 
 
 class LatentParams(BaseModel):

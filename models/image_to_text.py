@@ -18,10 +18,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from models import catalog
 from models.base import CaptionModel
-from models.catalog import CaptionParams
+from models.catalog import CaptionDecoding, CaptionParams
 from models.folders import fetch_folder, params_digest
 from models.text_to_image import DTYPES
+from models.weights import package_file
 
 
 def as_rgb8(image: np.ndarray) -> np.ndarray:
@@ -39,7 +41,7 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def build(p: CaptionParams) -> CaptionModel:
+def build(p: CaptionParams, name: str = "image-to-text") -> CaptionModel:
     """The ``image-to-text`` registry entry: fetch, verify and load the folder at ``p.uri``."""
     from transformers import (
         AutoConfig,
@@ -75,4 +77,12 @@ def build(p: CaptionParams) -> CaptionModel:
             texts += [one_line(t) for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
         return texts
 
-    return CaptionModel(name="image-to-text", module=model, caption=caption, weights_sha256=digest)
+    return CaptionModel(name=name, module=model, caption=caption, weights_sha256=digest)
+
+
+def build_shipped(p: CaptionDecoding) -> CaptionModel:
+    """The ``darkroom-caption-digits`` registry entry: the folder shipped in the package, checked
+    against its pin like any other."""
+    folder = package_file(f"{catalog.CAPTION_DIGITS_FOLDER}/config.json").parent
+    params = CaptionParams(uri=str(folder), sha256=catalog.CAPTION_DIGITS_SHA256, **p.model_dump())
+    return build(params, catalog.CAPTION_DIGITS_NAME)

@@ -309,6 +309,19 @@ def default_registry() -> Registry:
     )
     reg.register(
         ModelEntry(
+            name=catalog.CAPTION_DIGITS_NAME,
+            task="captioning",
+            description="darkroom's own captioner of painted digits ('a red seven'; ViT + GPT-2, 0.3M params): "
+            "an image-to-text folder shipped in the package; docs/generation.md",
+            params=catalog.CaptionDecoding,
+            build=lazy("models.image_to_text", "build_shipped"),
+            licence="MIT (trained by darkroom on scikit-learn's digits)",
+            weights_digest=lambda p: catalog.CAPTION_DIGITS_SHA256,
+            scale=1.0,
+        )
+    )
+    reg.register(
+        ModelEntry(
             name="text-to-image",
             task="generation",
             description="any diffusers Stable Diffusion pipeline folder (unet, vae, text_encoder, tokenizer, "

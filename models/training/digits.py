@@ -78,3 +78,36 @@ def colourise(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def shape_channel(images: torch.Tensor) -> torch.Tensor:
     """N×C×H×W in [0, 1] → N×1×H×W: the max over channels (the stroke, whatever its colour)."""
     return images.amax(dim=1, keepdim=True)
+
+
+# Captions ("a red seven"): any digit in any of these colours, so that the colour in a caption is
+# not implied by the shape (unlike the class-coloured PALETTE the generators learn).
+CAPTION_COLOURS = {
+    "red": (1.0, 0.15, 0.15),
+    "green": (0.15, 1.0, 0.15),
+    "blue": (0.2, 0.35, 1.0),
+    "yellow": (1.0, 1.0, 0.1),
+    "cyan": (0.1, 1.0, 1.0),
+    "magenta": (1.0, 0.1, 1.0),
+    "white": (1.0, 1.0, 1.0),
+}
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def caption(label: int, colour: str) -> str:
+    """The caption of a digit painted in a CAPTION_COLOURS colour, e.g. ``a red seven``."""
+    return f"a {colour} {DIGIT_WORDS[label]}"
+
+
+def paint(images: torch.Tensor, colours: list[str]) -> torch.Tensor:
+    """N×1×H×W strokes in [0, 1] + N CAPTION_COLOURS names → N×3×H×W, on black."""
+    rgb = torch.tensor([CAPTION_COLOURS[c] for c in colours], dtype=torch.float32)
+    return images * rgb.view(-1, 3, 1, 1)
+
+
+def read_caption(text: str) -> tuple[int | None, str | None]:
+    """(digit, colour) a caption names (the first digit word and colour word in it), None where it names none."""
+    words = text.lower().split()
+    digit = next((DIGIT_WORDS.index(w) for w in words if w in DIGIT_WORDS), None)
+    colour = next((w for w in words if w in CAPTION_COLOURS), None)
+    return digit, colour

@@ -11,10 +11,13 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
 from models import default_registry
+from models.training import digits
 from pipeline import api, manifest, report
+from pipeline.cli import main
 from pipeline.job import JobError, parse_job
 from tests.tiny_models import save_tiny_captioner
 
@@ -128,3 +131,23 @@ def test_two_captioning_steps_are_refused_naming_the_second(tmp_path):
     step = caption_step("s3://bucket/captioner")
     with pytest.raises(JobError, match=r"steps\.1\.model.*at most one captioning step"):
         parse_job(caption_job(tmp_path, tmp_path / "out", [step, step]), default_registry())
+
+
+@pytest.mark.timeout(600)
+def test_the_shipped_digits_captioner_from_a_job_file(ray_local, tmp_path):
+    _, held = digits.load(32)
+    (tmp_path / "in").mkdir()
+    truth = {}
+    for i, colour in enumerate(["red", "green", "blue", "white"]):
+        painted = digits.paint(held.images[i : i + 1], [colour])[0].permute(1, 2, 0).numpy()
+        Image.fromarray((painted * 255).round().astype(np.uint8)).save(tmp_path / "in" / f"d{i}.png")
+        truth[f"d{i}.png"] = digits.caption(int(held.labels[i]), colour)
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"name: digits\ninput: {{uri: {tmp_path / 'in'}}}\noutput: {{uri: {tmp_path / 'out'}, caption_file: txt}}\n"
+        "steps:\n  - {model: darkroom-caption-digits}\nresources: {actors: 1}\n"
+    )
+    result = CliRunner().invoke(main, ["run", str(job), "--log-format", "plain"])
+    assert result.exit_code == 0, result.output
+    said = {p.name.removesuffix(".txt"): p.read_text().strip() for p in (tmp_path / "out" / "images").glob("*.txt")}
+    assert said == truth
