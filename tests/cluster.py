@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -81,6 +82,20 @@ class Nodes:
         args = ["--address", f"127.0.0.1:{self.gcs_port}", "--num-cpus", str(cpus)]
         self.start(name, args + (["--resources", json.dumps(resources)] if resources else []))
 
+    def wait_for_cpus(self, cpus: float, timeout: float = 90) -> None:
+        """Until the cluster's nodes have ``cpus`` CPUs in all (`ray status`): a worker's `ray start`
+        returns before its raylet has joined, and a driver started then sees a smaller cluster."""
+        ray = os.path.join(str(Path(sys.executable).parent), "ray")
+
+        def ready() -> bool:
+            status = subprocess.run(
+                [ray, "status", "--address", f"127.0.0.1:{self.gcs_port}"], env=self.node_env, capture_output=True
+            ).stdout.decode()
+            total = re.search(r"/([0-9.]+) CPU", status)
+            return total is not None and float(total.group(1)) >= cpus
+
+        self.wait(f"{cpus:g} CPUs", ready, timeout)
+
     def wait(self, what: str, ready, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while not ready():
@@ -92,15 +107,24 @@ class Nodes:
             time.sleep(0.25)
 
     def group_of(self, pid: int) -> str | None:
-        """The node whose process group ``pid`` is in."""
+        """The node whose session ``pid`` is in: each `ray start` runs in a session of its own, and
+        Ray puts every worker process in a process group of its own inside it."""
         try:
-            pgid = os.getpgid(pid)
+            sid = os.getsid(pid)
         except ProcessLookupError:
             return None
-        return next((name for name, p in self.procs.items() if p.pid == pgid), None)
+        return next((name for name, p in self.procs.items() if p.pid == sid), None)
 
     def kill(self, name: str) -> None:
-        os.killpg(self.procs[name].pid, signal.SIGKILL)
+        """SIGKILL every process of node ``name`` (its `ray start`, raylet and workers) at once."""
+        session = self.procs[name].pid
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if os.getsid(int(entry)) == session:
+                        os.kill(int(entry), signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    continue
 
     def close(self) -> None:
         for p in reversed(self.procs.values()):

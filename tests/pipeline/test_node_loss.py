@@ -45,7 +45,9 @@ def test_a_lost_worker_node_loses_no_input(tmp_path):
     try:
         nodes.start_head(cpus=1)
         nodes.start_worker("worker-1", cpus=2)
+        nodes.wait_for_cpus(3)  # one node joining at a time: two at once timed out starting on 2 cores
         nodes.start_worker("worker-2", cpus=2)
+        nodes.wait_for_cpus(5)
         code = "import sys; from pipeline.cli import main; sys.exit(main())"
         driver = subprocess.Popen(
             [sys.executable, "-c", code, "run", str(job_path), "--log-format", "plain"],
