@@ -4,7 +4,9 @@
 expires. A run takes the lease before planning, renews it every ``ttl/4`` seconds from a
 background thread, and releases it (by expiring it) when done. Every change is a
 compare-and-swap write (``storage.put_if``), so two runs racing for the lease cannot both
-win, and a run whose lease was taken over learns it at its next heartbeat. A lease whose
+win, and a run whose lease was taken over learns it at its next heartbeat. Lease reads and
+writes retry transient storage errors for ttl/4 (a write whose reply was lost is recognised as
+landed by its bytes), so a short outage does not end a run. A lease whose
 holder died expires after ``ttl`` seconds and is then taken over.
 """
 

@@ -1,5 +1,6 @@
 """Tiny randomly initialised Hugging Face model folders for tests (the hubs are unreachable): a Stable
-Diffusion pipeline and a VisionEncoderDecoder captioner, each with a tokenizer written here."""
+Diffusion pipeline (with a character-level tokenizer written here) and a VisionEncoderDecoder
+captioner (with the word-level tokenizer of models/training/train_caption_digits.py)."""
 
 from __future__ import annotations
 
@@ -98,24 +99,18 @@ def save_tiny_captioner(folder: Path, seed: int = 0) -> Path:
     image-to-text folder (safetensors), as transformers' own tests build theirs. Its captions are
     nonsense but deterministic: a few words of CAPTION_WORDS."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import (
         GPT2Config,
-        PreTrainedTokenizerFast,
         VisionEncoderDecoderConfig,
         VisionEncoderDecoderModel,
         ViTConfig,
         ViTImageProcessor,
     )
 
-    specials = ["[PAD]", "[BOS]", "[EOS]", "[UNK]"]
-    vocab = {w: i for i, w in enumerate(specials + CAPTION_WORDS)}
-    words = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    words.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=words, pad_token="[PAD]", bos_token="[BOS]", eos_token="[EOS]", unk_token="[UNK]"
-    )
+    from models.training.train_caption_digits import SPECIALS, word_tokenizer
+
+    vocab = SPECIALS + CAPTION_WORDS
+    tokenizer = word_tokenizer(vocab)
     encoder = ViTConfig(
         image_size=32,
         patch_size=8,

@@ -40,25 +40,31 @@ def vocabulary() -> list[str]:
     return SPECIALS + ["a", *digits.CAPTION_COLOURS, *digits.DIGIT_WORDS]
 
 
+def word_tokenizer(vocab: list[str]):
+    """A transformers tokenizer of whole words: ``vocab[i]`` is token i, SPECIALS first (pad 0,
+    bos 1, eos 2, unk 3); text splits on whitespace and decodes with spaces between words."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    words.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    return PreTrainedTokenizerFast(
+        tokenizer_object=words, pad_token="[PAD]", bos_token="[BOS]", eos_token="[EOS]", unk_token="[UNK]"
+    )
+
+
 def build_model(vocab: list[str]):
     """(model, tokenizer, image processor), randomly initialised (torch's global seed)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import (
         GPT2Config,
-        PreTrainedTokenizerFast,
         VisionEncoderDecoderConfig,
         VisionEncoderDecoderModel,
         ViTConfig,
         ViTImageProcessor,
     )
 
-    ids = {w: i for i, w in enumerate(vocab)}
-    words = Tokenizer(models.WordLevel(ids, unk_token="[UNK]"))
-    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    words.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=words, pad_token="[PAD]", bos_token="[BOS]", eos_token="[EOS]", unk_token="[UNK]"
-    )
+    tokenizer = word_tokenizer(vocab)
     encoder = ViTConfig(
         image_size=32, patch_size=4, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128
     )
