@@ -275,3 +275,15 @@ def dead_writer_debris(target: Path) -> Path:
     assert subprocess.run([sys.executable, "-c", code, str(target)], env=env).returncode == 9
     [left] = [p for p in target.parent.iterdir() if p.name.startswith(f".{target.name}.")]
     return left
+
+
+def start_driver(job_path, env: dict) -> subprocess.Popen:
+    """``darkroom run JOB --log-format plain`` as a process of its own (one a test can kill), with
+    ``env``; stdout and stderr together on its stdout pipe."""
+    code = "import sys; from pipeline.cli import main; sys.exit(main())"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, "run", str(job_path), "--log-format", "plain"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )

@@ -7,8 +7,7 @@ ok output must decode.
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
+import os
 import time
 
 import boto3
@@ -22,7 +21,7 @@ from models import ImageModel, default_registry
 from models.registry import ModelEntry, NoParams
 from pipeline import api, manifest, runs, storage
 from pipeline.job import parse_job
-from tests.faults import FaultProxy, OutageProxy, kill, pids_of
+from tests.faults import FaultProxy, OutageProxy, kill, pids_of, start_driver
 
 
 def tiny_png(i: int) -> bytes:
@@ -79,17 +78,6 @@ def test_poison_input_is_isolated_as_an_error_row(ray_local, tmp_path):
     assert bad["input_uri"].endswith("/3.png") and bad["error_type"] == "worker_crashed"
 
 
-def _driver(job_path, address) -> subprocess.Popen:
-    code = "import sys; from pipeline.cli import main; sys.exit(main())"
-    env = {**__import__("os").environ, "RAY_ADDRESS": address}
-    return subprocess.Popen(
-        [sys.executable, "-c", code, "run", str(job_path), "--log-format", "plain"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-
-
 def _parts(output_uri: str, run_id_holder: list) -> int:
     records = runs.load_all(output_uri)
     if not records:
@@ -120,7 +108,7 @@ def test_chaos_exactly_once(ray_local, s3_bucket, s3_endpoint, tmp_path, n_input
         run_id: list = []
 
         # Run 1: kill the model actor twice, then SIGKILL the driver once some shards committed.
-        driver = _driver(job_path, address)
+        driver = start_driver(job_path, {**os.environ, "RAY_ADDRESS": address})
         actor_kills = 0
         deadline = time.time() + 300 + n_inputs / 5
         while time.time() < deadline and driver.poll() is None:
@@ -138,7 +126,7 @@ def test_chaos_exactly_once(ray_local, s3_bucket, s3_endpoint, tmp_path, n_input
         assert 0 < committed_before < n_inputs // 20
 
         # Run 2: the same command resumes the unfinished run and completes it.
-        driver = _driver(job_path, address)
+        driver = start_driver(job_path, {**os.environ, "RAY_ADDRESS": address})
         output = driver.communicate(timeout=300 + n_inputs / 5)[0].decode()
         errors = [
             (r["input_uri"], r["error_type"], r["error_message"])

@@ -6,8 +6,6 @@ with exactly one row per input, and every ok output decodes."""
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -17,7 +15,7 @@ from PIL import Image
 
 from pipeline import manifest, runs
 from tests.cluster import Nodes
-from tests.faults import pids_of
+from tests.faults import pids_of, start_driver
 
 N_INPUTS = 60
 
@@ -48,13 +46,7 @@ def test_a_lost_worker_node_loses_no_input(tmp_path):
         nodes.wait_for_cpus(3)  # one node joining at a time: two at once timed out starting on 2 cores
         nodes.start_worker("worker-2", cpus=2)
         nodes.wait_for_cpus(5)
-        code = "import sys; from pipeline.cli import main; sys.exit(main())"
-        driver = subprocess.Popen(
-            [sys.executable, "-c", code, "run", str(job_path), "--log-format", "plain"],
-            env=nodes.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
+        driver = start_driver(job_path, nodes.env)
         killed = None
         deadline = time.monotonic() + 600
         while killed is None and driver.poll() is None and time.monotonic() < deadline:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import os
 import threading
 import time
 
@@ -17,7 +16,7 @@ from pipeline import api, manifest, runs, storage
 from pipeline.job import parse_job
 from pipeline.plan_writer import PlanWriter
 from pipeline.planning import PlanSummary
-from tests.faults import FaultProxy
+from tests.faults import FaultProxy, start_driver
 
 
 def _images(root, n: int) -> None:
@@ -112,17 +111,6 @@ def test_first_shards_commit_while_the_listing_goes_on(ray_local, s3_bucket, s3_
     assert runs.load_all(out)[-1].status == "committed"
 
 
-def _driver(job_path, address) -> subprocess.Popen:
-    code = "import sys; from pipeline.cli import main; sys.exit(main())"
-    env = {**__import__("os").environ, "RAY_ADDRESS": address}
-    return subprocess.Popen(
-        [sys.executable, "-c", code, "run", str(job_path), "--log-format", "plain"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-
-
 @pytest.mark.timeout(900)
 def test_a_driver_killed_while_listing_resumes_exactly_once(ray_local, s3_bucket, s3_endpoint, tmp_path):
     n = 240
@@ -137,7 +125,7 @@ def test_a_driver_killed_while_listing_resumes_exactly_once(ray_local, s3_bucket
     with FaultProxy(s3_endpoint, fault_rate=0.0, before_put=hold) as proxy:
         opts = {"client_kwargs": {"endpoint_url": proxy.endpoint}}
         job_path.write_text(yaml.safe_dump(_job(str(tmp_path / "in"), out, 2, opts)))
-        driver = _driver(job_path, address)
+        driver = start_driver(job_path, {**os.environ, "RAY_ADDRESS": address})
         deadline = time.time() + 300
         while time.time() < deadline and driver.poll() is None:
             records = runs.load_all(out)
@@ -156,7 +144,7 @@ def test_a_driver_killed_while_listing_resumes_exactly_once(ray_local, s3_bucket
     with FaultProxy(s3_endpoint, fault_rate=0.0) as proxy:
         opts = {"client_kwargs": {"endpoint_url": proxy.endpoint}}
         job_path.write_text(yaml.safe_dump(_job(str(tmp_path / "in"), out, 2, opts)))
-        driver = _driver(job_path, address)
+        driver = start_driver(job_path, {**os.environ, "RAY_ADDRESS": address})
         output = driver.communicate(timeout=600)[0].decode()
     assert driver.returncode == 0, output[-3000:]
     assert f"resumed {record.run_id}" in output
